@@ -1,0 +1,16 @@
+//! ipop-agent: joins Linux bridges on many hosts into one Ethernet segment.
+//!
+//! The decisions live in [`switch`], a sans-IO core with no sockets, clocks or files. The
+//! rest is the thin shell that drives it: [`datapath`] (eBPF programs and pinned maps),
+//! [`netif`] (TAP and bridge), [`agent`] (the tokio loop), [`tables`] (what the CLI reads and
+//! writes in the pinned maps of a running agent).
+
+pub mod addr;
+pub mod agent;
+pub mod config;
+pub mod datapath;
+pub mod lock;
+pub mod netif;
+pub mod preflight;
+pub mod switch;
+pub mod tables;

@@ -1,0 +1,104 @@
+//! One agent per bridge and per pin directory, enforced with `flock` on files in /run/ipop.
+//!
+//! A lock dies with its process (even on `kill -9`), so a crashed agent never blocks the next
+//! one; the pid written in the file names the holder in the error message.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{Read as _, Seek as _, Write as _},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub const LOCK_DIR: &str = "/run/ipop";
+
+/// Held locks; released (and their files removed) on drop.
+#[derive(Debug)]
+pub struct InstanceLock {
+    held: Vec<(File, PathBuf)>,
+}
+
+/// The file name that stands for a pin directory (its path with '/' escaped).
+pub fn pin_lock_name(pin_dir: &Path) -> String {
+    let escaped: String = pin_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c == '/' { '%' } else { c })
+        .collect();
+    format!("pins-{escaped}.lock")
+}
+
+/// Locks the bridge (by network namespace and ifindex, so that agents in different
+/// namespaces do not collide) and the pin directory (bpffs is shared by all namespaces).
+pub fn acquire(bridge: &str, bridge_ifindex: u32, pin_dir: &Path) -> Result<InstanceLock> {
+    let netns = fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino();
+    fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    let mut lock = InstanceLock { held: Vec::new() };
+    let bridge_file = Path::new(LOCK_DIR).join(format!("bridge-{netns}-{bridge_ifindex}.lock"));
+    lock.take(&bridge_file, &format!("bridge {bridge}"))?;
+    lock.take(
+        &Path::new(LOCK_DIR).join(pin_lock_name(pin_dir)),
+        &format!("pin directory {}", pin_dir.display()),
+    )?;
+    Ok(lock)
+}
+
+impl InstanceLock {
+    fn take(&mut self, path: &Path, what: &str) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                bail!(
+                    "another ipop-agent (pid {}) is already running on {what}",
+                    pid.trim()
+                );
+            }
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        self.held.push((file, path.to_owned()));
+        Ok(())
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock, so nobody locks a file that is going away.
+        for (_, path) in &self.held {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_dirs_map_to_distinct_flat_names() {
+        assert_eq!(
+            pin_lock_name(Path::new("/sys/fs/bpf/ipop/lxcbr0")),
+            "pins-%sys%fs%bpf%ipop%lxcbr0.lock"
+        );
+        assert_ne!(
+            pin_lock_name(Path::new("/a/b")),
+            pin_lock_name(Path::new("/a_b"))
+        );
+    }
+}

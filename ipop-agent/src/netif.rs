@@ -1,0 +1,158 @@
+//! The network devices: the bridge the agent joins (looked up and changed over rtnetlink)
+//! and the TAP it owns (tun-tap). The TAP is not persistent: the kernel deletes it when the
+//! agent's file descriptor closes, so even a crashed agent leaves no TAP behind.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    Handle, LinkUnspec,
+    packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+};
+
+/// What the agent needs to know about a network device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND`: "bridge", "veth", "tun", ...; `None` for physical devices.
+    pub kind: Option<String>,
+    pub up: bool,
+    pub mtu: Option<u32>,
+    /// Index of the bridge (or other master) this device is a port of.
+    pub controller: Option<u32>,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            mtu: None,
+            controller: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+                LinkAttribute::Controller(index) => link.controller = Some(*index),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(match kind {
+                                InfoKind::Bridge => "bridge".to_owned(),
+                                other => other.to_string(),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// A route-netlink connection in the agent's network namespace.
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens the connection; its reader runs as a task on the current tokio runtime.
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("opening a route netlink socket")?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// The device called `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(anyhow!(e)).with_context(|| format!("looking up interface {name}")),
+        }
+    }
+
+    /// The bridge called `name`, or a clear error if it is missing or not a bridge.
+    pub async fn bridge(&self, name: &str) -> Result<Link> {
+        let Some(link) = self.link(name).await? else {
+            bail!(
+                "bridge {name} not found: create it (`ip link add {name} type bridge`) or name another with --bridge"
+            );
+        };
+        if link.kind.as_deref() != Some("bridge") {
+            bail!(
+                "{name} is not a bridge (it is a {} device): --bridge must name a Linux bridge",
+                link.kind.as_deref().unwrap_or("physical")
+            );
+        }
+        Ok(link)
+    }
+
+    /// Makes `port` a port of `bridge` and brings it up.
+    pub async fn join_bridge(&self, port: u32, bridge: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(port)
+            .controller(bridge)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| anyhow!(e))
+            .context("adding the TAP to the bridge")
+    }
+}
+
+/// The agent's TAP device: an Ethernet port of the bridge whose other side is the agent.
+pub struct Tap {
+    iface: tun_tap::Iface,
+}
+
+impl Tap {
+    /// Creates the TAP `name` (no packet-info header), non-blocking for the async shell.
+    pub fn create(name: &str) -> Result<Self> {
+        let iface = tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tap)
+            .with_context(|| format!("creating TAP device {name}"))?;
+        iface
+            .set_non_blocking()
+            .context("making the TAP non-blocking")?;
+        Ok(Self { iface })
+    }
+
+    pub fn name(&self) -> &str {
+        self.iface.name()
+    }
+
+    /// Reads one frame; `WouldBlock` when none is queued.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.iface.recv(buf)
+    }
+
+    /// Writes one frame into the bridge (it enters at the TAP's ingress).
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.iface.send(frame)
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.iface.as_raw_fd()
+    }
+}

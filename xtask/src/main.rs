@@ -1,0 +1,106 @@
+//! `cargo xtask setup | run | test | demo`: the project's one entry point on a fresh machine.
+
+mod demo;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, test and try ipop")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (idempotent): Debian packages, nightly rust-src,
+    /// bpf-linker, bpffs mounted.
+    Setup,
+    /// Build and run the agent: `cargo xtask run -- --bridge lxcbr0` (needs root).
+    Run {
+        /// Arguments for `ipop-agent run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Format and lint checks, then every test: unit, eBPF (BPF_PROG_TEST_RUN), system (needs root).
+    Test {
+        /// Arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build a host with a bridge and two containers in network namespaces, run the agent on
+    /// an embedded default config, show an ARP request answered in the kernel, then clean up.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup => setup::all(),
+        Cmd::Run { args } => {
+            setup::all()?;
+            cargo(&["build", "--package", "ipop-agent"])?;
+            let mut agent = Command::new(agent_binary());
+            agent.arg("run").args(&args);
+            // The agent handles SIGINT itself and exits cleanly; pass its status on.
+            let status = agent.status().context("starting ipop-agent")?;
+            if !status.success() {
+                bail!("ipop-agent exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::all()?;
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            // Default members: ipop-ebpf only builds for the BPF target (through build.rs).
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            let mut test = vec!["test"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&test)
+        }
+        Cmd::Demo => {
+            setup::all()?;
+            cargo(&["build", "--package", "ipop-agent"])?;
+            demo::run(&agent_binary())
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn agent_binary() -> std::path::PathBuf {
+    root().join("target/debug/ipop-agent")
+}
+
+/// Runs cargo in the workspace root; fails with the command on a non-zero exit.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
