@@ -1,15 +1,16 @@
 //! The async shell around the switch: sets up the devices and the datapath, feeds the core
-//! with ring buffer events and the time, carries out its outputs, and tears everything down
-//! on SIGINT/SIGTERM or on any error.
+//! with ring buffer events, frames, RPCs, link changes and the time, carries out its
+//! outputs, and tears everything down on SIGINT/SIGTERM or on any error.
 
-use std::{io, os::fd::AsRawFd, time::Duration};
+use std::{io, net::Ipv4Addr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, RingBuf};
-use ipop_common::maps::{self as m, ArpEvent};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use ipop_common::maps::{self as m, ArpEntry, ArpEvent, ArpKey};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
 };
 use tracing::{debug, info, warn};
 
@@ -17,17 +18,22 @@ use crate::{
     addr::Mac,
     config::AgentConfig,
     datapath::Datapath,
+    link::LinkEvent,
     lock,
     netif::{Netlink, Tap},
-    preflight,
-    switch::{Output, Switch},
+    peers::{LinkTemplate, Peers},
+    preflight, rpc,
+    session::{self, Identity},
+    signaling::{self, SignalEvent},
+    switch::{Output, Owner, PeerId, Route, Switch},
     tables::monotonic_ns,
+    wire::{self, Inner},
 };
 
 /// How often the shell checks its devices and ages the core's tables.
 const TICK: Duration = Duration::from_secs(2);
-/// Largest frame read from the TAP (Ethernet header + 1500, with room for a VLAN tag).
-const TAP_FRAME_MAX: usize = 1522;
+/// Frames read from the TAP per wake-up before other work gets a turn.
+const TAP_BATCH: usize = 64;
 
 /// Decodes one ring buffer record; `None` if it is not a whole event.
 pub fn parse_event(bytes: &[u8]) -> Option<ArpEvent> {
@@ -43,6 +49,15 @@ fn watch<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     // SAFETY: `inner` owns its fd (a map, a TAP) and keeps it open until the AsyncFd, which
     // owns `inner`, is dropped.
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// The parts the loop drives.
+struct Shell {
+    switch: Switch,
+    arp_table: BpfHashMap<MapData, ArpKey, ArpEntry>,
+    tap: Arc<AsyncFd<Tap>>,
+    peers: Option<Peers>,
+    tap_write_errors: u64,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything it attached or created is removed
@@ -80,35 +95,80 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     })?;
     datapath.attach(&cfg.bridge, tap.name())?;
     if let Some(port) = cfg.icc_port {
-        info!(
+        debug!(
             icc_port = port,
-            "icc_port noted: peer links are not part of this version"
+            "icc_port noted (links use ICE-chosen ports)"
         );
     }
 
+    let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64);
+    if let Some(mac) = bridge.mac {
+        for ip in nl.ipv4_addresses(bridge.index).await? {
+            switch.add_local_address(ip, Mac(mac));
+        }
+    }
     let mut events = watch(datapath.take_events()?)?;
     let mut logger = watch(datapath.take_logger()?)?;
-    let tap = watch(tap)?;
-    let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64);
+    let arp_table = datapath.take_arp_table()?;
+
+    let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
+    let (peers, mut signals) = match &cfg.overlay {
+        None => (None, None),
+        Some(o) => {
+            let identity = Identity::generate();
+            let (signaling, signals) = signaling::connect_rendezvous(
+                o.rendezvous.clone(),
+                signaling::Credentials {
+                    overlay: o.overlay.clone(),
+                    secret: o.secret.clone(),
+                    node_id: o.node_id.clone(),
+                    public_key: session::hex(&identity.public),
+                },
+            );
+            let template = LinkTemplate {
+                node_id: o.node_id.clone(),
+                identity,
+                psk: session::overlay_psk(&o.overlay, &o.secret),
+                ice_urls: o.ice_urls.clone(),
+                exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
+                signaling,
+                events: link_tx.clone(),
+            };
+            info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
+            (Some(Peers::new(template)), Some(signals))
+        }
+    };
+    drop(link_tx);
+    let tap = Arc::new(watch(tap)?);
+    let mut shell = Shell {
+        switch,
+        arp_table,
+        tap: tap.clone(),
+        peers,
+        tap_write_errors: 0,
+    };
+
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
-    let mut frame = vec![0u8; TAP_FRAME_MAX];
-    let mut tap_frames = 0u64;
+    let mut frame = vec![0u8; wire::MAX_PAYLOAD];
 
-    info!(
-        bridge = %cfg.bridge,
-        tap = %cfg.tap,
-        pin_dir = %datapath.pin_dir().display(),
-        "ipop-agent ready"
-    );
+    info!(bridge = %cfg.bridge, tap = %cfg.tap, pin_dir = %datapath.pin_dir().display(), "ipop-agent ready");
     let result: Result<()> = loop {
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                drain_events(guard.get_inner_mut(), &mut switch);
+                while let Some(item) = guard.get_inner_mut().next() {
+                    match parse_event(&item) {
+                        Some(ev) => {
+                            let out = shell.switch.handle_arp(monotonic_ns(), &ev);
+                            shell.apply(out);
+                        }
+                        None => warn!(len = item.len(), "short record on arp_events"),
+                    }
+                }
                 guard.clear_ready();
             }
             guard = logger.readable_mut() => {
@@ -118,75 +178,247 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
             guard = tap.readable() => {
                 let mut guard = guard?;
-                match guard.try_io(|t| t.get_ref().recv(&mut frame)) {
-                    // No peers yet: frames toward the overlay have nowhere to go.
-                    Ok(Ok(_)) => tap_frames += 1,
-                    Ok(Err(e)) => break Err(e).context("reading the TAP (was it deleted?)"),
-                    Err(_would_block) => {}
+                for _ in 0..TAP_BATCH {
+                    match guard.try_io(|t| t.get_ref().recv(&mut frame)) {
+                        Ok(Ok(n)) => shell.frame_from_bridge(&frame[..n]),
+                        Ok(Err(e)) => return finish(Err(e).context("reading the TAP (was it deleted?)"), datapath),
+                        Err(_would_block) => break,
+                    }
+                }
+            }
+            ev = link_rx.recv(), if shell.peers.is_some() => {
+                if let Some(ev) = ev {
+                    shell.link_event(ev);
+                }
+            }
+            ev = async { signals.as_mut().unwrap().recv().await }, if signals.is_some() => {
+                match ev {
+                    Some(SignalEvent::Refused(reason)) => break Err(anyhow::anyhow!("the rendezvous refused this agent: {reason}")),
+                    Some(ev) => shell.signal_event(ev),
+                    None => break Err(anyhow::anyhow!("signaling stopped")),
                 }
             }
             _ = tick.tick() => {
-                for ip in switch.expire(monotonic_ns()) {
-                    debug!(%ip, "local host forgotten (silent for longer than the ARP max age)");
-                }
+                let out = shell.switch.expire(monotonic_ns());
+                shell.apply(out);
                 match nl.link(&cfg.bridge).await? {
                     Some(link) if link.index == bridge.index => {}
                     _ => break Err(io::Error::other("the bridge was deleted"))
                         .with_context(|| format!("bridge {} is gone", cfg.bridge)),
                 }
-                debug!(counters = ?switch.counters(), tap_frames, "tick");
+                debug!(counters = ?shell.switch.counters(), "tick");
             }
         }
     };
+    drop((events, logger, shell, tap));
+    finish(result, datapath)
+}
+
+/// Logs how the agent stops and removes the datapath (programs, pins) last.
+fn finish(result: Result<()>, datapath: Datapath) -> Result<()> {
     match &result {
         Ok(()) => info!("stopping: detaching programs, removing the TAP and the pins"),
         Err(e) => warn!("stopping on error: {e:#}"),
     }
-    drop((events, logger, tap, datapath));
+    drop(datapath);
     info!("stopped");
     result
 }
 
-fn drain_events(ring: &mut RingBuf<MapData>, switch: &mut Switch) {
-    while let Some(item) = ring.next() {
-        let Some(ev) = parse_event(&item) else {
-            warn!(len = item.len(), "short record on arp_events");
-            continue;
-        };
-        let now = monotonic_ns();
-        for out in switch.handle_arp(now, &ev) {
-            report(&out);
+impl Shell {
+    fn write_tap(&mut self, frame: &[u8]) {
+        if self.tap.get_ref().send(frame).is_err() {
+            self.tap_write_errors += 1;
         }
     }
-}
 
-/// Carries out an output. Without peers, asking and telling them ends here, logged.
-fn report(out: &Output) {
-    match out {
-        Output::LocalLearned {
-            ip,
-            mac,
-            previous: None,
-        } => info!(%ip, %mac, "local host"),
-        Output::LocalLearned {
-            ip,
-            mac,
-            previous: Some(old),
-        } => {
-            warn!(%ip, %mac, old = %old, "local host changed its MAC")
+    /// A frame the bridge sent toward the overlay.
+    fn frame_from_bridge(&mut self, frame: &[u8]) {
+        let Some(peers) = self.peers.as_mut() else {
+            return;
+        };
+        match self.switch.route_from_bridge(frame) {
+            Route::Drop => {}
+            Route::Peer(id) => peers.send(id, Inner::Ethernet, frame.to_vec()),
+            Route::AllPeers => peers.broadcast(Inner::Ethernet, frame),
         }
-        Output::AnsweredInKernel { ip, requester } => {
-            debug!(%ip, %requester, "answered in the kernel")
+    }
+
+    fn link_event(&mut self, ev: LinkEvent) {
+        let now = monotonic_ns();
+        match ev {
+            LinkEvent::Up(id) => {
+                if let Some(p) = self.peers.as_mut() {
+                    p.set_up(id, true);
+                }
+                self.switch.peer_up(id);
+            }
+            LinkEvent::Down(id) => {
+                if let Some(p) = self.peers.as_mut() {
+                    info!(peer = %p.name(id), "link down: its entries are no longer answered");
+                    p.set_up(id, false);
+                }
+                let out = self.switch.peer_down(id);
+                self.apply(out);
+            }
+            LinkEvent::Received(id, Inner::Ethernet, frame) => {
+                if self.switch.accept_from_peer(now, id, &frame) {
+                    self.write_tap(&frame);
+                }
+            }
+            LinkEvent::Received(id, Inner::Rpc, bytes) => self.rpc(now, id, &bytes),
+            LinkEvent::Received(_, Inner::Keepalive, _) => {}
+            LinkEvent::Dropped(id, e) => {
+                let name = self
+                    .peers
+                    .as_ref()
+                    .map(|p| p.name(id).to_owned())
+                    .unwrap_or_default();
+                debug!(peer = %name, "datagram dropped: {e}");
+            }
         }
-        Output::AskPeers { request, eth_src } => debug!(
-            target_ip = %std::net::Ipv4Addr::from(request.target_ip),
-            requester = %eth_src,
-            "ARP request for an unknown IP (no peers to ask)"
-        ),
-        Output::TellPeers { arp, .. } => debug!(
-            ip = %std::net::Ipv4Addr::from(arp.sender_ip),
-            mac = %Mac(arp.sender_mac),
-            "ARP reply or announcement (no peers to tell)"
-        ),
+    }
+
+    fn rpc(&mut self, now: u64, id: PeerId, bytes: &[u8]) {
+        match rpc::decode(bytes) {
+            Ok(rpc::Incoming::Notification(method)) => {
+                let out = self.switch.handle_rpc(now, id, &method);
+                self.apply(out);
+            }
+            Ok(rpc::Incoming::Call { id: call, method }) => {
+                let out = self.switch.handle_rpc(now, id, &method);
+                self.apply(out);
+                if let Some(p) = self.peers.as_mut() {
+                    p.send(id, Inner::Rpc, rpc::encode_result(&call));
+                }
+            }
+            Ok(rpc::Incoming::Response { error, .. }) => {
+                if let Some((code, message)) = error {
+                    debug!(peer = id, code, %message, "error response from a peer");
+                }
+            }
+            Err(rejection) => {
+                let name = self
+                    .peers
+                    .as_ref()
+                    .map(|p| p.name(id).to_owned())
+                    .unwrap_or_default();
+                warn!(peer = %name, code = rejection.code, "refused RPC: {}", rejection.message);
+                if let (Some(answer), Some(p)) = (rejection.answer, self.peers.as_mut()) {
+                    p.send(id, Inner::Rpc, answer);
+                }
+            }
+        }
+    }
+
+    fn signal_event(&mut self, ev: SignalEvent) {
+        let Some(peers) = self.peers.as_mut() else {
+            return;
+        };
+        let replaced = match ev {
+            SignalEvent::Members(members) => {
+                members.iter().filter_map(|m| peers.ensure(m)).collect()
+            }
+            SignalEvent::Joined(m) => peers.ensure(&m).into_iter().collect(),
+            SignalEvent::Left(node) => {
+                peers.left(&node);
+                Vec::new()
+            }
+            SignalEvent::Signal { from, data } => {
+                peers.signal(&from, data);
+                Vec::new()
+            }
+            SignalEvent::Lost => {
+                warn!("lost the rendezvous: links that are up keep working; reconnecting");
+                Vec::new()
+            }
+            SignalEvent::Refused(_) => Vec::new(),
+        };
+        for old in replaced {
+            let out = self.switch.peer_down(old);
+            self.apply(out);
+        }
+    }
+
+    /// Carries out the switch's outputs, in order.
+    fn apply(&mut self, outputs: Vec<Output>) {
+        for out in outputs {
+            match out {
+                Output::LocalLearned {
+                    ip,
+                    mac,
+                    previous: None,
+                } => info!(%ip, %mac, "local host"),
+                Output::LocalLearned {
+                    ip,
+                    mac,
+                    previous: Some(old),
+                } => warn!(%ip, %mac, %old, "local host changed its MAC"),
+                Output::AnsweredInKernel { ip, requester } => {
+                    debug!(%ip, %requester, "answered in the kernel")
+                }
+                Output::Broadcast(method) => {
+                    if let Some(p) = self.peers.as_mut() {
+                        p.broadcast(Inner::Rpc, &rpc::encode(&method));
+                    }
+                }
+                Output::WriteTap(frame) => self.write_tap(&frame),
+                Output::ArpInstall { ip, mac } => self.install(ip, mac),
+                Output::ArpRemove { ip } => self.remove(ip),
+                Output::Conflict {
+                    ip,
+                    owner,
+                    claimed,
+                    by,
+                } => {
+                    let by = self
+                        .peers
+                        .as_ref()
+                        .map(|p| p.name(by).to_owned())
+                        .unwrap_or_default();
+                    let owner = match owner {
+                        Owner::Local(mac) => format!("local host {mac}"),
+                        Owner::Remote { mac, peer } => {
+                            format!(
+                                "{mac} behind {}",
+                                self.peers.as_ref().map(|p| p.name(peer)).unwrap_or("?")
+                            )
+                        }
+                    };
+                    warn!(%ip, %claimed, peer = %by, %owner, "IP conflict: a peer claims an IP that is taken; the existing owner stands");
+                }
+            }
+        }
+    }
+
+    /// A learned entry; an operator's static entry for the same IP stays.
+    fn install(&mut self, ip: Ipv4Addr, mac: Mac) {
+        let key = ArpKey { ip: ip.octets() };
+        if self
+            .arp_table
+            .get(&key, 0)
+            .is_ok_and(|e| e.flags & m::ENTRY_STATIC != 0)
+        {
+            return;
+        }
+        let entry = ArpEntry {
+            mac: mac.0,
+            flags: 0,
+            updated_ns: monotonic_ns(),
+        };
+        if let Err(e) = self.arp_table.insert(key, entry, 0) {
+            warn!(%ip, "could not install in arp_table: {e}");
+        }
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) {
+        let key = ArpKey { ip: ip.octets() };
+        if self
+            .arp_table
+            .get(&key, 0)
+            .is_ok_and(|e| e.flags & m::ENTRY_STATIC == 0)
+        {
+            let _ = self.arp_table.remove(&key);
+        }
     }
 }

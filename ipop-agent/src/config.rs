@@ -10,6 +10,7 @@ pub const DEFAULT_BRIDGE: &str = "lxcbr0";
 pub const DEFAULT_TAP: &str = "ipop";
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ipop";
 pub const DEFAULT_ARP_MAX_AGE_SECS: u64 = 300;
+pub const DEFAULT_OVERLAY: &str = "ipop";
 
 /// Settings as given, in a file or on the command line; `None` means "not given here".
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -28,6 +29,18 @@ pub struct Settings {
     pub pin_dir: Option<PathBuf>,
     /// Learned ARP entries older than this are no longer answered in the kernel (0: never).
     pub arp_max_age_secs: Option<u64>,
+    /// This agent's name in the overlay (default: the host name).
+    pub node_id: Option<String>,
+    /// The overlay to join (default "ipop").
+    pub overlay: Option<String>,
+    /// The overlay's shared secret: admits to the rendezvous and keys the links.
+    pub secret: Option<String>,
+    /// `host:port` of the rendezvous service; without it the agent runs alone.
+    pub rendezvous: Option<String>,
+    /// STUN servers (`stun:host:port`) for server-reflexive candidates.
+    pub stun: Option<Vec<String>>,
+    /// TURN servers (`turn:host:port?transport=udp`, with credentials in the url) for relays.
+    pub turn: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -46,6 +59,12 @@ impl Settings {
             tap: over.tap.or(self.tap),
             pin_dir: over.pin_dir.or(self.pin_dir),
             arp_max_age_secs: over.arp_max_age_secs.or(self.arp_max_age_secs),
+            node_id: over.node_id.or(self.node_id),
+            overlay: over.overlay.or(self.overlay),
+            secret: over.secret.or(self.secret),
+            rendezvous: over.rendezvous.or(self.rendezvous),
+            stun: over.stun.or(self.stun),
+            turn: over.turn.or(self.turn),
         }
     }
 
@@ -84,6 +103,63 @@ impl Settings {
             None => PathBuf::from(DEFAULT_PIN_ROOT).join(&bridge),
         };
         let max_age = self.arp_max_age_secs.unwrap_or(DEFAULT_ARP_MAX_AGE_SECS);
+        let overlay = match self.rendezvous {
+            None => {
+                if self.secret.is_some()
+                    || self.stun.is_some()
+                    || self.turn.is_some()
+                    || self.overlay.is_some()
+                {
+                    return Err("overlay, secret, stun and turn need a rendezvous to join".into());
+                }
+                None
+            }
+            Some(rendezvous) => {
+                if rendezvous
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return Err(format!("rendezvous {rendezvous:?} must be host:port"));
+                }
+                let secret = self
+                    .secret
+                    .ok_or("a rendezvous needs the overlay's secret")?;
+                if secret.len() < 8 {
+                    return Err("the secret must be at least 8 characters".into());
+                }
+                let node_id = match self.node_id {
+                    Some(id) => id,
+                    None => hostname().ok_or("no node_id given and the host name is unusable")?,
+                };
+                crate::rendezvous::check_node_id(&node_id)?;
+                let name = self.overlay.unwrap_or_else(|| DEFAULT_OVERLAY.into());
+                if name.is_empty() || name.len() > 64 {
+                    return Err("overlay must be 1-64 characters".into());
+                }
+                let mut ice_urls = Vec::new();
+                for (scheme, urls) in [
+                    ("stun:", self.stun.unwrap_or_default()),
+                    ("turn", self.turn.unwrap_or_default()),
+                ] {
+                    for url in urls {
+                        if !url.starts_with(scheme) {
+                            return Err(format!(
+                                "{url:?} is not a {} url",
+                                scheme.trim_end_matches(':')
+                            ));
+                        }
+                        ice_urls.push(url);
+                    }
+                }
+                Some(OverlayConfig {
+                    node_id,
+                    overlay: name,
+                    secret,
+                    rendezvous,
+                    ice_urls,
+                })
+            }
+        };
         Ok(AgentConfig {
             bridge,
             tap,
@@ -94,6 +170,7 @@ impl Settings {
             } else {
                 self.icc_port
             },
+            overlay,
         })
     }
 }
@@ -106,6 +183,36 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     pub arp_max_age: Duration,
     pub icc_port: Option<u16>,
+    /// Where and how to meet peers; `None`: this agent runs alone.
+    pub overlay: Option<OverlayConfig>,
+}
+
+/// How the agent joins an overlay.
+#[derive(Clone, PartialEq)]
+pub struct OverlayConfig {
+    pub node_id: String,
+    pub overlay: String,
+    pub secret: String,
+    pub rendezvous: String,
+    pub ice_urls: Vec<String>,
+}
+
+impl std::fmt::Debug for OverlayConfig {
+    // The secret stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlayConfig")
+            .field("node_id", &self.node_id)
+            .field("overlay", &self.overlay)
+            .field("rendezvous", &self.rendezvous)
+            .field("ice_urls", &self.ice_urls)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_owned();
+    crate::rendezvous::check_node_id(&name).ok().map(|_| name)
 }
 
 /// The pin directory an agent on `bridge` uses unless told otherwise.
@@ -176,6 +283,47 @@ mod tests {
         assert!(Settings::from_json(r#"{"icc_port": 70000}"#).is_err());
         assert!(Settings::from_json("{").is_err());
         assert!(Settings::from_json("[]").is_err());
+    }
+
+    #[test]
+    fn an_overlay_needs_a_rendezvous_and_a_secret() {
+        let s = Settings::from_json(
+            r#"{"rendezvous": "192.0.2.1:7000", "secret": "long enough", "node_id": "a", "stun": ["stun:192.0.2.2:3478"]}"#,
+        )
+        .unwrap();
+        let o = s.resolve().unwrap().overlay.unwrap();
+        assert_eq!(
+            (
+                o.node_id.as_str(),
+                o.overlay.as_str(),
+                o.rendezvous.as_str()
+            ),
+            ("a", "ipop", "192.0.2.1:7000")
+        );
+        assert_eq!(o.ice_urls, vec!["stun:192.0.2.2:3478"]);
+        assert!(
+            !format!("{o:?}").contains("long enough"),
+            "the secret is not logged"
+        );
+        assert_eq!(
+            Settings::default().resolve().unwrap().overlay,
+            None,
+            "alone without a rendezvous"
+        );
+        for bad in [
+            r#"{"secret": "long enough"}"#,
+            r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a"}"#,
+            r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "short"}"#,
+            r#"{"rendezvous": "192.0.2.1", "node_id": "a", "secret": "long enough"}"#,
+            r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a b", "secret": "long enough"}"#,
+            r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough", "stun": ["turn:x:1"]}"#,
+            r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough", "turn": ["stun:x:1"]}"#,
+        ] {
+            assert!(
+                Settings::from_json(bad).unwrap().resolve().is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

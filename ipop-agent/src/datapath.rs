@@ -181,6 +181,15 @@ impl Datapath {
         RingBuf::try_from(map).map_err(|e| anyhow!(e))
     }
 
+    /// `arp_table`, for the agent to install and remove learned entries.
+    pub fn take_arp_table(&mut self) -> Result<aya::maps::HashMap<MapData, ArpKey, ArpEntry>> {
+        let map = self
+            .ebpf
+            .take_map(m::ARP_TABLE)
+            .context("arp_table map missing")?;
+        Ok(aya::maps::HashMap::try_from(map)?)
+    }
+
     /// The reader of the programs' aya-log messages.
     pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising the eBPF logger")

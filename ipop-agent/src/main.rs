@@ -37,6 +37,8 @@ enum Command {
         #[command(subcommand)]
         command: ArpCommand,
     },
+    /// Run the embedded rendezvous service that introduces the agents of one overlay.
+    Rendezvous(RendezvousArgs),
     /// Show the kernel programs' counters.
     Stats {
         #[command(flatten)]
@@ -73,6 +75,37 @@ struct RunArgs {
     /// Inter-controller communication port (the seed's key).
     #[arg(long)]
     icc_port: Option<u16>,
+    /// This agent's name in the overlay [default: the host name].
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Overlay to join [default: ipop].
+    #[arg(long)]
+    overlay: Option<String>,
+    /// The overlay's shared secret (prefer the config file or IPOP_SECRET: command lines are visible to all users).
+    #[arg(long, env = "IPOP_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The rendezvous service, host:port; without it the agent runs alone.
+    #[arg(long)]
+    rendezvous: Option<String>,
+    /// STUN server url, e.g. stun:192.0.2.1:3478 (repeatable).
+    #[arg(long)]
+    stun: Vec<String>,
+    /// TURN server url (repeatable).
+    #[arg(long)]
+    turn: Vec<String>,
+}
+
+#[derive(Args)]
+struct RendezvousArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7000.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The overlay it serves.
+    #[arg(long, default_value = config::DEFAULT_OVERLAY)]
+    overlay: String,
+    /// The overlay's shared secret: members must prove they hold it.
+    #[arg(long, env = "IPOP_SECRET", hide_env_values = true)]
+    secret: String,
 }
 
 /// Which running agent: by bridge (default pin directory) or by pin directory.
@@ -146,7 +179,27 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Arp { target, command } => arp(target.pinned()?, command),
         Command::Stats { target, json } => stats(target.pinned()?, json),
+        Command::Rendezvous(args) => rendezvous(args),
     }
+}
+
+fn rendezvous(args: RendezvousArgs) -> Result<()> {
+    if args.secret.len() < 8 {
+        anyhow::bail!("the secret must be at least 8 characters");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tokio::select! {
+            r = ipop_agent::rendezvous::serve(listener, args.overlay, args.secret) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -168,6 +221,12 @@ fn run(args: RunArgs) -> Result<()> {
         tap: args.tap,
         pin_dir: args.pin_dir,
         arp_max_age_secs: args.arp_max_age_secs,
+        node_id: args.node_id,
+        overlay: args.overlay,
+        secret: args.secret,
+        rendezvous: args.rendezvous,
+        stun: (!args.stun.is_empty()).then_some(args.stun),
+        turn: (!args.turn.is_empty()).then_some(args.turn),
     };
     let cfg = file
         .overridden_by(cli)

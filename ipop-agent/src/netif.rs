@@ -25,6 +25,8 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// Index of the bridge (or other master) this device is a port of.
     pub controller: Option<u32>,
+    /// The device's Ethernet address.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Link {
@@ -36,12 +38,14 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             mtu: None,
             controller: None,
+            mac: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
                 LinkAttribute::Controller(index) => link.controller = Some(*index),
+                LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -102,6 +106,33 @@ impl Netlink {
             );
         }
         Ok(link)
+    }
+
+    /// The IPv4 addresses of the device with index `index`.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<std::net::Ipv4Addr>> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(|e| anyhow!(e))
+            .context("listing addresses")?
+        {
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                    out.push(ip);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// Makes `port` a port of `bridge` and brings it up.

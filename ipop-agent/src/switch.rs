@@ -1,21 +1,37 @@
-//! The switch: ipop's sans-IO core. It takes what the kernel programs saw (ARP events) and
-//! the time, and says what to do; it owns no socket, clock, file or map. The async shell
-//! (`agent`) carries the outputs out.
+//! The switch: ipop's sans-IO core. It is told what the kernel programs saw (ARP events),
+//! what peers sent (RPCs, frames), which peers are up, and the time; it decides what to do
+//! and owns the tables. It holds no socket, clock, file or map: the shell (`agent`) carries
+//! its outputs out, in order.
 //!
-//! What it knows: which IPs live on the local bridge (learned from the ARP they send).
-//! What it decides for each ARP frame the bridge sends toward the overlay: answered in the
-//! kernel already, ask the peers (`arp_request`), tell the peers (`arp_reply`), or nothing.
+//! Tables: local hosts (IP -> MAC, on this bridge), remote hosts (IP -> MAC and the peer
+//! behind it, mirrored into the kernel's `arp_table`), and MAC -> peer for unicast frames.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
 
 use ipop_common::{
-    arp::{Arp, OP_REPLY, OP_REQUEST},
+    arp::{self, Arp, BROADCAST, ETHERTYPE_ARP, OP_REPLY, OP_REQUEST},
     maps::{ArpEvent, HOOK_BRIDGE_INGRESS, HOOK_TAP_EGRESS, VERDICT_ANSWERED},
 };
 
-use crate::addr::Mac;
+use crate::{
+    addr::Mac,
+    rpc::{ArpReply, ArpRequest, Method},
+};
 
-/// What the shell must do (or report) after an input.
+/// A peer, as the shell numbers them.
+pub type PeerId = u32;
+
+/// Who owns an IP, when a peer's claim conflicts with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Local(Mac),
+    Remote { mac: Mac, peer: PeerId },
+}
+
+/// What the shell must do (or report) after an input, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// A host on the local bridge was seen for the first time, or with a new MAC.
@@ -26,30 +42,64 @@ pub enum Output {
     },
     /// The kernel answered `requester`'s request for `ip` from `arp_table`: no RPC is needed.
     AnsweredInKernel { ip: Ipv4Addr, requester: Ipv4Addr },
-    /// A local host asks for an IP that is neither local nor known: `arp_request` to the peers.
-    AskPeers { request: Arp, eth_src: Mac },
-    /// A local host answers a remote requester or announces itself: `arp_reply` to the peers.
-    TellPeers { arp: Arp, eth_dst: Mac },
+    /// Send to every peer that is up (ARP travels only this way, never as frames).
+    Broadcast(Method),
+    /// Write this frame into the TAP: the local bridge delivers it.
+    WriteTap(Vec<u8>),
+    /// Put (or refresh) `ip` -> `mac` in the kernel's `arp_table`.
+    ArpInstall { ip: Ipv4Addr, mac: Mac },
+    /// Take `ip` out of `arp_table`: it is no longer answered in the kernel.
+    ArpRemove { ip: Ipv4Addr },
+    /// A peer claimed an IP that someone else owns; the existing mapping stands.
+    Conflict {
+        ip: Ipv4Addr,
+        owner: Owner,
+        claimed: Mac,
+        by: PeerId,
+    },
 }
 
-/// A host on the local bridge.
+/// Where a frame from the local bridge goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Drop,
+    Peer(PeerId),
+    AllPeers,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Neighbour {
     pub mac: Mac,
     pub seen_ns: u64,
+    /// The bridge's own addresses never expire.
+    pub permanent: bool,
 }
 
-/// Counts of the switch's decisions (the agent logs them; the kernel's are in `stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    pub mac: Mac,
+    pub peer: PeerId,
+    pub updated_ns: u64,
+}
+
+/// Counts of the switch's decisions (the kernel's own counters are in `stats`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     pub events: u64,
     pub answered_in_kernel: u64,
-    pub asked_peers: u64,
-    pub told_peers: u64,
+    pub rpc_sent: u64,
+    pub rpc_received: u64,
     /// Requests for a local IP: the local host answers, the overlay is not involved.
     pub resolved_locally: u64,
+    /// Requests nobody could be asked about (no peer up).
+    pub unresolved: u64,
     /// Probes (sender 0.0.0.0): duplicate address detection stays on the local bridge.
     pub probes: u64,
+    pub conflicts: u64,
+    pub frames_to_peers: u64,
+    pub frames_from_peers: u64,
+    /// Frames from peers refused: too short, ARP as data, or a local source MAC.
+    pub frames_refused: u64,
     /// Events the programs should never send (unknown hook or operation).
     pub unexpected: u64,
 }
@@ -57,16 +107,26 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Switch {
     local: HashMap<Ipv4Addr, Neighbour>,
-    /// Local hosts not heard from for this long are forgotten.
-    local_max_age_ns: u64,
+    remote: HashMap<Ipv4Addr, Remote>,
+    macs: HashMap<Mac, (PeerId, u64)>,
+    peers: HashSet<PeerId>,
+    max_age_ns: u64,
     counters: Counters,
 }
 
+fn is_host_mac(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 0 && *mac != [0; 6]
+}
+
 impl Switch {
-    pub fn new(local_max_age_ns: u64) -> Self {
+    /// `max_age_ns`: how long learned entries (local and remote) live without a refresh.
+    pub fn new(max_age_ns: u64) -> Self {
         Self {
             local: HashMap::new(),
-            local_max_age_ns,
+            remote: HashMap::new(),
+            macs: HashMap::new(),
+            peers: HashSet::new(),
+            max_age_ns,
             counters: Counters::default(),
         }
     }
@@ -77,6 +137,46 @@ impl Switch {
 
     pub fn local(&self, ip: Ipv4Addr) -> Option<Neighbour> {
         self.local.get(&ip).copied()
+    }
+
+    pub fn remote(&self, ip: Ipv4Addr) -> Option<Remote> {
+        self.remote.get(&ip).copied()
+    }
+
+    /// An address of the host itself on the bridge: always local, never asked about.
+    pub fn add_local_address(&mut self, ip: Ipv4Addr, mac: Mac) {
+        self.local.insert(
+            ip,
+            Neighbour {
+                mac,
+                seen_ns: 0,
+                permanent: true,
+            },
+        );
+    }
+
+    /// A link to `peer` is up: it receives broadcasts from now on.
+    pub fn peer_up(&mut self, peer: PeerId) {
+        self.peers.insert(peer);
+    }
+
+    /// The link to `peer` is down: what it told us is no longer answered.
+    pub fn peer_down(&mut self, peer: PeerId) -> Vec<Output> {
+        self.peers.remove(&peer);
+        self.macs.retain(|_, (p, _)| *p != peer);
+        let mut gone: Vec<Ipv4Addr> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.peer == peer)
+            .map(|(ip, _)| *ip)
+            .collect();
+        gone.sort();
+        gone.into_iter()
+            .map(|ip| {
+                self.remote.remove(&ip);
+                Output::ArpRemove { ip }
+            })
+            .collect()
     }
 
     /// Decides what an ARP event from the kernel means, at monotonic time `now_ns`.
@@ -95,84 +195,251 @@ impl Switch {
             return out;
         }
         // Both hooks only report frames from the local side (the bridge ingress program
-        // drops the agent's own injected frames), so the sender is a local host.
-        out.extend(self.learn(now_ns, Ipv4Addr::from(arp.sender_ip), Mac(arp.sender_mac)));
+        // skips the agent's own injected frames), so the sender is a local host.
+        out.extend(self.learn_local(now_ns, Ipv4Addr::from(arp.sender_ip), Mac(arp.sender_mac)));
         if ev.hook == HOOK_BRIDGE_INGRESS {
             // The same broadcast also reaches the TAP's egress, which decides for the overlay.
             return out;
         }
         let target = Ipv4Addr::from(arp.target_ip);
-        if ev.verdict == VERDICT_ANSWERED {
+        let method = if ev.verdict == VERDICT_ANSWERED {
             self.counters.answered_in_kernel += 1;
             out.push(Output::AnsweredInKernel {
                 ip: target,
                 requester: Ipv4Addr::from(arp.sender_ip),
             });
+            return out;
         } else if arp.op == OP_REPLY || arp.is_gratuitous() {
-            self.counters.told_peers += 1;
-            out.push(Output::TellPeers {
-                arp,
-                eth_dst: Mac(ev.eth_dst),
-            });
+            Method::ArpReply(ArpReply {
+                sender_mac: Mac(arp.sender_mac),
+                sender_ip: arp.sender_ip.into(),
+                target_mac: Mac(if arp.is_gratuitous() {
+                    BROADCAST
+                } else {
+                    arp.target_mac
+                }),
+                target_ip: target,
+            })
         } else if self.local.contains_key(&target) {
             self.counters.resolved_locally += 1;
+            return out;
         } else {
-            self.counters.asked_peers += 1;
-            out.push(Output::AskPeers {
-                request: arp,
-                eth_src: Mac(ev.eth_src),
-            });
+            Method::ArpRequest(ArpRequest {
+                sender_mac: Mac(arp.sender_mac),
+                sender_ip: arp.sender_ip.into(),
+                target_ip: target,
+            })
+        };
+        if self.peers.is_empty() {
+            self.counters.unresolved += 1;
+        } else {
+            self.counters.rpc_sent += 1;
+            out.push(Output::Broadcast(method));
         }
         out
     }
 
-    fn learn(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac) -> Option<Output> {
+    /// Decides what an RPC from `peer` means: seed steps 3 (a request replayed into the local
+    /// bridge) and 6 (a reply installed and delivered).
+    pub fn handle_rpc(&mut self, now_ns: u64, peer: PeerId, method: &Method) -> Vec<Output> {
+        self.counters.rpc_received += 1;
+        let (sender_mac, sender_ip) = match method {
+            Method::ArpRequest(r) => (r.sender_mac, r.sender_ip),
+            Method::ArpReply(r) => (r.sender_mac, r.sender_ip),
+        };
+        let mut out = Vec::new();
+        if let Err(conflict) = self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
+            self.counters.conflicts += 1;
+            out.push(conflict);
+            return out;
+        }
+        // Installed before the frame is injected: the bridge ingress program recognises the
+        // injected frame by this entry and does not report it back (no loop).
+        out.push(Output::ArpInstall {
+            ip: sender_ip,
+            mac: sender_mac,
+        });
+        match method {
+            Method::ArpRequest(r) => {
+                let frame = Arp {
+                    op: OP_REQUEST,
+                    sender_mac: r.sender_mac.0,
+                    sender_ip: r.sender_ip.octets(),
+                    target_mac: [0; 6],
+                    target_ip: r.target_ip.octets(),
+                };
+                out.push(Output::WriteTap(
+                    arp::build(BROADCAST, r.sender_mac.0, &frame).to_vec(),
+                ));
+            }
+            Method::ArpReply(r) => {
+                let gratuitous = r.sender_ip == r.target_ip;
+                let for_us = self
+                    .local
+                    .get(&r.target_ip)
+                    .is_some_and(|n| n.mac == r.target_mac);
+                if gratuitous || for_us {
+                    let dst = if gratuitous {
+                        BROADCAST
+                    } else {
+                        r.target_mac.0
+                    };
+                    let frame = Arp {
+                        op: OP_REPLY,
+                        sender_mac: r.sender_mac.0,
+                        sender_ip: r.sender_ip.octets(),
+                        target_mac: r.target_mac.0,
+                        target_ip: r.target_ip.octets(),
+                    };
+                    out.push(Output::WriteTap(
+                        arp::build(dst, r.sender_mac.0, &frame).to_vec(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Where a frame the bridge sent to the TAP goes. ARP never travels as a frame (the
+    /// kernel reported it already), and no frame goes anywhere without a peer.
+    pub fn route_from_bridge(&mut self, frame: &[u8]) -> Route {
+        if frame.len() < arp::ETH_HLEN || self.peers.is_empty() {
+            return Route::Drop;
+        }
+        if u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP {
+            return Route::Drop;
+        }
+        let dst: [u8; 6] = frame[..6].try_into().unwrap();
+        self.counters.frames_to_peers += 1;
+        match self.macs.get(&Mac(dst)) {
+            Some((peer, _)) if is_host_mac(&dst) => Route::Peer(*peer),
+            _ => Route::AllPeers,
+        }
+    }
+
+    /// Whether a frame from `peer` goes into the TAP; learns its source MAC behind `peer`.
+    pub fn accept_from_peer(&mut self, now_ns: u64, peer: PeerId, frame: &[u8]) -> bool {
+        if frame.len() < arp::ETH_HLEN
+            || u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP
+        {
+            self.counters.frames_refused += 1;
+            return false;
+        }
+        let src: [u8; 6] = frame[6..12].try_into().unwrap();
+        if is_host_mac(&src) {
+            if self.local.values().any(|n| n.mac.0 == src) {
+                // One of our own hosts' MACs coming back from the overlay: a loop or a spoof.
+                self.counters.frames_refused += 1;
+                return false;
+            }
+            self.macs.insert(Mac(src), (peer, now_ns));
+        }
+        self.counters.frames_from_peers += 1;
+        true
+    }
+
+    fn learn_local(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac) -> Option<Output> {
+        if let Some(n) = self.local.get_mut(&ip)
+            && n.mac == mac
+        {
+            n.seen_ns = now_ns;
+            return None;
+        }
         let previous = self.local.insert(
             ip,
             Neighbour {
                 mac,
                 seen_ns: now_ns,
+                permanent: false,
             },
         );
-        match previous {
-            Some(p) if p.mac == mac => None,
-            _ => Some(Output::LocalLearned {
-                ip,
-                mac,
-                previous: previous.map(|p| p.mac),
-            }),
-        }
+        Some(Output::LocalLearned {
+            ip,
+            mac,
+            previous: previous.map(|p| p.mac),
+        })
     }
 
-    /// Forgets local hosts not heard from within the maximum age; returns them.
-    pub fn expire(&mut self, now_ns: u64) -> Vec<Ipv4Addr> {
-        let max_age = self.local_max_age_ns;
+    /// Records that `peer` says `ip` is at `mac`, unless someone else owns `ip`.
+    fn learn_remote(
+        &mut self,
+        now_ns: u64,
+        ip: Ipv4Addr,
+        mac: Mac,
+        peer: PeerId,
+    ) -> Result<(), Output> {
+        if let Some(n) = self.local.get(&ip) {
+            return Err(Output::Conflict {
+                ip,
+                owner: Owner::Local(n.mac),
+                claimed: mac,
+                by: peer,
+            });
+        }
+        if let Some(r) = self.remote.get(&ip)
+            && r.mac != mac
+            && r.peer != peer
+        {
+            return Err(Output::Conflict {
+                ip,
+                owner: Owner::Remote {
+                    mac: r.mac,
+                    peer: r.peer,
+                },
+                claimed: mac,
+                by: peer,
+            });
+        }
+        self.remote.insert(
+            ip,
+            Remote {
+                mac,
+                peer,
+                updated_ns: now_ns,
+            },
+        );
+        self.macs.insert(mac, (peer, now_ns));
+        Ok(())
+    }
+
+    /// Forgets what was not refreshed within the maximum age; returns the kernel entries to
+    /// remove. Local hosts go quietly; the bridge's own addresses stay.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Output> {
+        let max_age = self.max_age_ns;
+        let old = |t: u64| now_ns.saturating_sub(t) > max_age;
+        self.local.retain(|_, n| n.permanent || !old(n.seen_ns));
+        self.macs.retain(|_, (_, t)| !old(*t));
         let mut gone: Vec<Ipv4Addr> = self
-            .local
+            .remote
             .iter()
-            .filter(|(_, n)| now_ns.saturating_sub(n.seen_ns) > max_age)
+            .filter(|(_, r)| old(r.updated_ns))
             .map(|(ip, _)| *ip)
             .collect();
         gone.sort();
-        for ip in &gone {
-            self.local.remove(ip);
-        }
-        gone
+        gone.into_iter()
+            .map(|ip| {
+                self.remote.remove(&ip);
+                Output::ArpRemove { ip }
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ipop_common::maps::VERDICT_PASSED;
+    use ipop_common::{arp::ArpFrame, maps::VERDICT_PASSED};
 
     use super::*;
 
     const A: [u8; 6] = [2, 0, 0, 0, 0, 5];
     const B: [u8; 6] = [2, 0, 0, 0, 0, 6];
+    const R: [u8; 6] = [2, 0, 0, 0, 0, 0x68];
     const A_IP: [u8; 4] = [10, 0, 3, 5];
     const B_IP: [u8; 4] = [10, 0, 3, 6];
-    const REMOTE_IP: [u8; 4] = [10, 0, 3, 104];
+    const R_IP: [u8; 4] = [10, 0, 3, 104];
     const SEC: u64 = 1_000_000_000;
+    const P1: PeerId = 1;
+    const P2: PeerId = 2;
 
     fn event(
         hook: u8,
@@ -202,10 +469,43 @@ mod tests {
         event(hook, OP_REQUEST, (A, A_IP), ([0; 6], target_ip))
     }
 
-    #[test]
-    fn a_request_for_an_unknown_ip_asks_the_peers_once() {
+    fn with_peers(peers: &[PeerId]) -> Switch {
         let mut sw = Switch::new(60 * SEC);
-        let at_bridge = sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, REMOTE_IP));
+        for p in peers {
+            sw.peer_up(*p);
+        }
+        sw
+    }
+
+    fn remote_request() -> Method {
+        Method::ArpRequest(ArpRequest {
+            sender_mac: Mac(R),
+            sender_ip: R_IP.into(),
+            target_ip: A_IP.into(),
+        })
+    }
+
+    fn remote_reply_to_a() -> Method {
+        Method::ArpReply(ArpReply {
+            sender_mac: Mac(R),
+            sender_ip: R_IP.into(),
+            target_mac: Mac(A),
+            target_ip: A_IP.into(),
+        })
+    }
+
+    fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn a_request_for_an_unknown_ip_is_broadcast_to_peers_once() {
+        let mut sw = with_peers(&[P1, P2]);
+        let at_bridge = sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
         assert_eq!(
             at_bridge,
             vec![Output::LocalLearned {
@@ -214,40 +514,56 @@ mod tests {
                 previous: None
             }]
         );
-        let at_tap = sw.handle_arp(0, &request(HOOK_TAP_EGRESS, REMOTE_IP));
+        let at_tap = sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP));
+        let expected = Method::ArpRequest(ArpRequest {
+            sender_mac: Mac(A),
+            sender_ip: A_IP.into(),
+            target_ip: R_IP.into(),
+        });
         assert_eq!(
-            at_tap.len(),
-            1,
-            "the requester was learned already: {at_tap:?}"
+            at_tap,
+            vec![Output::Broadcast(expected)],
+            "one broadcast, from the TAP hook only"
         );
-        match &at_tap[0] {
-            Output::AskPeers { request, eth_src } => {
-                assert_eq!(request.target_ip, REMOTE_IP);
-                assert_eq!(*eth_src, Mac(A));
-            }
-            other => panic!("expected AskPeers, got {other:?}"),
-        }
-        assert_eq!(sw.counters().asked_peers, 1);
+        assert_eq!(sw.counters().rpc_sent, 1);
+    }
+
+    #[test]
+    fn without_peers_nothing_is_sent() {
+        let mut sw = with_peers(&[]);
+        assert!(
+            !sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP))
+                .iter()
+                .any(|o| matches!(o, Output::Broadcast(_)))
+        );
+        assert_eq!(sw.counters().unresolved, 1);
+        assert_eq!(
+            sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)),
+            Route::Drop
+        );
     }
 
     #[test]
     fn a_request_answered_in_the_kernel_needs_no_rpc() {
-        let mut sw = Switch::new(60 * SEC);
-        let mut ev = request(HOOK_TAP_EGRESS, REMOTE_IP);
+        let mut sw = with_peers(&[P1]);
+        let mut ev = request(HOOK_TAP_EGRESS, R_IP);
         ev.verdict = VERDICT_ANSWERED;
         let out = sw.handle_arp(0, &ev);
         assert!(out.contains(&Output::AnsweredInKernel {
-            ip: REMOTE_IP.into(),
+            ip: R_IP.into(),
             requester: A_IP.into()
         }));
-        assert!(!out.iter().any(|o| matches!(o, Output::AskPeers { .. })));
-        assert_eq!(sw.counters().answered_in_kernel, 1);
-        assert_eq!(sw.counters().asked_peers, 0);
+        assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(_))));
+        assert_eq!(
+            (sw.counters().answered_in_kernel, sw.counters().rpc_sent),
+            (1, 0)
+        );
     }
 
     #[test]
-    fn a_request_for_a_local_host_stays_local() {
-        let mut sw = Switch::new(60 * SEC);
+    fn a_request_for_a_local_host_or_the_bridge_stays_local() {
+        let mut sw = with_peers(&[P1]);
+        sw.add_local_address([10, 0, 3, 1].into(), Mac([2, 0, 0, 0, 0, 1]));
         sw.handle_arp(
             0,
             &event(
@@ -257,38 +573,225 @@ mod tests {
                 ([0; 6], [10, 0, 3, 1]),
             ),
         );
-        let out = sw.handle_arp(1, &request(HOOK_TAP_EGRESS, B_IP));
-        assert!(
-            !out.iter().any(|o| matches!(o, Output::AskPeers { .. })),
-            "{out:?}"
-        );
-        assert_eq!(sw.counters().resolved_locally, 1);
+        for target in [B_IP, [10, 0, 3, 1]] {
+            let out = sw.handle_arp(1, &request(HOOK_TAP_EGRESS, target));
+            assert!(
+                !out.iter().any(|o| matches!(o, Output::Broadcast(_))),
+                "{out:?}"
+            );
+        }
+        assert_eq!(sw.counters().resolved_locally, 2);
     }
 
     #[test]
-    fn replies_and_announcements_are_told_to_the_peers() {
-        let mut sw = Switch::new(60 * SEC);
-        let reply = event(HOOK_TAP_EGRESS, OP_REPLY, (B, B_IP), (A, A_IP));
-        let out = sw.handle_arp(0, &reply);
+    fn local_replies_and_announcements_are_told_to_peers() {
+        let mut sw = with_peers(&[P1]);
+        let out = sw.handle_arp(0, &event(HOOK_TAP_EGRESS, OP_REPLY, (B, B_IP), (R, R_IP)));
+        let reply = Method::ArpReply(ArpReply {
+            sender_mac: Mac(B),
+            sender_ip: B_IP.into(),
+            target_mac: Mac(R),
+            target_ip: R_IP.into(),
+        });
+        assert!(out.contains(&Output::Broadcast(reply)), "{out:?}");
+        let out = sw.handle_arp(
+            1,
+            &event(HOOK_TAP_EGRESS, OP_REQUEST, (B, B_IP), ([0; 6], B_IP)),
+        );
         assert!(
-            out.contains(&Output::TellPeers {
-                arp: reply.arp(),
-                eth_dst: Mac(A)
-            }),
+            matches!(out.as_slice(), [Output::Broadcast(Method::ArpReply(r))] if r.target_mac == Mac(BROADCAST)),
             "{out:?}"
         );
-        let garp = event(HOOK_TAP_EGRESS, OP_REQUEST, (B, B_IP), ([0; 6], B_IP));
-        let out = sw.handle_arp(1, &garp);
+    }
+
+    #[test]
+    fn a_peer_request_is_installed_then_replayed_into_the_bridge() {
+        let mut sw = with_peers(&[P1]);
+        let out = sw.handle_rpc(0, P1, &remote_request());
+        assert_eq!(
+            out[0],
+            Output::ArpInstall {
+                ip: R_IP.into(),
+                mac: Mac(R)
+            },
+            "install first, so the injected frame is not reported back"
+        );
+        let Output::WriteTap(bytes) = &out[1] else {
+            panic!("{out:?}")
+        };
+        let f = ArpFrame::parse(bytes).unwrap();
+        assert_eq!((f.eth_dst(), f.eth_src()), (BROADCAST, R));
+        assert_eq!(
+            f.arp(),
+            Arp {
+                op: OP_REQUEST,
+                sender_mac: R,
+                sender_ip: R_IP,
+                target_mac: [0; 6],
+                target_ip: A_IP
+            }
+        );
+        assert_eq!(
+            sw.remote(R_IP.into()),
+            Some(Remote {
+                mac: Mac(R),
+                peer: P1,
+                updated_ns: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_peer_reply_for_a_local_requester_is_delivered() {
+        let mut sw = with_peers(&[P1]);
+        sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
+        let out = sw.handle_rpc(1, P1, &remote_reply_to_a());
+        assert_eq!(
+            out[0],
+            Output::ArpInstall {
+                ip: R_IP.into(),
+                mac: Mac(R)
+            }
+        );
+        let Output::WriteTap(bytes) = &out[1] else {
+            panic!("{out:?}")
+        };
+        let f = ArpFrame::parse(bytes).unwrap();
+        assert_eq!((f.eth_dst(), f.eth_src(), f.arp().op), (A, R, OP_REPLY));
+        // A reply for a host that is not ours is installed but not written into the bridge.
+        let other = Method::ArpReply(ArpReply {
+            sender_mac: Mac([2, 0, 0, 0, 0, 0x70]),
+            sender_ip: [10, 0, 3, 112].into(),
+            target_mac: Mac([2, 0, 0, 0, 0, 0x71]),
+            target_ip: [10, 0, 3, 113].into(),
+        });
+        let out = sw.handle_rpc(2, P1, &other);
+        assert_eq!(out.len(), 1, "{out:?}");
+    }
+
+    #[test]
+    fn conflicting_claims_are_reported_and_the_owner_stands() {
+        let mut sw = with_peers(&[P1, P2]);
+        sw.handle_rpc(0, P1, &remote_request());
+        let rival = Method::ArpRequest(ArpRequest {
+            sender_mac: Mac([2, 0, 0, 0, 0, 0x99]),
+            sender_ip: R_IP.into(),
+            target_ip: A_IP.into(),
+        });
+        let out = sw.handle_rpc(1, P2, &rival);
+        assert_eq!(
+            out,
+            vec![Output::Conflict {
+                ip: R_IP.into(),
+                owner: Owner::Remote {
+                    mac: Mac(R),
+                    peer: P1
+                },
+                claimed: Mac([2, 0, 0, 0, 0, 0x99]),
+                by: P2
+            }]
+        );
+        assert_eq!(sw.remote(R_IP.into()).unwrap().mac, Mac(R));
+        // A peer claiming a local host's IP.
+        sw.handle_arp(2, &request(HOOK_BRIDGE_INGRESS, R_IP));
+        let spoof = Method::ArpReply(ArpReply {
+            sender_mac: Mac(R),
+            sender_ip: A_IP.into(),
+            target_mac: Mac(B),
+            target_ip: B_IP.into(),
+        });
+        let out = sw.handle_rpc(3, P2, &spoof);
         assert!(
-            matches!(out.as_slice(), [Output::TellPeers { .. }]),
+            matches!(out.as_slice(), [Output::Conflict { owner: Owner::Local(m), .. }] if *m == Mac(A)),
             "{out:?}"
         );
-        assert_eq!(sw.counters().told_peers, 2);
+        assert_eq!(sw.counters().conflicts, 2);
+    }
+
+    #[test]
+    fn frames_follow_learned_macs_and_flood_otherwise() {
+        let mut sw = with_peers(&[P1, P2]);
+        assert_eq!(
+            sw.route_from_bridge(&frame(R, A, 0x0800)),
+            Route::AllPeers,
+            "unknown unicast floods"
+        );
+        assert!(sw.accept_from_peer(0, P2, &frame(A, R, 0x0800)));
+        assert_eq!(sw.route_from_bridge(&frame(R, A, 0x0800)), Route::Peer(P2));
+        assert_eq!(
+            sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)),
+            Route::AllPeers
+        );
+        assert_eq!(
+            sw.route_from_bridge(&frame([0x01, 0, 0x5e, 0, 0, 1], A, 0x0800)),
+            Route::AllPeers
+        );
+        assert_eq!(
+            sw.route_from_bridge(&frame(BROADCAST, A, ETHERTYPE_ARP)),
+            Route::Drop,
+            "ARP only as RPC"
+        );
+        assert_eq!(sw.route_from_bridge(&[0u8; 10]), Route::Drop);
+    }
+
+    #[test]
+    fn peer_frames_that_are_arp_short_or_from_local_macs_are_refused() {
+        let mut sw = with_peers(&[P1]);
+        sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
+        assert!(!sw.accept_from_peer(0, P1, &frame(BROADCAST, R, ETHERTYPE_ARP)));
+        assert!(!sw.accept_from_peer(0, P1, &[0u8; 13]));
+        assert!(
+            !sw.accept_from_peer(0, P1, &frame(BROADCAST, A, 0x0800)),
+            "our own host's MAC from the overlay"
+        );
+        assert_eq!(sw.counters().frames_refused, 3);
+    }
+
+    #[test]
+    fn a_peer_going_down_takes_its_entries_with_it() {
+        let mut sw = with_peers(&[P1, P2]);
+        sw.handle_rpc(0, P1, &remote_request());
+        sw.accept_from_peer(0, P1, &frame(A, R, 0x0800));
+        assert_eq!(sw.peer_down(P2), vec![]);
+        assert_eq!(
+            sw.peer_down(P1),
+            vec![Output::ArpRemove { ip: R_IP.into() }]
+        );
+        assert_eq!(sw.remote(R_IP.into()), None);
+        assert_eq!(
+            sw.route_from_bridge(&frame(R, A, 0x0800)),
+            Route::Drop,
+            "no peer left"
+        );
+    }
+
+    #[test]
+    fn entries_age_out_unless_refreshed() {
+        let mut sw = Switch::new(10 * SEC);
+        sw.peer_up(P1);
+        sw.add_local_address([10, 0, 3, 1].into(), Mac([2, 0, 0, 0, 0, 1]));
+        sw.handle_rpc(0, P1, &remote_request());
+        sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
+        sw.handle_rpc(8 * SEC, P1, &remote_request());
+        assert!(sw.expire(15 * SEC).is_empty(), "refreshed at 8 s");
+        assert_eq!(
+            sw.local(A_IP.into()),
+            None,
+            "the silent local host is forgotten"
+        );
+        assert_eq!(
+            sw.expire(19 * SEC),
+            vec![Output::ArpRemove { ip: R_IP.into() }]
+        );
+        assert!(
+            sw.local([10, 0, 3, 1].into()).is_some(),
+            "the bridge's own address stays"
+        );
     }
 
     #[test]
     fn probes_are_neither_learned_nor_sent() {
-        let mut sw = Switch::new(60 * SEC);
+        let mut sw = with_peers(&[P1]);
         let probe = event(HOOK_TAP_EGRESS, OP_REQUEST, (A, [0; 4]), ([0; 6], A_IP));
         assert!(sw.handle_arp(0, &probe).is_empty());
         assert_eq!(sw.local(A_IP.into()), None);
@@ -297,7 +800,7 @@ mod tests {
 
     #[test]
     fn a_moved_host_is_reported_with_its_old_mac() {
-        let mut sw = Switch::new(60 * SEC);
+        let mut sw = with_peers(&[]);
         sw.handle_arp(
             0,
             &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (A, A_IP), ([0; 6], B_IP)),
@@ -324,29 +827,14 @@ mod tests {
     }
 
     #[test]
-    fn silent_local_hosts_expire() {
-        let mut sw = Switch::new(10 * SEC);
-        sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, REMOTE_IP));
-        sw.handle_arp(
-            5 * SEC,
-            &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (B, B_IP), ([0; 6], A_IP)),
-        );
-        assert!(sw.expire(10 * SEC).is_empty());
-        assert_eq!(sw.expire(11 * SEC), vec![Ipv4Addr::from(A_IP)]);
-        assert_eq!(sw.local(B_IP.into()).map(|n| n.mac), Some(Mac(B)));
-        assert_eq!(sw.expire(16 * SEC), vec![Ipv4Addr::from(B_IP)]);
-    }
-
-    #[test]
     fn events_the_programs_never_send_are_counted_not_acted_on() {
-        let mut sw = Switch::new(SEC);
-        let mut ev = request(HOOK_TAP_EGRESS, REMOTE_IP);
+        let mut sw = with_peers(&[P1]);
+        let mut ev = request(HOOK_TAP_EGRESS, R_IP);
         ev.hook = 9;
         assert!(sw.handle_arp(0, &ev).is_empty());
-        let mut ev = request(HOOK_TAP_EGRESS, REMOTE_IP);
+        let mut ev = request(HOOK_TAP_EGRESS, R_IP);
         ev.op = 3;
         assert!(sw.handle_arp(0, &ev).is_empty());
         assert_eq!(sw.counters().unexpected, 2);
-        assert_eq!(sw.local(A_IP.into()), None);
     }
 }

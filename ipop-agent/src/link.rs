@@ -1,0 +1,486 @@
+//! One link to one peer: ICE (webrtc-ice) finds a path, a Noise session (`session`) secures
+//! it, keepalives watch it, and it is set up again with backoff when it dies.
+//!
+//! The side with the smaller node id controls ICE and initiates the handshake, so both sides
+//! agree without talking. Signals (through the rendezvous) carry a session number so that
+//! candidates of an old attempt never mix with a new one:
+//! `{"t":"offer"|"answer","s":N,"ufrag":..,"pwd":..}` and `{"t":"cand","s":N,"c":"candidate:..."}`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{debug, info, warn};
+use webrtc_ice::{
+    agent::{Agent, agent_config::AgentConfig},
+    candidate::{Candidate, CandidateType, candidate_base::unmarshal_candidate},
+    mdns::MulticastDnsMode,
+    network_type::NetworkType,
+    url::Url,
+};
+use webrtc_util::Conn;
+
+use crate::{
+    session::{self, Identity, Session, SessionError},
+    signaling::Signaling,
+    switch::PeerId,
+    wire::{self, Datagram, Inner},
+};
+
+/// A link sends a keepalive when it has sent nothing for this long...
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// ...and declares the peer dead when it has received nothing for this long.
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// What a link needs to know.
+#[derive(Clone)]
+pub struct LinkParams {
+    pub peer: PeerId,
+    pub peer_node: String,
+    pub remote_key: [u8; 32],
+    pub controlling: bool,
+    pub identity: Identity,
+    pub psk: [u8; 32],
+    /// STUN/TURN urls for server-reflexive and relay candidates.
+    pub ice_urls: Vec<String>,
+    /// Interfaces never used for candidates (the bridge, the TAP: the overlay must not run
+    /// over itself).
+    pub exclude_ifaces: Vec<String>,
+    pub signaling: Signaling,
+    pub events: mpsc::Sender<LinkEvent>,
+}
+
+/// What the agent tells a link.
+#[derive(Debug)]
+pub enum LinkCmd {
+    Signal(Value),
+    Send(Inner, Vec<u8>),
+}
+
+/// What a link tells the agent.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Up(PeerId),
+    Down(PeerId),
+    Received(PeerId, Inner, Vec<u8>),
+    /// A datagram failed authentication, was replayed, or a handshake was refused.
+    Dropped(PeerId, SessionError),
+}
+
+/// Starts the link task; dropping the sender closes the link.
+pub fn spawn(params: LinkParams) -> (mpsc::Sender<LinkCmd>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let handle = tokio::spawn(run(params, rx));
+    (tx, handle)
+}
+
+/// An offer or answer from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Creds {
+    session: u64,
+    ufrag: String,
+    pwd: String,
+}
+
+enum Signal {
+    Offer(Creds),
+    Answer(Creds),
+    Candidate(u64, String),
+}
+
+fn parse_signal(v: &Value) -> Option<Signal> {
+    let session = v.get("s")?.as_u64()?;
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= 512)
+            .map(str::to_owned)
+    };
+    match v.get("t")?.as_str()? {
+        "offer" => Some(Signal::Offer(Creds {
+            session,
+            ufrag: text("ufrag")?,
+            pwd: text("pwd")?,
+        })),
+        "answer" => Some(Signal::Answer(Creds {
+            session,
+            ufrag: text("ufrag")?,
+            pwd: text("pwd")?,
+        })),
+        "cand" => Some(Signal::Candidate(session, text("c")?)),
+        _ => None,
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+enum Ended {
+    /// The agent dropped the link.
+    Closed,
+    /// The link went down (or never came up); try again.
+    Retry,
+    /// The peer offered a new session (it restarted its side): answer it at once.
+    NewOffer(Creds),
+}
+
+async fn run(p: LinkParams, mut cmds: mpsc::Receiver<LinkCmd>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut offer: Option<Creds> = None;
+    let mut last_handshake: Option<u64> = None;
+    loop {
+        let result = attempt(&p, &mut cmds, offer.take(), &mut last_handshake).await;
+        let ended = match result {
+            Ok((ended, was_up)) => {
+                if was_up {
+                    backoff = BACKOFF_MIN;
+                    let _ = p.events.send(LinkEvent::Down(p.peer)).await;
+                }
+                ended
+            }
+            Err(e) => {
+                debug!(peer = %p.peer_node, "link attempt failed: {e:#}");
+                Ended::Retry
+            }
+        };
+        match ended {
+            Ended::Closed => return,
+            Ended::NewOffer(c) => offer = Some(c),
+            Ended::Retry if p.controlling => {
+                // Wait out the backoff, but stay responsive to the agent closing us.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        cmd = cmds.recv() => if cmd.is_none() { return },
+                    }
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Ended::Retry => {} // the controlled side waits for the next offer
+        }
+    }
+}
+
+async fn new_ice_agent(p: &LinkParams) -> Result<Arc<Agent>> {
+    let urls = p
+        .ice_urls
+        .iter()
+        .map(|u| Url::parse_url(u).map_err(|e| anyhow!("ICE url {u}: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut candidate_types = vec![CandidateType::Host];
+    if !urls.is_empty() {
+        candidate_types.extend([CandidateType::ServerReflexive, CandidateType::Relay]);
+    }
+    let exclude = p.exclude_ifaces.clone();
+    let config = AgentConfig {
+        urls,
+        network_types: vec![NetworkType::Udp4],
+        candidate_types,
+        multicast_dns_mode: MulticastDnsMode::Disabled,
+        interface_filter: Arc::new(Some(Box::new(move |name: &str| {
+            name != "lo" && !exclude.iter().any(|e| e == name)
+        }))),
+        disconnected_timeout: Some(DEAD_AFTER),
+        failed_timeout: Some(DEAD_AFTER * 2),
+        keepalive_interval: Some(KEEPALIVE),
+        check_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        Agent::new(config).await.context("creating the ICE agent")?,
+    ))
+}
+
+/// One attempt: exchange credentials, connect, handshake, carry datagrams until the link dies.
+/// Returns how it ended and whether the link was up.
+async fn attempt(
+    p: &LinkParams,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    offer: Option<Creds>,
+    last_handshake: &mut Option<u64>,
+) -> Result<(Ended, bool)> {
+    // The controlled side first waits for an offer.
+    let offer = match (p.controlling, offer) {
+        (true, _) => None,
+        (false, Some(o)) => Some(o),
+        (false, None) => loop {
+            match cmds.recv().await {
+                None => return Ok((Ended::Closed, false)),
+                Some(LinkCmd::Signal(v)) => {
+                    if let Some(Signal::Offer(o)) = parse_signal(&v) {
+                        break Some(o);
+                    }
+                }
+                Some(LinkCmd::Send(..)) => {} // no link yet: nowhere to send
+            }
+        },
+    };
+    let agent = new_ice_agent(p).await?;
+    let result = connect_and_serve(p, cmds, &agent, offer, last_handshake).await;
+    let _ = agent.close().await;
+    result
+}
+
+async fn connect_and_serve(
+    p: &LinkParams,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    agent: &Arc<Agent>,
+    offer: Option<Creds>,
+    last_handshake: &mut Option<u64>,
+) -> Result<(Ended, bool)> {
+    let (ufrag, pwd) = agent.get_local_user_credentials().await;
+    let session_id = match &offer {
+        Some(o) => o.session,
+        None => {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| anyhow!("getrandom: {e}"))?;
+            u64::from_be_bytes(b) >> 11 // fits a JSON number exactly
+        }
+    };
+    let kind = if p.controlling { "offer" } else { "answer" };
+    p.signaling.send(
+        &p.peer_node,
+        json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd}),
+    );
+
+    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<String>();
+    agent.on_candidate(Box::new(
+        move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+            if let Some(c) = c {
+                let _ = cand_tx.send(c.marshal());
+            }
+            Box::pin(async {})
+        },
+    ));
+    agent.gather_candidates().context("gathering candidates")?;
+
+    let mut remote = offer;
+    let mut early_candidates: Vec<String> = Vec::new();
+    let (cancel_tx, cancel_rx) = mpsc::channel::<()>(1);
+    let mut dial: Option<JoinHandle<Result<Arc<dyn Conn + Send + Sync>>>> = None;
+    let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut cancel_rx = Some(cancel_rx);
+    let conn = loop {
+        if dial.is_none()
+            && let Some(r) = &remote
+        {
+            for c in early_candidates.drain(..) {
+                add_candidate(agent, &c);
+            }
+            let (agent, r, cancel) = (agent.clone(), r.clone(), cancel_rx.take().unwrap());
+            let controlling = p.controlling;
+            dial = Some(tokio::spawn(async move {
+                let conn: Arc<dyn Conn + Send + Sync> = if controlling {
+                    agent.dial(cancel, r.ufrag, r.pwd).await?
+                } else {
+                    agent.accept(cancel, r.ufrag, r.pwd).await?
+                };
+                Ok(conn)
+            }));
+        }
+        tokio::select! {
+            _ = &mut deadline => {
+                let _ = cancel_tx.try_send(());
+                bail!("no ICE connection within {CONNECT_TIMEOUT:?}");
+            }
+            Some(c) = cand_rx.recv() => p.signaling.send(&p.peer_node, json!({"t": "cand", "s": session_id, "c": c})),
+            cmd = cmds.recv() => match cmd {
+                None => { let _ = cancel_tx.try_send(()); return Ok((Ended::Closed, false)) }
+                Some(LinkCmd::Send(..)) => {}
+                Some(LinkCmd::Signal(v)) => match parse_signal(&v) {
+                    Some(Signal::Answer(a)) if p.controlling && a.session == session_id && remote.is_none() => remote = Some(a),
+                    Some(Signal::Offer(o)) if !p.controlling && o.session != session_id => {
+                        let _ = cancel_tx.try_send(());
+                        return Ok((Ended::NewOffer(o), false));
+                    }
+                    Some(Signal::Candidate(s, c)) if s == session_id => {
+                        if remote.is_some() && dial.is_some() { add_candidate(agent, &c) } else { early_candidates.push(c) }
+                    }
+                    _ => {}
+                },
+            },
+            res = async { dial.as_mut().unwrap().await }, if dial.is_some() => {
+                break res.map_err(|e| anyhow!("dial task: {e}"))??;
+            }
+        }
+    };
+    debug!(peer = %p.peer_node, "ICE connected; handshaking");
+
+    // Datagrams from the connection, read by their own task.
+    let (dg_tx, mut dg_rx) = mpsc::channel::<Vec<u8>>(4096);
+    let reader = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; wire::MAX_DATAGRAM + 64];
+            while let Ok(n) = conn.recv(&mut buf).await {
+                if dg_tx.send(buf[..n].to_vec()).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let result = serve(p, cmds, &conn, &mut dg_rx, session_id, last_handshake).await;
+    reader.abort();
+    let _ = conn.close().await;
+    result
+}
+
+fn add_candidate(agent: &Arc<Agent>, c: &str) {
+    match unmarshal_candidate(c) {
+        Ok(c) => {
+            let c: Arc<dyn Candidate + Send + Sync> = Arc::new(c);
+            if let Err(e) = agent.add_remote_candidate(&c) {
+                debug!("remote candidate refused: {e}");
+            }
+        }
+        Err(e) => debug!("unparsable remote candidate: {e}"),
+    }
+}
+
+/// Handshake, then datagrams until death, closure or a new offer.
+async fn serve(
+    p: &LinkParams,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    conn: &Arc<dyn Conn + Send + Sync>,
+    dg_rx: &mut mpsc::Receiver<Vec<u8>>,
+    session_id: u64,
+    last_handshake: &mut Option<u64>,
+) -> Result<(Ended, bool)> {
+    let mut session: Option<Session> = None;
+    let mut initiator = None;
+    let mut init_msg = Vec::new();
+    if p.controlling {
+        let (i, msg) = session::initiate(&p.identity, &p.remote_key, &p.psk, now_ns())?;
+        initiator = Some(i);
+        init_msg = msg;
+        conn.send(&init_msg).await?;
+    }
+    let started = Instant::now();
+    let mut last_rx = Instant::now();
+    let mut last_tx = Instant::now();
+    let mut tick = tokio::time::interval(if p.controlling {
+        HANDSHAKE_RETRY
+    } else {
+        KEEPALIVE / 2
+    });
+    let mut out = Vec::with_capacity(wire::MAX_DATAGRAM);
+    let mut plain = Vec::with_capacity(wire::MAX_DATAGRAM);
+    let mut up = false;
+    loop {
+        tokio::select! {
+            dg = dg_rx.recv() => {
+                let Some(dg) = dg else { return Ok((Ended::Retry, up)) };
+                match Datagram::parse(&dg) {
+                    Ok(Datagram::HandshakeInit(body)) if !p.controlling => {
+                        match session::respond(&p.identity, &p.remote_key, &p.psk, body, *last_handshake) {
+                            Ok((s, reply, ts)) => {
+                                *last_handshake = Some(ts);
+                                session = Some(s);
+                                conn.send(&reply).await?;
+                                last_rx = Instant::now();
+                                if !up {
+                                    up = true;
+                                    info!(peer = %p.peer_node, "link up");
+                                    p.events.send(LinkEvent::Up(p.peer)).await?;
+                                }
+                            }
+                            Err(e) => { let _ = p.events.send(LinkEvent::Dropped(p.peer, e)).await; }
+                        }
+                    }
+                    Ok(Datagram::HandshakeResp(body)) if p.controlling && initiator.is_some() => {
+                        match initiator.take().unwrap().finish(body) {
+                            Ok(s) => {
+                                session = Some(s);
+                                last_rx = Instant::now();
+                                up = true;
+                                tick = tokio::time::interval(KEEPALIVE / 2);
+                                info!(peer = %p.peer_node, "link up");
+                                p.events.send(LinkEvent::Up(p.peer)).await?;
+                            }
+                            Err(e) => {
+                                let _ = p.events.try_send(LinkEvent::Dropped(p.peer, e.clone()));
+                                bail!("handshake with {} failed: {e}", p.peer_node);
+                            }
+                        }
+                    }
+                    Ok(Datagram::Transport { counter, sealed }) => {
+                        let Some(s) = session.as_mut() else { continue };
+                        match s.open(counter, sealed, &mut plain) {
+                            Ok(inner) => {
+                                last_rx = Instant::now();
+                                if inner != Inner::Keepalive {
+                                    p.events.send(LinkEvent::Received(p.peer, inner, std::mem::take(&mut plain))).await?;
+                                }
+                            }
+                            Err(e) => { let _ = p.events.try_send(LinkEvent::Dropped(p.peer, e)); }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(peer = %p.peer_node, "bad datagram: {e}"),
+                }
+            }
+            cmd = cmds.recv() => match cmd {
+                None => return Ok((Ended::Closed, up)),
+                Some(LinkCmd::Send(inner, payload)) => {
+                    if let Some(s) = session.as_mut() {
+                        out.clear();
+                        if s.seal(inner, &payload, &mut out).is_ok() {
+                            if let Err(e) = conn.send(&out).await {
+                                debug!(peer = %p.peer_node, "send failed: {e}");
+                            }
+                            last_tx = Instant::now();
+                        }
+                    }
+                }
+                Some(LinkCmd::Signal(v)) => {
+                    if let Some(Signal::Offer(o)) = parse_signal(&v)
+                        && !p.controlling
+                        && o.session != session_id
+                    {
+                        info!(peer = %p.peer_node, "peer restarted the link");
+                        return Ok((Ended::NewOffer(o), up));
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                if !up {
+                    if started.elapsed() > HANDSHAKE_TIMEOUT {
+                        bail!("no handshake with {} within {HANDSHAKE_TIMEOUT:?}", p.peer_node);
+                    }
+                    if p.controlling {
+                        conn.send(&init_msg).await?; // the first one may have been lost
+                    }
+                    continue;
+                }
+                if last_rx.elapsed() > DEAD_AFTER {
+                    warn!(peer = %p.peer_node, "link down: nothing received for {DEAD_AFTER:?}");
+                    return Ok((Ended::Retry, up));
+                }
+                if last_tx.elapsed() >= KEEPALIVE
+                    && let Some(s) = session.as_mut()
+                {
+                    out.clear();
+                    s.seal(Inner::Keepalive, &[], &mut out)?;
+                    let _ = conn.send(&out).await;
+                    last_tx = Instant::now();
+                }
+            }
+        }
+    }
+}

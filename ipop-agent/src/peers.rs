@@ -1,0 +1,175 @@
+//! The agent's peers: node ids as the rendezvous names them, the small ids the switch uses,
+//! and the link task of each.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    link::{self, LinkCmd, LinkEvent, LinkParams},
+    rendezvous::Member,
+    session::{Identity, unhex},
+    signaling::Signaling,
+    switch::PeerId,
+    wire::Inner,
+};
+
+/// What every link of this agent shares.
+#[derive(Clone)]
+pub struct LinkTemplate {
+    pub node_id: String,
+    pub identity: Identity,
+    pub psk: [u8; 32],
+    pub ice_urls: Vec<String>,
+    pub exclude_ifaces: Vec<String>,
+    pub signaling: Signaling,
+    pub events: mpsc::Sender<LinkEvent>,
+}
+
+struct Peer {
+    id: PeerId,
+    key: [u8; 32],
+    cmd: mpsc::Sender<LinkCmd>,
+    up: bool,
+    /// The rendezvous said it left; the link stays while it is up (the rendezvous going
+    /// away must not break links), and is closed when it goes down.
+    left: bool,
+}
+
+pub struct Peers {
+    template: LinkTemplate,
+    by_node: HashMap<String, Peer>,
+    names: HashMap<PeerId, String>,
+    next_id: PeerId,
+    /// Datagrams not queued because a link's queue was full.
+    pub queue_drops: u64,
+}
+
+impl Peers {
+    pub fn new(template: LinkTemplate) -> Self {
+        Self {
+            template,
+            by_node: HashMap::new(),
+            names: HashMap::new(),
+            next_id: 1,
+            queue_drops: 0,
+        }
+    }
+
+    pub fn name(&self, id: PeerId) -> &str {
+        self.names.get(&id).map(String::as_str).unwrap_or("?")
+    }
+
+    /// Starts a link to `member` unless one runs with the same key. A member that comes back
+    /// with another key (it restarted) gets a new link; the old one's id is returned, to be
+    /// reported down.
+    pub fn ensure(&mut self, member: &Member) -> Option<PeerId> {
+        if member.node_id == self.template.node_id {
+            return None;
+        }
+        let Some(key) = unhex::<32>(&member.public_key) else {
+            warn!(node = %member.node_id, "member with an unusable public key: ignored");
+            return None;
+        };
+        if let Some(p) = self.by_node.get_mut(&member.node_id) {
+            p.left = false;
+            if p.key == key {
+                return None;
+            }
+        }
+        let old = self.by_node.remove(&member.node_id).map(|p| p.id);
+        let id = self.next_id;
+        self.next_id += 1;
+        let t = &self.template;
+        let (cmd, _task) = link::spawn(LinkParams {
+            peer: id,
+            peer_node: member.node_id.clone(),
+            remote_key: key,
+            controlling: t.node_id < member.node_id,
+            identity: t.identity.clone(),
+            psk: t.psk,
+            ice_urls: t.ice_urls.clone(),
+            exclude_ifaces: t.exclude_ifaces.clone(),
+            signaling: t.signaling.clone(),
+            events: t.events.clone(),
+        });
+        info!(node = %member.node_id, peer = id, "peer known: setting up the link");
+        self.names.insert(id, member.node_id.clone());
+        self.by_node.insert(
+            member.node_id.clone(),
+            Peer {
+                id,
+                key,
+                cmd,
+                up: false,
+                left: false,
+            },
+        );
+        old
+    }
+
+    /// The rendezvous says `node_id` left: closes its link unless the link is up.
+    pub fn left(&mut self, node_id: &str) {
+        if let Some(p) = self.by_node.get_mut(node_id) {
+            if p.up {
+                p.left = true;
+            } else {
+                self.by_node.remove(node_id);
+            }
+        }
+    }
+
+    /// Records a link state change; closes links of departed peers when they go down.
+    pub fn set_up(&mut self, id: PeerId, up: bool) {
+        let Some(node) = self.names.get(&id) else {
+            return;
+        };
+        if let Some(p) = self.by_node.get_mut(node)
+            && p.id == id
+        {
+            p.up = up;
+            if !up && p.left {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
+    /// Hands a signal from `from` to its link.
+    pub fn signal(&self, from: &str, data: serde_json::Value) {
+        if let Some(p) = self.by_node.get(from) {
+            let _ = p.cmd.try_send(LinkCmd::Signal(data));
+        }
+    }
+
+    fn queue(&mut self, node: &str, inner: Inner, payload: Vec<u8>) {
+        let Some(p) = self.by_node.get(node) else {
+            return;
+        };
+        if p.cmd.try_send(LinkCmd::Send(inner, payload)).is_err() {
+            self.queue_drops += 1;
+        }
+    }
+
+    /// Sends to one peer (if its link is up).
+    pub fn send(&mut self, id: PeerId, inner: Inner, payload: Vec<u8>) {
+        if let Some(node) = self.names.get(&id).cloned()
+            && self.by_node.get(&node).is_some_and(|p| p.id == id && p.up)
+        {
+            self.queue(&node, inner, payload);
+        }
+    }
+
+    /// Sends to every peer whose link is up.
+    pub fn broadcast(&mut self, inner: Inner, payload: &[u8]) {
+        let up: Vec<String> = self
+            .by_node
+            .iter()
+            .filter(|(_, p)| p.up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in up {
+            self.queue(&node, inner, payload.to_vec());
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The embedded rendezvous service (`ipop-agent rendezvous`) and its wire protocol: JSON
+//! objects, one per line, over TCP.
+//!
+//! ```text
+//! server: {"hello":{"nonce":"<32 random bytes, hex>"}}
+//! client: {"join":{"overlay":"lab","node_id":"a","public_key":"<hex>","proof":"<hex>"}}
+//! server: {"welcome":{"members":[{"node_id":"b","public_key":"<hex>"}]}}   or   {"refused":{"reason":"..."}}
+//! server: {"joined":{"node_id":"c","public_key":"<hex>"}}   {"left":{"node_id":"b"}}
+//! client: {"signal":{"to":"b","data":{...}}}     server -> b: {"signal":{"from":"a","data":{...}}}
+//! ```
+//! `proof` is HMAC-SHA256 under the overlay secret of (nonce, overlay, node_id, public_key):
+//! only holders of the secret are admitted, and a refused client learns nothing about the
+//! members. The service relays what links need (ICE credentials and candidates); it never
+//! sees link traffic, and links that are up do not need it.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::{
+    io::{
+        AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite,
+        AsyncWriteExt as _, BufReader,
+    },
+    net::{TcpListener, TcpStream},
+    sync::{Mutex, Semaphore, mpsc},
+};
+use tracing::{debug, info, warn};
+
+use crate::session::{hex, mac, unhex};
+
+/// Longest line either side accepts.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Time a client has to join after connecting.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Members per overlay.
+pub const MAX_MEMBERS: usize = 1024;
+/// Connections not yet admitted, at most (bounds the work unauthenticated clients cause).
+pub const MAX_PENDING: usize = 64;
+/// Messages queued toward one member before it is considered stuck and dropped.
+const QUEUE: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub node_id: String,
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMsg {
+    Hello { nonce: String },
+    Welcome { members: Vec<Member> },
+    Refused { reason: String },
+    Joined(Member),
+    Left { node_id: String },
+    Signal { from: String, data: Value },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    Join {
+        overlay: String,
+        node_id: String,
+        public_key: String,
+        proof: String,
+    },
+    Signal {
+        to: String,
+        data: Value,
+    },
+}
+
+/// Node ids: 1 to 64 characters from `[A-Za-z0-9._-]`.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "node id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+/// The proof that a joining node holds the overlay secret.
+pub fn join_proof(
+    secret: &str,
+    nonce: &str,
+    overlay: &str,
+    node_id: &str,
+    public_key: &str,
+) -> String {
+    hex(&mac(
+        secret.as_bytes(),
+        &[
+            b"ipop join v1",
+            nonce.as_bytes(),
+            overlay.as_bytes(),
+            node_id.as_bytes(),
+            public_key.as_bytes(),
+        ],
+    ))
+}
+
+/// Reads one line of at most `MAX_LINE` bytes; `None` at end of stream.
+pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    let n = (&mut *r)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        buf.ends_with(b"\n"),
+        "line longer than {MAX_LINE} bytes (or truncated)"
+    );
+    buf.pop();
+    Ok(Some(buf))
+}
+
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
+    let mut line = serde_json::to_vec(msg)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    Ok(())
+}
+
+/// A joined member: its public key, its connection's queue, and the connection's number
+/// (so that a replaced connection does not remove its successor when it ends).
+type Seat = (String, mpsc::Sender<ServerMsg>, u64);
+
+struct Overlay {
+    name: String,
+    secret: String,
+    members: Mutex<HashMap<String, Seat>>,
+    pending: Semaphore,
+}
+
+/// Serves one overlay on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, overlay: String, secret: String) -> Result<()> {
+    let state = Arc::new(Overlay {
+        name: overlay,
+        secret,
+        members: Mutex::new(HashMap::new()),
+        pending: Semaphore::new(MAX_PENDING),
+    });
+    info!(addr = %listener.local_addr()?, overlay = %state.name, "rendezvous listening");
+    let mut next_conn = 0u64;
+    loop {
+        let (stream, peer) = listener.accept().await.context("accepting")?;
+        next_conn += 1;
+        let state = state.clone();
+        let conn = next_conn;
+        tokio::spawn(async move {
+            if let Err(e) = handle(state, stream, peer, conn).await {
+                debug!(%peer, "rendezvous connection ended: {e:#}");
+            }
+        });
+    }
+}
+
+async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: u64) -> Result<()> {
+    let Ok(permit) = state.pending.try_acquire() else {
+        warn!(%peer, "too many connections waiting to join: closing");
+        return Ok(());
+    };
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
+    let nonce = hex(&nonce);
+    write_msg(
+        &mut w,
+        &ServerMsg::Hello {
+            nonce: nonce.clone(),
+        },
+    )
+    .await?;
+    let line = tokio::time::timeout(JOIN_TIMEOUT, read_line(&mut r))
+        .await
+        .context("join timed out")??
+        .context("closed before joining")?;
+    let refuse = |reason: &str| ServerMsg::Refused {
+        reason: reason.to_owned(),
+    };
+    let (node_id, public_key) = match serde_json::from_slice::<ClientMsg>(&line) {
+        Ok(ClientMsg::Join {
+            overlay,
+            node_id,
+            public_key,
+            proof,
+        }) => {
+            let expected = join_proof(&state.secret, &nonce, &state.name, &node_id, &public_key);
+            // Same reason for a wrong overlay name and a wrong secret: learn nothing.
+            if overlay != state.name || !constant_time_eq(expected.as_bytes(), proof.as_bytes()) {
+                warn!(%peer, node_id = %node_id.chars().take(64).collect::<String>(), "refused: proof does not match the overlay secret");
+                write_msg(&mut w, &refuse("not admitted: wrong overlay or secret")).await?;
+                return Ok(());
+            }
+            if let Err(e) = check_node_id(&node_id) {
+                write_msg(&mut w, &refuse(&e)).await?;
+                return Ok(());
+            }
+            if unhex::<32>(&public_key).is_none() {
+                write_msg(&mut w, &refuse("public_key must be 32 bytes of hex")).await?;
+                return Ok(());
+            }
+            (node_id, public_key)
+        }
+        _ => {
+            write_msg(&mut w, &refuse("expected a join message")).await?;
+            return Ok(());
+        }
+    };
+    drop(permit);
+
+    let (tx, mut rx) = mpsc::channel::<ServerMsg>(QUEUE);
+    {
+        let mut members = state.members.lock().await;
+        if members.len() >= MAX_MEMBERS && !members.contains_key(&node_id) {
+            write_msg(&mut w, &refuse("overlay full")).await?;
+            return Ok(());
+        }
+        let list = members
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(id, (key, _, _))| Member {
+                node_id: id.clone(),
+                public_key: key.clone(),
+            })
+            .collect();
+        write_msg(&mut w, &ServerMsg::Welcome { members: list }).await?;
+        let me = Member {
+            node_id: node_id.clone(),
+            public_key: public_key.clone(),
+        };
+        for (id, (_, other, _)) in members.iter() {
+            if *id != node_id {
+                let _ = other.try_send(ServerMsg::Joined(me.clone()));
+            }
+        }
+        // A node that rejoins (restarted, or reconnecting) replaces its old connection.
+        members.insert(node_id.clone(), (public_key, tx, conn));
+    }
+    info!(%peer, %node_id, "member joined");
+
+    let result: Result<()> = async {
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => write_msg(&mut w, &msg).await?,
+                    None => return Ok(()), // replaced by a newer connection
+                },
+                line = read_line(&mut r) => {
+                    let Some(line) = line? else { return Ok(()) };
+                    match serde_json::from_slice::<ClientMsg>(&line) {
+                        Ok(ClientMsg::Signal { to, data }) => {
+                            let members = state.members.lock().await;
+                            if let Some((_, target, _)) = members.get(&to)
+                                    && target.try_send(ServerMsg::Signal { from: node_id.clone(), data }).is_err()
+                            {
+                                    debug!(%node_id, %to, "signal dropped: member's queue is full");
+                            }
+                        }
+                        _ => anyhow::bail!("unexpected message from a member"),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+
+    let mut members = state.members.lock().await;
+    if members.get(&node_id).is_some_and(|(_, _, c)| *c == conn) {
+        members.remove(&node_id);
+        for (_, other, _) in members.values() {
+            let _ = other.try_send(ServerMsg::Left {
+                node_id: node_id.clone(),
+            });
+        }
+        info!(%node_id, "member left");
+    }
+    result
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Joins the overlay over an established stream: reads the hello, proves the secret,
+/// returns the members or the refusal.
+pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: &mut BufReader<R>,
+    w: &mut W,
+    overlay: &str,
+    secret: &str,
+    node_id: &str,
+    public_key: &str,
+) -> Result<Result<Vec<Member>, String>> {
+    let line = read_line(r)
+        .await?
+        .context("rendezvous closed before hello")?;
+    let ServerMsg::Hello { nonce } = serde_json::from_slice(&line).context("bad hello")? else {
+        anyhow::bail!("expected hello from the rendezvous");
+    };
+    let proof = join_proof(secret, &nonce, overlay, node_id, public_key);
+    let join = ClientMsg::Join {
+        overlay: overlay.into(),
+        node_id: node_id.into(),
+        public_key: public_key.into(),
+        proof,
+    };
+    write_msg(w, &join).await?;
+    let line = read_line(r)
+        .await?
+        .context("rendezvous closed before answering the join")?;
+    match serde_json::from_slice(&line).context("bad answer to join")? {
+        ServerMsg::Welcome { members } => Ok(Ok(members)),
+        ServerMsg::Refused { reason } => Ok(Err(reason)),
+        other => anyhow::bail!("unexpected answer to join: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn start(secret: &str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, "lab".into(), secret.into()));
+        addr
+    }
+
+    struct Client {
+        r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        w: tokio::net::tcp::OwnedWriteHalf,
+    }
+
+    impl Client {
+        async fn join(
+            addr: SocketAddr,
+            secret: &str,
+            id: &str,
+        ) -> (Client, Result<Vec<Member>, String>) {
+            let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+            let mut r = BufReader::new(r);
+            let key = hex(&[id.len() as u8; 32]);
+            let res = join(&mut r, &mut w, "lab", secret, id, &key).await.unwrap();
+            (Client { r, w }, res)
+        }
+
+        async fn next(&mut self) -> ServerMsg {
+            let line = tokio::time::timeout(Duration::from_secs(2), read_line(&mut self.r))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            serde_json::from_slice(&line).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn members_learn_about_each_other_and_relay_signals() {
+        let addr = start("s3cret").await;
+        let (mut a, members) = Client::join(addr, "s3cret", "a").await;
+        assert_eq!(members.unwrap(), vec![]);
+        let (mut b, members) = Client::join(addr, "s3cret", "bb").await;
+        assert_eq!(
+            members.unwrap(),
+            vec![Member {
+                node_id: "a".into(),
+                public_key: hex(&[1; 32])
+            }]
+        );
+        assert_eq!(
+            a.next().await,
+            ServerMsg::Joined(Member {
+                node_id: "bb".into(),
+                public_key: hex(&[2; 32])
+            })
+        );
+        write_msg(
+            &mut a.w,
+            &ClientMsg::Signal {
+                to: "bb".into(),
+                data: serde_json::json!({"type": "offer"}),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            b.next().await,
+            ServerMsg::Signal {
+                from: "a".into(),
+                data: serde_json::json!({"type": "offer"})
+            }
+        );
+        drop(b);
+        assert_eq!(
+            a.next().await,
+            ServerMsg::Left {
+                node_id: "bb".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused_and_learns_nothing() {
+        let addr = start("s3cret").await;
+        let (mut a, _) = Client::join(addr, "s3cret", "a").await;
+        let (_, res) = Client::join(addr, "guess", "mallory").await;
+        assert_eq!(res, Err("not admitted: wrong overlay or secret".into()));
+        // The member was not told about the refused node.
+        let (_, _) = Client::join(addr, "s3cret", "c").await;
+        assert_eq!(
+            a.next().await,
+            ServerMsg::Joined(Member {
+                node_id: "c".into(),
+                public_key: hex(&[1; 32])
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_joins_and_oversized_lines_are_refused() {
+        let addr = start("s3cret").await;
+        let (_, res) = Client::join(addr, "s3cret", "bad id!").await;
+        assert!(res.unwrap_err().contains("node id"));
+        let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut r = BufReader::new(r);
+        read_line(&mut r).await.unwrap().unwrap();
+        w.write_all(&vec![b'x'; MAX_LINE + 10]).await.unwrap();
+        // The server gives up on the line and closes without admitting anyone.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), r.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&rest).contains("welcome"));
+    }
+
+    #[test]
+    fn node_ids_are_checked() {
+        assert!(check_node_id("host-1.lab_2").is_ok());
+        for bad in ["", "a b", "é", &"x".repeat(65), "a/b"] {
+            assert!(check_node_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! JSON-RPC 2.0 between agents (docs/protocol.md): the methods, their typed parameters, and
+//! a decoder that validates everything a peer sends. Pure.
+
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::addr::{Mac, parse_host_ip, parse_host_mac};
+
+/// Largest message accepted or sent.
+pub const MAX_MESSAGE: usize = 4096;
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+
+/// `arp_request`: a host on the sender's bridge asks who has `target_ip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpRequest {
+    pub sender_mac: Mac,
+    pub sender_ip: Ipv4Addr,
+    pub target_ip: Ipv4Addr,
+}
+
+/// `arp_reply`: `sender_ip` is at `sender_mac` (an answer to `target`, or an announcement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpReply {
+    pub sender_mac: Mac,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: Mac,
+    pub target_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    ArpRequest(ArpRequest),
+    ArpReply(ArpReply),
+}
+
+/// A message from a peer that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// No id: nothing is sent back.
+    Notification(Method),
+    /// With an id: answered with a result (`encode_result`).
+    Call { id: Value, method: Method },
+    /// An answer to something we sent (we only send notifications, so it is only logged).
+    Response {
+        id: Value,
+        error: Option<(i64, String)>,
+    },
+}
+
+/// A message refused; `answer` holds the error response to send back when one is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub code: i64,
+    pub message: String,
+    pub answer: Option<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    jsonrpc: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<ErrorObject>,
+}
+
+/// Distinguishes a present `null` (`"id": null`, `"result": null`) from an absent key.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    code: i64,
+    message: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArpRequestParams {
+    sender_mac: String,
+    sender_ip: String,
+    target_ip: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArpReplyParams {
+    sender_mac: String,
+    sender_ip: String,
+    target_mac: String,
+    target_ip: String,
+}
+
+fn reject(code: i64, message: impl Into<String>, id: Option<&Value>) -> Rejection {
+    let message = message.into();
+    Rejection {
+        code,
+        answer: id.map(|id| encode_error(id, code, &message)),
+        message,
+    }
+}
+
+/// Validates and decodes one message.
+pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
+    let null = Value::Null;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(reject(
+            INVALID_REQUEST,
+            format!("message of {} bytes exceeds {MAX_MESSAGE}", bytes.len()),
+            Some(&null),
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| reject(PARSE_ERROR, format!("parse error: {e}"), Some(&null)))?;
+    let env: Envelope = serde_json::from_value(value).map_err(|e| {
+        reject(
+            INVALID_REQUEST,
+            format!("invalid request: {e}"),
+            Some(&null),
+        )
+    })?;
+    if env.jsonrpc != "2.0" {
+        return Err(reject(
+            INVALID_REQUEST,
+            "jsonrpc must be \"2.0\"",
+            Some(env.id.as_ref().unwrap_or(&null)),
+        ));
+    }
+    if let Some(id) = &env.id
+        && !(id.is_null() || id.is_string() || id.is_i64() || id.is_u64())
+    {
+        return Err(reject(
+            INVALID_REQUEST,
+            "id must be a string, an integer or null",
+            Some(&null),
+        ));
+    }
+    let Some(method) = env.method else {
+        // A response: exactly one of result and error, and an id.
+        let id = env
+            .id
+            .ok_or_else(|| reject(INVALID_REQUEST, "neither a method nor an id", Some(&null)))?;
+        return match (env.result, env.error) {
+            (Some(_), None) => Ok(Incoming::Response { id, error: None }),
+            (None, Some(e)) => Ok(Incoming::Response {
+                id,
+                error: Some((e.code, e.message)),
+            }),
+            _ => Err(reject(
+                INVALID_REQUEST,
+                "a response has exactly one of result and error",
+                None,
+            )),
+        };
+    };
+    if env.result.is_some() || env.error.is_some() {
+        return Err(reject(
+            INVALID_REQUEST,
+            "a request has no result or error",
+            env.id.as_ref(),
+        ));
+    }
+    let id = env.id.as_ref();
+    let params = env.params.unwrap_or(Value::Null);
+    let bad = |e: String| {
+        reject(
+            INVALID_PARAMS,
+            format!("invalid params for {method}: {e}"),
+            id,
+        )
+    };
+    let parsed = match method.as_str() {
+        "arp_request" => {
+            let p: ArpRequestParams =
+                serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            Method::ArpRequest(ArpRequest {
+                sender_mac: parse_host_mac(&p.sender_mac).map_err(bad)?,
+                sender_ip: parse_host_ip(&p.sender_ip).map_err(bad)?,
+                target_ip: parse_host_ip(&p.target_ip).map_err(bad)?,
+            })
+        }
+        "arp_reply" => {
+            let p: ArpReplyParams =
+                serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            Method::ArpReply(ArpReply {
+                sender_mac: parse_host_mac(&p.sender_mac).map_err(bad)?,
+                sender_ip: parse_host_ip(&p.sender_ip).map_err(bad)?,
+                target_mac: p.target_mac.parse().map_err(bad)?,
+                target_ip: parse_host_ip(&p.target_ip).map_err(bad)?,
+            })
+        }
+        other => {
+            return Err(reject(
+                METHOD_NOT_FOUND,
+                format!("method not found: {other:.64}"),
+                id,
+            ));
+        }
+    };
+    Ok(match env.id {
+        Some(id) => Incoming::Call { id, method: parsed },
+        None => Incoming::Notification(parsed),
+    })
+}
+
+/// The notification carrying `method` (agents send ARP as notifications: no answer is due).
+pub fn encode(method: &Method) -> Vec<u8> {
+    let (name, params) = match method {
+        Method::ArpRequest(r) => (
+            "arp_request",
+            json!({"sender_mac": r.sender_mac.to_string(), "sender_ip": r.sender_ip.to_string(), "target_ip": r.target_ip.to_string()}),
+        ),
+        Method::ArpReply(r) => (
+            "arp_reply",
+            json!({
+                "sender_mac": r.sender_mac.to_string(), "sender_ip": r.sender_ip.to_string(),
+                "target_mac": r.target_mac.to_string(), "target_ip": r.target_ip.to_string(),
+            }),
+        ),
+    };
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": name, "params": params}))
+        .expect("serialisable")
+}
+
+pub fn encode_result(id: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "result": null, "id": id})).expect("serialisable")
+}
+
+pub fn encode_error(id: &Value, code: i64, message: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id}),
+    )
+    .expect("serialisable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> Method {
+        Method::ArpRequest(ArpRequest {
+            sender_mac: "02:00:00:00:00:05".parse().unwrap(),
+            sender_ip: Ipv4Addr::new(10, 0, 3, 5),
+            target_ip: Ipv4Addr::new(10, 0, 3, 104),
+        })
+    }
+
+    fn reply() -> Method {
+        Method::ArpReply(ArpReply {
+            sender_mac: "02:00:00:00:00:68".parse().unwrap(),
+            sender_ip: Ipv4Addr::new(10, 0, 3, 104),
+            target_mac: "02:00:00:00:00:05".parse().unwrap(),
+            target_ip: Ipv4Addr::new(10, 0, 3, 5),
+        })
+    }
+
+    #[test]
+    fn methods_round_trip_as_notifications() {
+        for m in [req(), reply()] {
+            assert_eq!(decode(&encode(&m)).unwrap(), Incoming::Notification(m));
+        }
+        let text = String::from_utf8(encode(&req())).unwrap();
+        assert!(
+            text.contains(r#""method":"arp_request""#)
+                && text.contains(r#""target_ip":"10.0.3.104""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn calls_keep_their_id_and_responses_are_recognised() {
+        let call = br#"{"jsonrpc":"2.0","method":"arp_request","id":7,"params":{"sender_mac":"02:00:00:00:00:05","sender_ip":"10.0.3.5","target_ip":"10.0.3.104"}}"#;
+        assert_eq!(
+            decode(call).unwrap(),
+            Incoming::Call {
+                id: json!(7),
+                method: req()
+            }
+        );
+        assert_eq!(
+            decode(&encode_result(&json!(7))).unwrap(),
+            Incoming::Response {
+                id: json!(7),
+                error: None
+            }
+        );
+        let err = decode(&encode_error(&json!("x"), METHOD_NOT_FOUND, "nope")).unwrap();
+        assert_eq!(
+            err,
+            Incoming::Response {
+                id: json!("x"),
+                error: Some((METHOD_NOT_FOUND, "nope".into()))
+            }
+        );
+    }
+
+    fn rejected(bytes: &[u8]) -> Rejection {
+        decode(bytes).expect_err(&String::from_utf8_lossy(bytes))
+    }
+
+    #[test]
+    fn garbage_gets_a_parse_error_answer() {
+        let r = rejected(b"{not json");
+        assert_eq!(r.code, PARSE_ERROR);
+        let answer: Value = serde_json::from_slice(&r.answer.unwrap()).unwrap();
+        assert_eq!(answer["error"]["code"], json!(PARSE_ERROR));
+        assert_eq!(answer["id"], Value::Null);
+    }
+
+    #[test]
+    fn invalid_requests_are_refused_with_the_right_code() {
+        assert_eq!(
+            rejected(br#"{"jsonrpc":"1.0","method":"arp_request","id":1}"#).code,
+            INVALID_REQUEST
+        );
+        assert_eq!(rejected(br#"[1,2]"#).code, INVALID_REQUEST);
+        assert_eq!(
+            rejected(br#"{"jsonrpc":"2.0","method":"arp_request","id":{"a":1}}"#).code,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            rejected(br#"{"jsonrpc":"2.0","method":"x","extra":1}"#).code,
+            INVALID_REQUEST
+        );
+        assert_eq!(rejected(&vec![b' '; MAX_MESSAGE + 1]).code, INVALID_REQUEST);
+        let deep = format!("{}{}", "[".repeat(2_000), "]".repeat(2_000));
+        assert_eq!(
+            rejected(deep.as_bytes()).code,
+            PARSE_ERROR,
+            "deep nesting is an error, not a stack overflow"
+        );
+    }
+
+    #[test]
+    fn unknown_methods_and_bad_params_are_answered_only_when_an_answer_is_due() {
+        let r = rejected(br#"{"jsonrpc":"2.0","method":"format_disk","id":3}"#);
+        assert_eq!(r.code, METHOD_NOT_FOUND);
+        let answer: Value = serde_json::from_slice(&r.answer.unwrap()).unwrap();
+        assert_eq!(answer["id"], json!(3));
+        let r = rejected(br#"{"jsonrpc":"2.0","method":"format_disk"}"#);
+        assert_eq!(
+            (r.code, r.answer),
+            (METHOD_NOT_FOUND, None),
+            "notifications are never answered"
+        );
+        for params in [
+            r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"10.0.3.5"}"#,
+            r#"{"sender_mac":"ff:ff:ff:ff:ff:ff","sender_ip":"10.0.3.5","target_ip":"10.0.3.104"}"#,
+            r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"0.0.0.0","target_ip":"10.0.3.104"}"#,
+            r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"10.0.3.5","target_ip":104}"#,
+            r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"10.0.3.5","target_ip":"10.0.3.104","x":1}"#,
+            r#"[1]"#,
+        ] {
+            let msg =
+                format!(r#"{{"jsonrpc":"2.0","method":"arp_request","id":1,"params":{params}}}"#);
+            let r = rejected(msg.as_bytes());
+            assert_eq!(r.code, INVALID_PARAMS, "{params}");
+            assert!(r.answer.is_some());
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The cryptographic session of a link: a Noise handshake, then authenticated encryption of
+//! every datagram with explicit counters and a replay window. Pure: no sockets, no clock
+//! (the caller passes the handshake timestamp).
+//!
+//! Pattern `Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s`: both agents know each other's static key
+//! from the rendezvous, which only admits members holding the overlay secret; the secret
+//! also keys the PSK, so a link needs both a member's key and the secret. A handshake from
+//! any other key fails. The initiator's timestamp (inside the encrypted first message) must
+//! grow, so a replayed first message cannot reset a live link (WireGuard's TAI64N idea).
+
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+use snow::{Builder, HandshakeState, StatelessTransportState};
+
+use crate::{
+    replay::ReplayWindow,
+    wire::{self, Inner},
+};
+
+const PARAMS: &str = "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s";
+pub const KEY_LEN: usize = 32;
+
+/// Why a handshake or datagram was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// Noise refused it: wrong key, wrong PSK, tampered or malformed.
+    Handshake(String),
+    /// The initiator's timestamp is not newer than the last one accepted.
+    StaleHandshake,
+    /// The datagram did not authenticate.
+    Auth,
+    /// The counter was seen already or is too old.
+    Replay,
+    /// Authenticated, but the inner type is unknown or the payload too long.
+    Malformed,
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Handshake(e) => write!(f, "handshake failed: {e}"),
+            SessionError::StaleHandshake => f.write_str("handshake replayed (timestamp not newer)"),
+            SessionError::Auth => f.write_str("datagram failed authentication"),
+            SessionError::Replay => f.write_str("datagram replayed or too old"),
+            SessionError::Malformed => f.write_str("authenticated datagram with an unknown type"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+fn noise(e: snow::Error) -> SessionError {
+    SessionError::Handshake(e.to_string())
+}
+
+/// An agent's static X25519 key pair (made at start; the public half goes to the rendezvous).
+#[derive(Clone)]
+pub struct Identity {
+    private: [u8; KEY_LEN],
+    pub public: [u8; KEY_LEN],
+}
+
+impl Identity {
+    pub fn generate() -> Self {
+        let kp = Builder::new(PARAMS.parse().expect("valid Noise params"))
+            .generate_keypair()
+            .expect("keypair");
+        Self {
+            private: kp.private.try_into().expect("32-byte key"),
+            public: kp.public.try_into().expect("32-byte key"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", hex(&self.public))
+    }
+}
+
+/// Lower-case hex, for keys in logs and on the rendezvous wire.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses lower- or upper-case hex of exactly `N` bytes.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// HMAC-SHA256 of `parts` (length-prefixed, so no two part lists collide) under `key`.
+pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = <Hmac<Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(&(p.len() as u32).to_be_bytes());
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// The overlay's pre-shared key for the Noise handshake.
+pub fn overlay_psk(overlay: &str, secret: &str) -> [u8; 32] {
+    mac(secret.as_bytes(), &[b"ipop psk v1", overlay.as_bytes()])
+}
+
+/// An initiator waiting for the responder's message.
+pub struct Initiator {
+    state: HandshakeState,
+}
+
+/// Starts a handshake with the peer whose static key is `remote`; returns the datagram to
+/// send (kind HANDSHAKE_INIT). `timestamp` must grow between handshakes to the same peer.
+pub fn initiate(
+    id: &Identity,
+    remote: &[u8; KEY_LEN],
+    psk: &[u8; 32],
+    timestamp: u64,
+) -> Result<(Initiator, Vec<u8>), SessionError> {
+    let mut state = Builder::new(PARAMS.parse().unwrap())
+        .local_private_key(&id.private)
+        .and_then(|b| b.remote_public_key(remote))
+        .and_then(|b| b.psk(0, psk))
+        .and_then(|b| b.build_initiator())
+        .map_err(noise)?;
+    let mut out = vec![0u8; 256];
+    out[0] = wire::HANDSHAKE_INIT;
+    let n = state
+        .write_message(&timestamp.to_be_bytes(), &mut out[1..])
+        .map_err(noise)?;
+    out.truncate(1 + n);
+    Ok((Initiator { state }, out))
+}
+
+impl Initiator {
+    /// Completes the handshake with the responder's message body.
+    pub fn finish(mut self, body: &[u8]) -> Result<Session, SessionError> {
+        let mut payload = [0u8; 64];
+        self.state.read_message(body, &mut payload).map_err(noise)?;
+        Session::new(self.state)
+    }
+}
+
+/// Answers a first message from the peer whose static key is `remote`. `last_timestamp` is
+/// the newest timestamp accepted from that peer so far. Returns the session, the datagram to
+/// send back (kind HANDSHAKE_RESP) and the new timestamp to remember.
+pub fn respond(
+    id: &Identity,
+    remote: &[u8; KEY_LEN],
+    psk: &[u8; 32],
+    body: &[u8],
+    last_timestamp: Option<u64>,
+) -> Result<(Session, Vec<u8>, u64), SessionError> {
+    let mut state = Builder::new(PARAMS.parse().unwrap())
+        .local_private_key(&id.private)
+        .and_then(|b| b.remote_public_key(remote))
+        .and_then(|b| b.psk(0, psk))
+        .and_then(|b| b.build_responder())
+        .map_err(noise)?;
+    let mut payload = [0u8; 64];
+    let n = state.read_message(body, &mut payload).map_err(noise)?;
+    let timestamp = u64::from_be_bytes(
+        payload[..n]
+            .try_into()
+            .map_err(|_| SessionError::Handshake("bad timestamp".into()))?,
+    );
+    if last_timestamp.is_some_and(|last| timestamp <= last) {
+        return Err(SessionError::StaleHandshake);
+    }
+    let mut out = vec![0u8; 256];
+    out[0] = wire::HANDSHAKE_RESP;
+    let n = state.write_message(&[], &mut out[1..]).map_err(noise)?;
+    out.truncate(1 + n);
+    Ok((Session::new(state)?, out, timestamp))
+}
+
+/// An established session: seals outgoing and opens incoming transport datagrams.
+pub struct Session {
+    transport: StatelessTransportState,
+    next_counter: u64,
+    replay: ReplayWindow,
+}
+
+impl Session {
+    fn new(state: HandshakeState) -> Result<Self, SessionError> {
+        Ok(Self {
+            transport: state.into_stateless_transport_mode().map_err(noise)?,
+            next_counter: 0,
+            replay: ReplayWindow::new(),
+        })
+    }
+
+    /// Appends to `out` the transport datagram carrying `payload` of type `inner`.
+    pub fn seal(
+        &mut self,
+        inner: Inner,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SessionError> {
+        if payload.len() > wire::MAX_PAYLOAD {
+            return Err(SessionError::Malformed);
+        }
+        let counter = self.next_counter;
+        self.next_counter += 1;
+        let mut plain = Vec::with_capacity(1 + payload.len());
+        plain.push(inner.to_byte());
+        plain.extend_from_slice(payload);
+        let start = out.len();
+        out.push(wire::TRANSPORT);
+        out.extend_from_slice(&counter.to_be_bytes());
+        let body = out.len();
+        out.resize(body + plain.len() + wire::TAG_LEN, 0);
+        let n = self
+            .transport
+            .write_message(counter, &plain, &mut out[body..])
+            .map_err(|_| SessionError::Auth)?;
+        out.truncate(body + n);
+        debug_assert_eq!(out.len() - start, plain.len() + 9 + wire::TAG_LEN);
+        Ok(())
+    }
+
+    /// Authenticates and decrypts a transport datagram's body into `out`; returns its type.
+    /// Replays and forgeries are refused without changing the session.
+    pub fn open(
+        &mut self,
+        counter: u64,
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Inner, SessionError> {
+        if !self.replay.check(counter) {
+            return Err(SessionError::Replay);
+        }
+        out.clear();
+        out.resize(sealed.len(), 0);
+        let n = self
+            .transport
+            .read_message(counter, sealed, out)
+            .map_err(|_| SessionError::Auth)?;
+        out.truncate(n);
+        self.replay.accept(counter);
+        let Some((&kind, _)) = out.split_first() else {
+            return Err(SessionError::Malformed);
+        };
+        let inner = Inner::from_byte(kind).ok_or(SessionError::Malformed)?;
+        out.remove(0);
+        Ok(inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Datagram;
+
+    fn pair() -> (Identity, Identity, [u8; 32]) {
+        (
+            Identity::generate(),
+            Identity::generate(),
+            overlay_psk("lab", "s3cret"),
+        )
+    }
+
+    fn handshake(a: &Identity, b: &Identity, psk: &[u8; 32]) -> (Session, Session) {
+        let (init, msg1) = initiate(a, &b.public, psk, 1).unwrap();
+        let Datagram::HandshakeInit(body) = Datagram::parse(&msg1).unwrap() else {
+            panic!()
+        };
+        let (sb, msg2, ts) = respond(b, &a.public, psk, body, None).unwrap();
+        assert_eq!(ts, 1);
+        let Datagram::HandshakeResp(body) = Datagram::parse(&msg2).unwrap() else {
+            panic!()
+        };
+        (init.finish(body).unwrap(), sb)
+    }
+
+    fn open(s: &mut Session, datagram: &[u8]) -> Result<(Inner, Vec<u8>), SessionError> {
+        let Datagram::Transport { counter, sealed } = Datagram::parse(datagram).unwrap() else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        s.open(counter, sealed, &mut out).map(|i| (i, out))
+    }
+
+    #[test]
+    fn members_with_the_secret_talk_both_ways() {
+        let (a, b, psk) = pair();
+        let (mut sa, mut sb) = handshake(&a, &b, &psk);
+        let mut d = Vec::new();
+        sa.seal(Inner::Ethernet, b"frame", &mut d).unwrap();
+        assert_eq!(d.len(), 5 + wire::OVERHEAD);
+        assert_eq!(
+            open(&mut sb, &d).unwrap(),
+            (Inner::Ethernet, b"frame".to_vec())
+        );
+        let mut d = Vec::new();
+        sb.seal(Inner::Rpc, br#"{"jsonrpc":"2.0"}"#, &mut d)
+            .unwrap();
+        assert_eq!(open(&mut sa, &d).unwrap().0, Inner::Rpc);
+    }
+
+    #[test]
+    fn replays_and_forgeries_are_dropped() {
+        let (a, b, psk) = pair();
+        let (mut sa, mut sb) = handshake(&a, &b, &psk);
+        let mut d = Vec::new();
+        sa.seal(Inner::Keepalive, &[], &mut d).unwrap();
+        assert!(open(&mut sb, &d).is_ok());
+        assert_eq!(open(&mut sb, &d), Err(SessionError::Replay));
+        let mut d2 = Vec::new();
+        sa.seal(Inner::Ethernet, b"x", &mut d2).unwrap();
+        let mut forged = d2.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&mut sb, &forged), Err(SessionError::Auth));
+        assert!(
+            open(&mut sb, &d2).is_ok(),
+            "a forgery does not burn the real datagram's counter"
+        );
+    }
+
+    #[test]
+    fn a_wrong_secret_or_an_unknown_key_fails_the_handshake() {
+        let (a, b, psk) = pair();
+        let (_, msg1) = initiate(&a, &b.public, &overlay_psk("lab", "wrong"), 1).unwrap();
+        assert!(matches!(
+            respond(&b, &a.public, &psk, &msg1[1..], None),
+            Err(SessionError::Handshake(_))
+        ));
+        let stranger = Identity::generate();
+        let (_, msg1) = initiate(&stranger, &b.public, &psk, 1).unwrap();
+        assert!(matches!(
+            respond(&b, &a.public, &psk, &msg1[1..], None),
+            Err(SessionError::Handshake(_))
+        ));
+    }
+
+    #[test]
+    fn a_replayed_first_message_is_refused() {
+        let (a, b, psk) = pair();
+        let (_, msg1) = initiate(&a, &b.public, &psk, 10).unwrap();
+        let (_, _, ts) = respond(&b, &a.public, &psk, &msg1[1..], None).unwrap();
+        assert_eq!(
+            respond(&b, &a.public, &psk, &msg1[1..], Some(ts)).err(),
+            Some(SessionError::StaleHandshake)
+        );
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_bad_input() {
+        let key = Identity::generate().public;
+        assert_eq!(unhex::<32>(&hex(&key)), Some(key));
+        assert_eq!(unhex::<2>("0g00"), None);
+        assert_eq!(unhex::<2>("000"), None);
+        assert_eq!(unhex::<2>("é0"), None);
+    }
+
+    #[test]
+    fn macs_separate_their_parts() {
+        assert_ne!(mac(b"k", &[b"ab", b"c"]), mac(b"k", &[b"a", b"bc"]));
+        assert_ne!(overlay_psk("lab", "x"), overlay_psk("lab2", "x"));
+    }
+}
