@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::{
     addr::Mac,
     config::AgentConfig,
+    control::ControlSocket,
     datapath::Datapath,
     link::LinkEvent,
     lock,
@@ -148,6 +149,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         tap_write_errors: 0,
     };
 
+    let control = ControlSocket::bind(&cfg.pin_dir)?;
+    let node_id = cfg.overlay.as_ref().map(|o| o.node_id.clone());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
@@ -198,6 +201,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     None => break Err(anyhow::anyhow!("signaling stopped")),
                 }
             }
+            served = control.serve_one(|| shell.status(node_id.as_deref())) => {
+                if let Err(e) = served {
+                    debug!("control socket: {e:#}");
+                }
+            }
             _ = tick.tick() => {
                 let out = shell.switch.expire(monotonic_ns());
                 shell.apply(out);
@@ -210,7 +218,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         }
     };
-    drop((events, logger, shell, tap));
+    drop((events, logger, shell, tap, control));
     finish(result, datapath)
 }
 
@@ -226,6 +234,17 @@ fn finish(result: Result<()>, datapath: Datapath) -> Result<()> {
 }
 
 impl Shell {
+    /// What `ipop-agent status` shows.
+    fn status(&self, node_id: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": node_id,
+            "peers": self.peers.as_ref().map(Peers::status).unwrap_or_default(),
+            "switch": self.switch.counters(),
+            "queue_drops": self.peers.as_ref().map_or(0, |p| p.queue_drops),
+            "tap_write_errors": self.tap_write_errors,
+        })
+    }
+
     fn write_tap(&mut self, frame: &[u8]) {
         if self.tap.get_ref().send(frame).is_err() {
             self.tap_write_errors += 1;

@@ -8,6 +8,7 @@
 pub mod addr;
 pub mod agent;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod link;
 pub mod lock;

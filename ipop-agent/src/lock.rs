@@ -20,14 +20,19 @@ pub struct InstanceLock {
     held: Vec<(File, PathBuf)>,
 }
 
-/// The file name that stands for a pin directory (its path with '/' escaped).
-pub fn pin_lock_name(pin_dir: &Path) -> String {
-    let escaped: String = pin_dir
+/// A pin directory as one file name component (its path with '/' escaped): the agent's
+/// lock and control socket are named after it.
+pub fn pin_dir_key(pin_dir: &Path) -> String {
+    pin_dir
         .to_string_lossy()
         .chars()
         .map(|c| if c == '/' { '%' } else { c })
-        .collect();
-    format!("pins-{escaped}.lock")
+        .collect()
+}
+
+/// The lock file that stands for a pin directory.
+pub fn pin_lock_name(pin_dir: &Path) -> String {
+    format!("pins-{}.lock", pin_dir_key(pin_dir))
 }
 
 /// Locks the bridge (by network namespace and ifindex, so that agents in different

@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: ArpCommand,
     },
+    /// Show what the running agent knows: peers and link states, the switch's counters.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Run the embedded rendezvous service that introduces the agents of one overlay.
     Rendezvous(RendezvousArgs),
     /// Show the kernel programs' counters.
@@ -180,6 +185,15 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Arp { target, command } => arp(target.pinned()?, command),
         Command::Stats { target, json } => stats(target.pinned()?, json),
         Command::Rendezvous(args) => rendezvous(args),
+        Command::Status { target } => {
+            let pinned = target.pinned()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let status = runtime.block_on(ipop_agent::control::query(pinned.dir()))?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
     }
 }
 
@@ -198,6 +212,7 @@ fn rendezvous(args: RendezvousArgs) -> Result<()> {
         tokio::select! {
             r = ipop_agent::rendezvous::serve(listener, args.overlay, args.secret) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?.recv().await; Ok::<_, std::io::Error>(()) } => Ok(()),
         }
     })
 }

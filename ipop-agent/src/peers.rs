@@ -135,6 +135,17 @@ impl Peers {
         }
     }
 
+    /// Every peer with its link state, sorted by node id.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let mut list: Vec<_> = self
+            .by_node
+            .iter()
+            .map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up}))
+            .collect();
+        list.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
+        list
+    }
+
     /// Hands a signal from `from` to its link.
     pub fn signal(&self, from: &str, data: serde_json::Value) {
         if let Some(p) = self.by_node.get(from) {

@@ -146,7 +146,7 @@ struct Overlay {
     pending: Semaphore,
 }
 
-/// Serves one overlay on `listener` until the task is dropped.
+/// Serves one overlay on `listener` until dropped (which closes every connection).
 pub async fn serve(listener: TcpListener, overlay: String, secret: String) -> Result<()> {
     let state = Arc::new(Overlay {
         name: overlay,
@@ -156,16 +156,22 @@ pub async fn serve(listener: TcpListener, overlay: String, secret: String) -> Re
     });
     info!(addr = %listener.local_addr()?, overlay = %state.name, "rendezvous listening");
     let mut next_conn = 0u64;
+    // Connections live in this set: when `serve` is dropped, every connection closes.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = listener.accept().await.context("accepting")?;
-        next_conn += 1;
-        let state = state.clone();
-        let conn = next_conn;
-        tokio::spawn(async move {
-            if let Err(e) = handle(state, stream, peer, conn).await {
-                debug!(%peer, "rendezvous connection ended: {e:#}");
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = accepted.context("accepting")?;
+                next_conn += 1;
+                let (state, conn) = (state.clone(), next_conn);
+                conns.spawn(async move {
+                    if let Err(e) = handle(state, stream, peer, conn).await {
+                        debug!(%peer, "rendezvous connection ended: {e:#}");
+                    }
+                });
             }
-        });
+            Some(_) = conns.join_next() => {}
+        }
     }
 }
 

@@ -83,7 +83,7 @@ pub struct Remote {
 }
 
 /// Counts of the switch's decisions (the kernel's own counters are in `stats`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub events: u64,
     pub answered_in_kernel: u64,

@@ -126,6 +126,61 @@ impl Host {
         cmd(&full)
     }
 
+    /// Plugs this host into `underlay` with address 192.168.77.`n`/24 on `wan0`.
+    pub fn join_underlay(&self, underlay: &Underlay, n: u8) -> String {
+        let port = format!("w{}", underlay.ports.fetch_add(1, Ordering::SeqCst));
+        ok(&[
+            "ip",
+            "-n",
+            &underlay.ns,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan0",
+            "netns",
+            &self.ns,
+        ]);
+        ok(&[
+            "ip",
+            "-n",
+            &underlay.ns,
+            "link",
+            "set",
+            &port,
+            "master",
+            "wanbr",
+            "up",
+        ]);
+        let addr = format!("192.168.77.{n}");
+        self.ip(&["addr", "add", &format!("{addr}/24"), "dev", "wan0"]);
+        self.ip(&["link", "set", "wan0", "up"]);
+        self.ip(&["link", "set", "lo", "up"]);
+        addr
+    }
+
+    /// `sysctl -w key=value` inside the host namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let out = cmd(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "sh",
+            "-c",
+            &format!("echo {value} > {path}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "sysctl {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn pin_dir(&self, name: &str) -> PathBuf {
         self.pin_root.join(name)
     }
@@ -225,11 +280,128 @@ impl Host {
     }
 }
 
-impl Drop for Host {
+/// The "internet" between hosts: a namespace with bridge `wanbr` (192.168.77.254/24),
+/// where the rendezvous service runs.
+pub struct Underlay {
+    pub ns: String,
+    ports: AtomicU32,
+    services: Vec<Child>,
+}
+
+pub const RENDEZVOUS: &str = "192.168.77.254:7000";
+
+impl Underlay {
+    pub fn new() -> Underlay {
+        require_root();
+        let ns = format!("{}w", unique_prefix());
+        ok(&["ip", "netns", "add", &ns]);
+        let u = Underlay {
+            ns,
+            ports: AtomicU32::new(0),
+            services: Vec::new(),
+        };
+        ok(&["ip", "-n", &u.ns, "link", "add", "wanbr", "type", "bridge"]);
+        ok(&[
+            "ip",
+            "-n",
+            &u.ns,
+            "addr",
+            "add",
+            "192.168.77.254/24",
+            "dev",
+            "wanbr",
+        ]);
+        ok(&["ip", "-n", &u.ns, "link", "set", "wanbr", "up"]);
+        ok(&["ip", "-n", &u.ns, "link", "set", "lo", "up"]);
+        u
+    }
+
+    /// Starts `ipop-agent rendezvous` on RENDEZVOUS for `secret`; returns its index.
+    pub fn start_rendezvous(&mut self, secret: &str) -> usize {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args([
+                AGENT,
+                "rendezvous",
+                "--listen",
+                RENDEZVOUS,
+                "--secret",
+                secret,
+            ])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rendezvous");
+        self.services.push(child);
+        // Ready when it accepts connections.
+        eventually("the rendezvous listens", || {
+            cmd(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.ns,
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/192.168.77.254/7000",
+            ])
+            .status
+            .success()
+        });
+        self.services.len() - 1
+    }
+
+    pub fn stop_service(&mut self, idx: usize) {
+        let _ = self.services[idx].kill();
+        let _ = self.services[idx].wait();
+    }
+}
+
+impl Drop for Underlay {
     fn drop(&mut self) {
-        for child in &mut self.agents {
+        for child in &mut self.services {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        let _ = cmd(&["ip", "netns", "del", &self.ns]);
+    }
+}
+
+/// The agent's own status (peers, link states, switch counters) from its control socket.
+pub fn status(host: &Host, pin_dir: &Path) -> serde_json::Value {
+    let out = host.agent(&["status", "--pin-dir", pin_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // SIGTERM first, so the agents remove what they made (locks, socket, TAP, pins).
+        for child in &mut self.agents {
+            if let Ok(None) = child.try_wait() {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in &mut self.agents {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // What a SIGKILLed agent of this host could not remove.
+        if let Ok(entries) = fs::read_dir("/run/ipop") {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(&self.prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
         }
         for c in &self.containers {
             let _ = cmd(&["ip", "netns", "del", c]);
@@ -294,10 +466,15 @@ pub fn stats(host: &Host, pin_dir: &Path) -> serde_json::Value {
 }
 
 /// Waits up to 5 s for `cond` (the kernel releases a dead process's links asynchronously).
-pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(5, what, cond);
+}
+
+/// Waits up to `secs` seconds for `cond`.
+pub fn eventually_within(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "not within 5 s: {what}");
-        thread::sleep(Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        thread::sleep(Duration::from_millis(100));
     }
 }
