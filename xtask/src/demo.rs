@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: one host in network namespaces (bridge lxcbr0, containers 10.0.3.5 and
-//! 10.0.3.6), the agent on an embedded default config, a remote IP answered in the kernel.
-//! Everything is removed at the end, also when a step fails.
+//! `cargo xtask demo`: two hosts in network namespaces, each with bridge lxcbr0 and two
+//! containers, joined by an underlay; a rendezvous service and one agent per host, each on an
+//! embedded default config. Shows a ping across hosts, ARP answered in the kernel the second
+//! time, and the maps; then removes everything, also when a step fails.
 
 use std::{
     fs,
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// The configuration the demo runs the agent with: the seed's keys plus ours.
+/// The configuration each agent runs with: the seed's keys plus ours.
 const DEFAULT_CONFIG: &str = r#"{
   "switchmode": 1,
   "icc": true,
@@ -20,43 +21,61 @@ const DEFAULT_CONFIG: &str = r#"{
   "bridge": "lxcbr0",
   "tap": "ipop",
   "pin_dir": "PIN_DIR",
-  "arp_max_age_secs": 300
+  "arp_max_age_secs": 300,
+  "node_id": "NODE",
+  "overlay": "demo",
+  "secret": "demo secret, change me",
+  "rendezvous": "192.168.77.254:7000"
 }"#;
 
-const REMOTE_IP: &str = "10.0.3.104";
-const REMOTE_MAC: &str = "02:aa:00:00:00:68";
-
+/// Everything the demo made; removed on drop.
+#[derive(Default)]
 struct Topology {
-    host: String,
-    containers: Vec<String>,
+    namespaces: Vec<String>,
     pin_root: PathBuf,
-    config: PathBuf,
-    agent: Option<Child>,
+    files: Vec<PathBuf>,
+    processes: Vec<Child>,
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            let _ = agent.kill();
-            let _ = agent.wait();
+        for p in &mut self.processes {
+            // SAFETY: signalling our own child; SIGINT lets the agent clean up.
+            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
         }
-        for ns in self.containers.iter().chain([&self.host]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in &mut self.processes {
+            while matches!(p.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        for name in ["arp_table", "arp_events", "stats", "config"] {
-            let _ = fs::remove_file(self.pin_root.join("lxcbr0").join(name));
+        remove_tree(&self.pin_root);
+        for f in &self.files {
+            let _ = fs::remove_file(f);
         }
-        let _ = fs::remove_dir(self.pin_root.join("lxcbr0"));
-        let _ = fs::remove_dir(&self.pin_root);
-        let _ = fs::remove_file(&self.config);
     }
 }
 
+fn remove_tree(root: &Path) {
+    if let Ok(entries) = fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_tree(&e.path());
+            } else {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(root);
+}
+
 fn sh(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
     if !out.status.success() {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -71,160 +90,100 @@ fn show(title: &str, args: &[&str]) -> Result<String> {
     Ok(out)
 }
 
-pub fn run(agent: &Path) -> Result<()> {
-    let prefix = format!("ipd{}", std::process::id());
-    let mut topo = Topology {
-        host: format!("{prefix}h"),
-        containers: Vec::new(),
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
-        config: std::env::temp_dir().join(format!("{prefix}-config.json")),
-        agent: None,
-    };
-    let h = topo.host.clone();
-    sh(&["ip", "netns", "add", &h])?;
-    sh(&["ip", "-n", &h, "link", "add", "lxcbr0", "type", "bridge"])?;
-    sh(&[
-        "ip",
-        "-n",
-        &h,
-        "addr",
-        "add",
-        "10.0.3.1/24",
-        "dev",
-        "lxcbr0",
-    ])?;
-    sh(&["ip", "-n", &h, "link", "set", "lxcbr0", "up"])?;
-    for (i, addr) in ["10.0.3.5", "10.0.3.6"].iter().enumerate() {
-        let c = format!("{prefix}c{i}");
-        sh(&["ip", "netns", "add", &c])?;
-        topo.containers.push(c.clone());
-        let port = format!("veth{i}");
-        sh(&[
-            "ip", "-n", &h, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-            &c,
-        ])?;
-        sh(&[
-            "ip", "-n", &h, "link", "set", &port, "master", "lxcbr0", "up",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &c,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        sh(&["ip", "-n", &c, "link", "set", "eth0", "up"])?;
-    }
-    println!(
-        "host namespace {h}: bridge lxcbr0 10.0.3.1/24; containers {} (10.0.3.5), {} (10.0.3.6)",
-        topo.containers[0], topo.containers[1]
-    );
-
-    let pin_dir = topo.pin_root.join("lxcbr0");
-    let pin = pin_dir.to_str().unwrap().to_owned();
-    fs::write(&topo.config, DEFAULT_CONFIG.replace("PIN_DIR", &pin))?;
-    println!(
-        "\n== the agent, on the embedded default config:\n{}",
-        fs::read_to_string(&topo.config)?
-    );
-    let log = std::env::temp_dir().join(format!("{prefix}-agent.log"));
+fn spawn(topo: &mut Topology, ns: &str, args: &[&str], log: &Path) -> Result<()> {
     let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{h}"))
-        .arg(agent)
-        .args(["run", "--config"])
-        .arg(&topo.config)
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(args)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(fs::File::create(&log)?)
+        .stderr(fs::File::create(log)?)
         .spawn()
-        .context("starting the agent")?;
-    topo.agent = Some(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !fs::read_to_string(&log)?.contains("ipop-agent ready") {
-        if let Some(status) = topo.agent.as_mut().unwrap().try_wait()? {
-            bail!(
-                "the agent exited ({status}):\n{}",
-                fs::read_to_string(&log)?
-            );
-        }
+        .with_context(|| format!("starting {args:?}"))?;
+    topo.processes.push(child);
+    topo.files.push(log.to_owned());
+    Ok(())
+}
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond()? {
         if Instant::now() > deadline {
-            bail!(
-                "the agent was not ready in 20 s:\n{}",
-                fs::read_to_string(&log)?
-            );
+            bail!("{what}: not within {secs} s");
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(Duration::from_millis(100));
     }
-    print!("{}", fs::read_to_string(&log)?);
+    Ok(())
+}
+
+pub fn run(agent: &Path) -> Result<()> {
+    let prefix = format!("ipd{}", std::process::id());
+    let tmp = std::env::temp_dir();
+    let mut topo = Topology::default();
+    topo.pin_root = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
+    let wan = format!("{prefix}w");
+    sh(&["ip", "netns", "add", &wan])?;
+    topo.namespaces.push(wan.clone());
+    sh(&["ip", "-n", &wan, "link", "add", "wanbr", "type", "bridge"])?;
+    sh(&["ip", "-n", &wan, "addr", "add", "192.168.77.254/24", "dev", "wanbr"])?;
+    sh(&["ip", "-n", &wan, "link", "set", "wanbr", "up"])?;
+
+    let containers = [["10.0.3.10", "10.0.3.11"], ["10.0.3.20", "10.0.3.21"]];
+    let mut hosts = Vec::new();
+    for (i, ips) in containers.iter().enumerate() {
+        let h = format!("{prefix}h{i}");
+        sh(&["ip", "netns", "add", &h])?;
+        topo.namespaces.push(h.clone());
+        sh(&["ip", "-n", &wan, "link", "add", &format!("w{i}"), "type", "veth", "peer", "name", "wan0", "netns", &h])?;
+        sh(&["ip", "-n", &wan, "link", "set", &format!("w{i}"), "master", "wanbr", "up"])?;
+        sh(&["ip", "-n", &h, "addr", "add", &format!("192.168.77.{}/24", i + 1), "dev", "wan0"])?;
+        sh(&["ip", "-n", &h, "link", "set", "wan0", "up"])?;
+        sh(&["ip", "-n", &h, "link", "add", "lxcbr0", "type", "bridge"])?;
+        sh(&["ip", "-n", &h, "addr", "add", "10.0.3.1/24", "dev", "lxcbr0"])?;
+        sh(&["ip", "-n", &h, "link", "set", "lxcbr0", "up"])?;
+        for (j, ip) in ips.iter().enumerate() {
+            let c = format!("{h}c{j}");
+            sh(&["ip", "netns", "add", &c])?;
+            topo.namespaces.push(c.clone());
+            sh(&["ip", "-n", &h, "link", "add", &format!("veth{j}"), "type", "veth", "peer", "name", "eth0", "netns", &c])?;
+            sh(&["ip", "-n", &h, "link", "set", &format!("veth{j}"), "master", "lxcbr0", "up"])?;
+            sh(&["ip", "-n", &c, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            sh(&["ip", "-n", &c, "link", "set", "eth0", "up"])?;
+        }
+        hosts.push(h);
+        println!("host {i} ({}): underlay 192.168.77.{}, lxcbr0 10.0.3.1/24, containers {} and {}", hosts[i], i + 1, ips[0], ips[1]);
+    }
 
     let agent = agent.to_str().unwrap();
-    let c0 = topo.containers[0].clone();
-    show(
-        "local traffic on the bridge, untouched",
-        &["ip", "netns", "exec", &c0, "ping", "-c", "2", "10.0.3.6"],
-    )?;
-    show(
-        "a static entry for a remote host",
-        &[
-            agent,
-            "arp",
-            "--pin-dir",
-            &pin,
-            "add",
-            REMOTE_IP,
-            REMOTE_MAC,
-        ],
-    )?;
-    let replies = show(
-        "a container resolves it: the kernel answers at the TAP's egress",
-        &[
-            "ip", "netns", "exec", &c0, "arping", "-c", "3", "-I", "eth0", REMOTE_IP,
-        ],
-    )?;
-    show("the counters", &[agent, "stats", "--pin-dir", &pin])?;
-    show(
-        "the pinned map, read by bpftool",
-        &[
-            "bpftool",
-            "map",
-            "dump",
-            "pinned",
-            &format!("{pin}/arp_table"),
-        ],
-    )?;
-    if !replies.contains(REMOTE_MAC) {
-        bail!("arping got no reply carrying {REMOTE_MAC}");
+    spawn(&mut topo, &wan, &[agent, "rendezvous", "--listen", "192.168.77.254:7000", "--overlay", "demo", "--secret", "demo secret, change me"], &tmp.join(format!("{prefix}-rendezvous.log")))?;
+    thread::sleep(Duration::from_millis(300));
+    let mut pins = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let pin = topo.pin_root.join(format!("h{i}"));
+        let config = tmp.join(format!("{prefix}-h{i}.json"));
+        fs::write(&config, DEFAULT_CONFIG.replace("PIN_DIR", pin.to_str().unwrap()).replace("NODE", &format!("h{i}")))?;
+        topo.files.push(config.clone());
+        if i == 0 {
+            println!("\n== agent config (host 0):\n{}", fs::read_to_string(&config)?);
+        }
+        spawn(&mut topo, h, &[agent, "run", "--config", config.to_str().unwrap()], &tmp.join(format!("{prefix}-h{i}.log")))?;
+        pins.push(pin.to_str().unwrap().to_owned());
     }
+    for pin in &pins {
+        wait_for("the link between the hosts", 30, || {
+            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
+        })?;
+    }
+    show("host 0's agent: its peer and counters", &[agent, "status", "--pin-dir", &pins[0]])?;
 
-    println!("\n== stopping the agent (SIGINT)");
-    let mut child = topo.agent.take().unwrap();
-    // SAFETY: signalling our own child (nsenter execs the agent, so its pid is the agent's).
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait()?;
-    print!(
-        "{}",
-        fs::read_to_string(&log)?
-            .lines()
-            .rev()
-            .take(2)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    );
-    let _ = fs::remove_file(&log);
-    if !status.success() {
-        bail!("the agent exited with {status}");
-    }
-    println!(
-        "pins left: {}; TAP left: {}",
-        pin_dir.exists(),
-        sh(&["ip", "-n", &h, "link", "show", "ipop"]).is_ok()
-    );
-    println!("\ndemo done; removing the namespaces");
+    let c00 = format!("{}c0", hosts[0]);
+    show("a container on host 0 pings one on host 1", &["ip", "netns", "exec", &c00, "ping", "-c", "3", "10.0.3.20"])?;
+    show("a full-size ping across", &["ip", "netns", "exec", &c00, "ping", "-c", "2", "-s", "1472", "-M", "do", "10.0.3.20"])?;
+    show("arping across: learned through arp_request/arp_reply RPCs", &["ip", "netns", "exec", &c00, "arping", "-c", "1", "-I", "eth0", "10.0.3.21"])?;
+    show("again: now answered by the eBPF program on host 0's TAP (microseconds)", &["ip", "netns", "exec", &c00, "arping", "-c", "3", "-I", "eth0", "10.0.3.21"])?;
+    show("host 0's kernel counters", &[agent, "stats", "--pin-dir", &pins[0]])?;
+    show("host 0's arp_table, read by bpftool", &["bpftool", "map", "dump", "pinned", &format!("{}/arp_table", pins[0])])?;
+    println!("\ndemo done; stopping the agents and removing the namespaces");
+    drop(topo);
     Ok(())
 }
