@@ -258,7 +258,9 @@ impl Shell {
         };
         match self.switch.route_from_bridge(frame) {
             Route::Drop => {}
-            Route::Peer(id) => peers.send(id, Inner::Ethernet, frame.to_vec()),
+            Route::Peer(id) => {
+                peers.send(id, Inner::Ethernet, bytes::Bytes::copy_from_slice(frame))
+            }
             Route::AllPeers => peers.broadcast(Inner::Ethernet, frame),
         }
     }

@@ -63,7 +63,8 @@ pub struct LinkParams {
 #[derive(Debug)]
 pub enum LinkCmd {
     Signal(Value),
-    Send(Inner, Vec<u8>),
+    /// Shared bytes: a broadcast hands the same buffer to every link without copying.
+    Send(Inner, bytes::Bytes),
 }
 
 /// What a link tells the agent.

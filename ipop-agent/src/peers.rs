@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -153,34 +155,33 @@ impl Peers {
         }
     }
 
-    fn queue(&mut self, node: &str, inner: Inner, payload: Vec<u8>) {
-        let Some(p) = self.by_node.get(node) else {
+    /// Sends to one peer (if its link is up).
+    pub fn send(&mut self, id: PeerId, inner: Inner, payload: impl Into<Bytes>) {
+        let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else {
             return;
         };
-        if p.cmd.try_send(LinkCmd::Send(inner, payload)).is_err() {
-            self.queue_drops += 1;
-        }
-    }
-
-    /// Sends to one peer (if its link is up).
-    pub fn send(&mut self, id: PeerId, inner: Inner, payload: Vec<u8>) {
-        if let Some(node) = self.names.get(&id).cloned()
-            && self.by_node.get(&node).is_some_and(|p| p.id == id && p.up)
+        if p.id == id
+            && p.up
+            && p.cmd
+                .try_send(LinkCmd::Send(inner, payload.into()))
+                .is_err()
         {
-            self.queue(&node, inner, payload);
+            self.queue_drops += 1;
         }
     }
 
     /// Sends to every peer whose link is up.
     pub fn broadcast(&mut self, inner: Inner, payload: &[u8]) {
-        let up: Vec<String> = self
-            .by_node
-            .iter()
-            .filter(|(_, p)| p.up)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for node in up {
-            self.queue(&node, inner, payload.to_vec());
+        let payload = Bytes::copy_from_slice(payload);
+        let mut drops = 0;
+        for p in self.by_node.values().filter(|p| p.up) {
+            if p.cmd
+                .try_send(LinkCmd::Send(inner, payload.clone()))
+                .is_err()
+            {
+                drops += 1;
+            }
         }
+        self.queue_drops += drops;
     }
 }
