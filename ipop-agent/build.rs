@@ -6,11 +6,7 @@ fn main() -> anyhow::Result<()> {
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ipop-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "ipop-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "ipop-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
 }

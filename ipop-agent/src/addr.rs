@@ -34,8 +34,7 @@ impl FromStr for Mac {
 
     /// Six hex octets separated by `:` or `-`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("invalid MAC address {s:?}: expected six hex octets like 02:00:00:00:00:01");
+        let bad = || format!("invalid MAC address {s:?}: expected six hex octets like 02:00:00:00:00:01");
         let mut out = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for byte in out.iter_mut() {
@@ -56,22 +55,17 @@ impl FromStr for Mac {
 pub fn parse_host_mac(s: &str) -> Result<Mac, String> {
     let mac: Mac = s.parse()?;
     if mac.is_zero() || mac.is_multicast() {
-        return Err(format!(
-            "{mac} is not a host MAC address (zero, broadcast or multicast)"
-        ));
+        return Err(format!("{mac} is not a host MAC address (zero, broadcast or multicast)"));
     }
     Ok(mac)
 }
 
 /// An IPv4 address a host can own: not 0.0.0.0, broadcast, multicast or loopback.
 pub fn parse_host_ip(s: &str) -> Result<Ipv4Addr, String> {
-    let ip: Ipv4Addr = s
-        .parse()
-        .map_err(|_| format!("invalid IPv4 address {s:?}: expected dotted quad like 10.0.3.5"))?;
+    let ip: Ipv4Addr =
+        s.parse().map_err(|_| format!("invalid IPv4 address {s:?}: expected dotted quad like 10.0.3.5"))?;
     if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
-        return Err(format!(
-            "{ip} is not a host address (unspecified, broadcast, multicast or loopback)"
-        ));
+        return Err(format!("{ip} is not a host address (unspecified, broadcast, multicast or loopback)"));
     }
     Ok(ip)
 }
@@ -90,14 +84,9 @@ mod tests {
 
     #[test]
     fn malformed_macs_are_refused() {
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:00:00",
-            "02:00:00:00:00:0g",
-            "002:00:00:00:00:01",
-            "02::00:00:00:01",
-        ] {
+        for bad in
+            ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "02:00:00:00:00:0g", "002:00:00:00:00:01", "02::00:00:00:01"]
+        {
             assert!(bad.parse::<Mac>().is_err(), "{bad:?} parsed");
         }
     }
@@ -108,19 +97,8 @@ mod tests {
         assert!(parse_host_mac("ff:ff:ff:ff:ff:ff").is_err());
         assert!(parse_host_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_host_mac("00:00:00:00:00:00").is_err());
-        assert_eq!(
-            parse_host_ip("10.0.3.104").unwrap(),
-            Ipv4Addr::new(10, 0, 3, 104)
-        );
-        for bad in [
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
-            "127.0.0.1",
-            "10.0.3",
-            "10.0.3.256",
-            "x",
-        ] {
+        assert_eq!(parse_host_ip("10.0.3.104").unwrap(), Ipv4Addr::new(10, 0, 3, 104));
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "10.0.3", "10.0.3.256", "x"] {
             assert!(parse_host_ip(bad).is_err(), "{bad:?} accepted");
         }
     }

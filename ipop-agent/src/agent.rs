@@ -59,6 +59,8 @@ struct Shell {
     tap: Arc<AsyncFd<Tap>>,
     peers: Option<Peers>,
     tap_write_errors: u64,
+    /// Link datagrams refused: failed authentication, replays, handshakes from other keys.
+    datagrams_refused: u64,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything it attached or created is removed
@@ -82,10 +84,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     let mut datapath = Datapath::load(&cfg.pin_dir)?;
     let tap = Tap::create(&cfg.tap)?;
-    let tap_link = nl
-        .link(tap.name())
-        .await?
-        .context("the TAP vanished right after it was created")?;
+    let tap_link = nl.link(tap.name()).await?.context("the TAP vanished right after it was created")?;
     nl.join_bridge(tap_link.index, bridge.index).await?;
     datapath.configure(m::Config {
         bridge_ifindex: bridge.index,
@@ -96,10 +95,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     })?;
     datapath.attach(&cfg.bridge, tap.name())?;
     if let Some(port) = cfg.icc_port {
-        debug!(
-            icc_port = port,
-            "icc_port noted (links use ICE-chosen ports)"
-        );
+        debug!(icc_port = port, "icc_port noted (links use ICE-chosen ports)");
     }
 
     let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64);
@@ -141,13 +137,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     drop(link_tx);
     let tap = Arc::new(watch(tap)?);
-    let mut shell = Shell {
-        switch,
-        arp_table,
-        tap: tap.clone(),
-        peers,
-        tap_write_errors: 0,
-    };
+    let mut shell = Shell { switch, arp_table, tap: tap.clone(), peers, tap_write_errors: 0, datagrams_refused: 0 };
 
     let control = ControlSocket::bind(&cfg.pin_dir)?;
     let node_id = cfg.overlay.as_ref().map(|o| o.node_id.clone());
@@ -242,6 +232,7 @@ impl Shell {
             "switch": self.switch.counters(),
             "queue_drops": self.peers.as_ref().map_or(0, |p| p.queue_drops),
             "tap_write_errors": self.tap_write_errors,
+            "datagrams_refused": self.datagrams_refused,
         })
     }
 
@@ -258,9 +249,7 @@ impl Shell {
         };
         match self.switch.route_from_bridge(frame) {
             Route::Drop => {}
-            Route::Peer(id) => {
-                peers.send(id, Inner::Ethernet, bytes::Bytes::copy_from_slice(frame))
-            }
+            Route::Peer(id) => peers.send(id, Inner::Ethernet, bytes::Bytes::copy_from_slice(frame)),
             Route::AllPeers => peers.broadcast(Inner::Ethernet, frame),
         }
     }
@@ -290,11 +279,8 @@ impl Shell {
             LinkEvent::Received(id, Inner::Rpc, bytes) => self.rpc(now, id, &bytes),
             LinkEvent::Received(_, Inner::Keepalive, _) => {}
             LinkEvent::Dropped(id, e) => {
-                let name = self
-                    .peers
-                    .as_ref()
-                    .map(|p| p.name(id).to_owned())
-                    .unwrap_or_default();
+                self.datagrams_refused += 1;
+                let name = self.peers.as_ref().map(|p| p.name(id).to_owned()).unwrap_or_default();
                 debug!(peer = %name, "datagram dropped: {e}");
             }
         }
@@ -319,11 +305,7 @@ impl Shell {
                 }
             }
             Err(rejection) => {
-                let name = self
-                    .peers
-                    .as_ref()
-                    .map(|p| p.name(id).to_owned())
-                    .unwrap_or_default();
+                let name = self.peers.as_ref().map(|p| p.name(id).to_owned()).unwrap_or_default();
                 warn!(peer = %name, code = rejection.code, "refused RPC: {}", rejection.message);
                 if let (Some(answer), Some(p)) = (rejection.answer, self.peers.as_mut()) {
                     p.send(id, Inner::Rpc, answer);
@@ -337,9 +319,7 @@ impl Shell {
             return;
         };
         let replaced = match ev {
-            SignalEvent::Members(members) => {
-                members.iter().filter_map(|m| peers.ensure(m)).collect()
-            }
+            SignalEvent::Members(members) => members.iter().filter_map(|m| peers.ensure(m)).collect(),
             SignalEvent::Joined(m) => peers.ensure(&m).into_iter().collect(),
             SignalEvent::Left(node) => {
                 peers.left(&node);
@@ -365,16 +345,10 @@ impl Shell {
     fn apply(&mut self, outputs: Vec<Output>) {
         for out in outputs {
             match out {
-                Output::LocalLearned {
-                    ip,
-                    mac,
-                    previous: None,
-                } => info!(%ip, %mac, "local host"),
-                Output::LocalLearned {
-                    ip,
-                    mac,
-                    previous: Some(old),
-                } => warn!(%ip, %mac, %old, "local host changed its MAC"),
+                Output::LocalLearned { ip, mac, previous: None } => info!(%ip, %mac, "local host"),
+                Output::LocalLearned { ip, mac, previous: Some(old) } => {
+                    warn!(%ip, %mac, %old, "local host changed its MAC")
+                }
                 Output::AnsweredInKernel { ip, requester } => {
                     debug!(%ip, %requester, "answered in the kernel")
                 }
@@ -386,24 +360,12 @@ impl Shell {
                 Output::WriteTap(frame) => self.write_tap(&frame),
                 Output::ArpInstall { ip, mac } => self.install(ip, mac),
                 Output::ArpRemove { ip } => self.remove(ip),
-                Output::Conflict {
-                    ip,
-                    owner,
-                    claimed,
-                    by,
-                } => {
-                    let by = self
-                        .peers
-                        .as_ref()
-                        .map(|p| p.name(by).to_owned())
-                        .unwrap_or_default();
+                Output::Conflict { ip, owner, claimed, by } => {
+                    let by = self.peers.as_ref().map(|p| p.name(by).to_owned()).unwrap_or_default();
                     let owner = match owner {
                         Owner::Local(mac) => format!("local host {mac}"),
                         Owner::Remote { mac, peer } => {
-                            format!(
-                                "{mac} behind {}",
-                                self.peers.as_ref().map(|p| p.name(peer)).unwrap_or("?")
-                            )
+                            format!("{mac} behind {}", self.peers.as_ref().map(|p| p.name(peer)).unwrap_or("?"))
                         }
                     };
                     warn!(%ip, %claimed, peer = %by, %owner, "IP conflict: a peer claims an IP that is taken; the existing owner stands");
@@ -415,18 +377,10 @@ impl Shell {
     /// A learned entry; an operator's static entry for the same IP stays.
     fn install(&mut self, ip: Ipv4Addr, mac: Mac) {
         let key = ArpKey { ip: ip.octets() };
-        if self
-            .arp_table
-            .get(&key, 0)
-            .is_ok_and(|e| e.flags & m::ENTRY_STATIC != 0)
-        {
+        if self.arp_table.get(&key, 0).is_ok_and(|e| e.flags & m::ENTRY_STATIC != 0) {
             return;
         }
-        let entry = ArpEntry {
-            mac: mac.0,
-            flags: 0,
-            updated_ns: monotonic_ns(),
-        };
+        let entry = ArpEntry { mac: mac.0, flags: 0, updated_ns: monotonic_ns() };
         if let Err(e) = self.arp_table.insert(key, entry, 0) {
             warn!(%ip, "could not install in arp_table: {e}");
         }
@@ -434,11 +388,7 @@ impl Shell {
 
     fn remove(&mut self, ip: Ipv4Addr) {
         let key = ArpKey { ip: ip.octets() };
-        if self
-            .arp_table
-            .get(&key, 0)
-            .is_ok_and(|e| e.flags & m::ENTRY_STATIC == 0)
-        {
+        if self.arp_table.get(&key, 0).is_ok_and(|e| e.flags & m::ENTRY_STATIC == 0) {
             let _ = self.arp_table.remove(&key);
         }
     }

@@ -73,9 +73,7 @@ impl Settings {
         if let Some(mode) = self.switchmode
             && mode != 1
         {
-            return Err(format!(
-                "switchmode {mode} is not supported: ipop only runs in switch mode (1)"
-            ));
+            return Err(format!("switchmode {mode} is not supported: ipop only runs in switch mode (1)"));
         }
         if self.icc == Some(false) && self.icc_port.is_some() {
             return Err("icc_port is set but icc is false: drop one of them".into());
@@ -88,16 +86,11 @@ impl Settings {
         check_ifname("bridge", &bridge)?;
         check_ifname("tap", &tap)?;
         if bridge == tap {
-            return Err(format!(
-                "bridge and tap are both {bridge:?}: the TAP is a port of the bridge"
-            ));
+            return Err(format!("bridge and tap are both {bridge:?}: the TAP is a port of the bridge"));
         }
         let pin_dir = match self.pin_dir {
             Some(dir) if !dir.is_absolute() => {
-                return Err(format!(
-                    "pin_dir {} must be an absolute path",
-                    dir.display()
-                ));
+                return Err(format!("pin_dir {} must be an absolute path", dir.display()));
             }
             Some(dir) => dir,
             None => PathBuf::from(DEFAULT_PIN_ROOT).join(&bridge),
@@ -105,11 +98,7 @@ impl Settings {
         let max_age = self.arp_max_age_secs.unwrap_or(DEFAULT_ARP_MAX_AGE_SECS);
         let overlay = match self.rendezvous {
             None => {
-                if self.secret.is_some()
-                    || self.stun.is_some()
-                    || self.turn.is_some()
-                    || self.overlay.is_some()
-                {
+                if self.secret.is_some() || self.stun.is_some() || self.turn.is_some() || self.overlay.is_some() {
                     return Err("overlay, secret, stun and turn need a rendezvous to join".into());
                 }
                 None
@@ -121,9 +110,7 @@ impl Settings {
                 {
                     return Err(format!("rendezvous {rendezvous:?} must be host:port"));
                 }
-                let secret = self
-                    .secret
-                    .ok_or("a rendezvous needs the overlay's secret")?;
+                let secret = self.secret.ok_or("a rendezvous needs the overlay's secret")?;
                 if secret.len() < 8 {
                     return Err("the secret must be at least 8 characters".into());
                 }
@@ -137,27 +124,17 @@ impl Settings {
                     return Err("overlay must be 1-64 characters".into());
                 }
                 let mut ice_urls = Vec::new();
-                for (scheme, urls) in [
-                    ("stun:", self.stun.unwrap_or_default()),
-                    ("turn", self.turn.unwrap_or_default()),
-                ] {
+                for (scheme, urls) in
+                    [("stun:", self.stun.unwrap_or_default()), ("turn", self.turn.unwrap_or_default())]
+                {
                     for url in urls {
                         if !url.starts_with(scheme) {
-                            return Err(format!(
-                                "{url:?} is not a {} url",
-                                scheme.trim_end_matches(':')
-                            ));
+                            return Err(format!("{url:?} is not a {} url", scheme.trim_end_matches(':')));
                         }
                         ice_urls.push(url);
                     }
                 }
-                Some(OverlayConfig {
-                    node_id,
-                    overlay: name,
-                    secret,
-                    rendezvous,
-                    ice_urls,
-                })
+                Some(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls })
             }
         };
         Ok(AgentConfig {
@@ -165,11 +142,7 @@ impl Settings {
             tap,
             pin_dir,
             arp_max_age: Duration::from_secs(max_age),
-            icc_port: if self.icc == Some(false) {
-                None
-            } else {
-                self.icc_port
-            },
+            icc_port: if self.icc == Some(false) { None } else { self.icc_port },
             overlay,
         })
     }
@@ -226,15 +199,11 @@ pub fn check_ifname(what: &str, name: &str) -> Result<(), String> {
         && name.len() < libc::IFNAMSIZ
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{what} {name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
-        ))
+        Err(format!("{what} {name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"))
     }
 }
 
@@ -244,8 +213,7 @@ mod tests {
 
     #[test]
     fn the_seed_config_is_accepted() {
-        let s =
-            Settings::from_json(r#"{"switchmode": 1, "icc": true, "icc_port": 30000}"#).unwrap();
+        let s = Settings::from_json(r#"{"switchmode": 1, "icc": true, "icc_port": 30000}"#).unwrap();
         let cfg = s.resolve().unwrap();
         assert_eq!(cfg.bridge, "lxcbr0");
         assert_eq!(cfg.tap, "ipop");
@@ -256,21 +224,12 @@ mod tests {
 
     #[test]
     fn command_line_overrides_the_file() {
-        let file =
-            Settings::from_json(r#"{"bridge": "br0", "tap": "ipop0", "arp_max_age_secs": 60}"#)
-                .unwrap();
-        let cli = Settings {
-            bridge: Some("lxcbr0".into()),
-            ..Default::default()
-        };
+        let file = Settings::from_json(r#"{"bridge": "br0", "tap": "ipop0", "arp_max_age_secs": 60}"#).unwrap();
+        let cli = Settings { bridge: Some("lxcbr0".into()), ..Default::default() };
         let cfg = file.overridden_by(cli).resolve().unwrap();
         assert_eq!(cfg.bridge, "lxcbr0");
         assert_eq!(cfg.tap, "ipop0");
-        assert_eq!(
-            cfg.pin_dir,
-            PathBuf::from("/sys/fs/bpf/ipop/lxcbr0"),
-            "pin dir follows the bridge"
-        );
+        assert_eq!(cfg.pin_dir, PathBuf::from("/sys/fs/bpf/ipop/lxcbr0"), "pin dir follows the bridge");
         assert_eq!(cfg.arp_max_age, Duration::from_secs(60));
     }
 
@@ -292,24 +251,10 @@ mod tests {
         )
         .unwrap();
         let o = s.resolve().unwrap().overlay.unwrap();
-        assert_eq!(
-            (
-                o.node_id.as_str(),
-                o.overlay.as_str(),
-                o.rendezvous.as_str()
-            ),
-            ("a", "ipop", "192.0.2.1:7000")
-        );
+        assert_eq!((o.node_id.as_str(), o.overlay.as_str(), o.rendezvous.as_str()), ("a", "ipop", "192.0.2.1:7000"));
         assert_eq!(o.ice_urls, vec!["stun:192.0.2.2:3478"]);
-        assert!(
-            !format!("{o:?}").contains("long enough"),
-            "the secret is not logged"
-        );
-        assert_eq!(
-            Settings::default().resolve().unwrap().overlay,
-            None,
-            "alone without a rendezvous"
-        );
+        assert!(!format!("{o:?}").contains("long enough"), "the secret is not logged");
+        assert_eq!(Settings::default().resolve().unwrap().overlay, None, "alone without a rendezvous");
         for bad in [
             r#"{"secret": "long enough"}"#,
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a"}"#,
@@ -319,10 +264,7 @@ mod tests {
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough", "stun": ["turn:x:1"]}"#,
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough", "turn": ["stun:x:1"]}"#,
         ] {
-            assert!(
-                Settings::from_json(bad).unwrap().resolve().is_err(),
-                "{bad} accepted"
-            );
+            assert!(Settings::from_json(bad).unwrap().resolve().is_err(), "{bad} accepted");
         }
     }
 

@@ -29,8 +29,7 @@ impl ControlSocket {
     pub fn bind(pin_dir: &Path) -> Result<Self> {
         let path = socket_path(pin_dir);
         let _ = std::fs::remove_file(&path);
-        let listener =
-            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
         Ok(Self { listener, path })
     }
 
@@ -56,17 +55,11 @@ impl Drop for ControlSocket {
 pub async fn query(pin_dir: &Path) -> Result<Value> {
     let path = socket_path(pin_dir);
     let mut stream = UnixStream::connect(&path).await.with_context(|| {
-        format!(
-            "no ipop agent answers on {} (is it running with this pin directory?)",
-            path.display()
-        )
+        format!("no ipop agent answers on {} (is it running with this pin directory?)", path.display())
     })?;
     let mut buf = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        stream.read_to_end(&mut buf),
-    )
-    .await
-    .context("the agent did not answer")??;
+    tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .context("the agent did not answer")??;
     serde_json::from_slice(&buf).context("the agent's status is not JSON")
 }

@@ -28,20 +28,15 @@ pub const PROG_BRIDGE_INGRESS: &str = "bridge_ingress";
 
 /// Loads the programs without attaching or pinning anything (for BPF_PROG_TEST_RUN tests).
 pub fn load_unpinned() -> Result<Ebpf> {
-    EbpfLoader::new()
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object")
+    EbpfLoader::new().load(EBPF_OBJECT).context("loading the eBPF object")
 }
 
 /// Loads `name` into the kernel (verifier included) and returns it.
 pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()?;
+    let prog: &mut SchedClassifier =
+        ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?.try_into()?;
     if prog.fd().is_err() {
-        prog.load()
-            .with_context(|| format!("loading program {name} (verifier)"))?;
+        prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
     }
     Ok(prog)
 }
@@ -59,16 +54,9 @@ impl PinDir {
     /// compatible `arp_table`, which is taken back so its entries survive a crash.
     /// The caller holds the pin directory's lock, so whoever pinned these is gone.
     pub fn prepare(dir: &Path) -> Result<Self> {
-        let mut created: Vec<PathBuf> = dir
-            .ancestors()
-            .take_while(|p| !p.exists())
-            .map(Path::to_owned)
-            .collect();
+        let mut created: Vec<PathBuf> = dir.ancestors().take_while(|p| !p.exists()).map(Path::to_owned).collect();
         created.reverse();
-        let pins = PinDir {
-            dir: dir.to_owned(),
-            created,
-        };
+        let pins = PinDir { dir: dir.to_owned(), created };
         for d in &pins.created {
             fs::create_dir(d).with_context(|| format!("creating pin directory {}", d.display()))?;
         }
@@ -82,8 +70,7 @@ impl PinDir {
                 continue;
             }
             warn!(path = %path.display(), "removing a pin left by a previous agent");
-            fs::remove_file(&path)
-                .with_context(|| format!("removing stale pin {}", path.display()))?;
+            fs::remove_file(&path).with_context(|| format!("removing stale pin {}", path.display()))?;
         }
         Ok(pins)
     }
@@ -142,9 +129,7 @@ impl Datapath {
         }
         let level = kernel_log_level();
         loader.override_global("AYA_LOG_LEVEL", &level, false);
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
         for name in [PROG_TAP_EGRESS, PROG_BRIDGE_INGRESS] {
             program(&mut ebpf, name)?;
         }
@@ -161,10 +146,9 @@ impl Datapath {
 
     /// Attaches the programs: `tap_egress` to the TAP, `bridge_ingress` to the bridge.
     pub fn attach(&mut self, bridge: &str, tap: &str) -> Result<()> {
-        for (name, iface, hook) in [
-            (PROG_TAP_EGRESS, tap, TcAttachType::Egress),
-            (PROG_BRIDGE_INGRESS, bridge, TcAttachType::Ingress),
-        ] {
+        for (name, iface, hook) in
+            [(PROG_TAP_EGRESS, tap, TcAttachType::Egress), (PROG_BRIDGE_INGRESS, bridge, TcAttachType::Ingress)]
+        {
             program(&mut self.ebpf, name)?
                 .attach(iface, hook)
                 .with_context(|| format!("attaching {name} to {iface} {hook:?}"))?;
@@ -174,19 +158,13 @@ impl Datapath {
 
     /// The `arp_events` ring buffer, for the agent's reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map(m::ARP_EVENTS)
-            .context("arp_events map missing")?;
+        let map = self.ebpf.take_map(m::ARP_EVENTS).context("arp_events map missing")?;
         RingBuf::try_from(map).map_err(|e| anyhow!(e))
     }
 
     /// `arp_table`, for the agent to install and remove learned entries.
     pub fn take_arp_table(&mut self) -> Result<aya::maps::HashMap<MapData, ArpKey, ArpEntry>> {
-        let map = self
-            .ebpf
-            .take_map(m::ARP_TABLE)
-            .context("arp_table map missing")?;
+        let map = self.ebpf.take_map(m::ARP_TABLE).context("arp_table map missing")?;
         Ok(aya::maps::HashMap::try_from(map)?)
     }
 

@@ -100,33 +100,17 @@ enum Signal {
 
 fn parse_signal(v: &Value) -> Option<Signal> {
     let session = v.get("s")?.as_u64()?;
-    let text = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .filter(|s| s.len() <= 512)
-            .map(str::to_owned)
-    };
+    let text = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| s.len() <= 512).map(str::to_owned);
     match v.get("t")?.as_str()? {
-        "offer" => Some(Signal::Offer(Creds {
-            session,
-            ufrag: text("ufrag")?,
-            pwd: text("pwd")?,
-        })),
-        "answer" => Some(Signal::Answer(Creds {
-            session,
-            ufrag: text("ufrag")?,
-            pwd: text("pwd")?,
-        })),
+        "offer" => Some(Signal::Offer(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")? })),
+        "answer" => Some(Signal::Answer(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")? })),
         "cand" => Some(Signal::Candidate(session, text("c")?)),
         _ => None,
     }
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 enum Ended {
@@ -202,9 +186,7 @@ async fn new_ice_agent(p: &LinkParams) -> Result<Arc<Agent>> {
         check_interval: Duration::from_millis(100),
         ..Default::default()
     };
-    Ok(Arc::new(
-        Agent::new(config).await.context("creating the ICE agent")?,
-    ))
+    Ok(Arc::new(Agent::new(config).await.context("creating the ICE agent")?))
 }
 
 /// One attempt: exchange credentials, connect, handshake, carry datagrams until the link dies.
@@ -254,20 +236,15 @@ async fn connect_and_serve(
         }
     };
     let kind = if p.controlling { "offer" } else { "answer" };
-    p.signaling.send(
-        &p.peer_node,
-        json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd}),
-    );
+    p.signaling.send(&p.peer_node, json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd}));
 
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<String>();
-    agent.on_candidate(Box::new(
-        move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
-            if let Some(c) = c {
-                let _ = cand_tx.send(c.marshal());
-            }
-            Box::pin(async {})
-        },
-    ));
+    agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+        if let Some(c) = c {
+            let _ = cand_tx.send(c.marshal());
+        }
+        Box::pin(async {})
+    }));
     agent.gather_candidates().context("gathering candidates")?;
 
     let mut remote = offer;
@@ -375,11 +352,7 @@ async fn serve(
     let started = Instant::now();
     let mut last_rx = Instant::now();
     let mut last_tx = Instant::now();
-    let mut tick = tokio::time::interval(if p.controlling {
-        HANDSHAKE_RETRY
-    } else {
-        KEEPALIVE / 2
-    });
+    let mut tick = tokio::time::interval(if p.controlling { HANDSHAKE_RETRY } else { KEEPALIVE / 2 });
     let mut out = Vec::with_capacity(wire::MAX_DATAGRAM);
     let mut plain = Vec::with_capacity(wire::MAX_DATAGRAM);
     let mut up = false;

@@ -23,11 +23,7 @@ pub struct InstanceLock {
 /// A pin directory as one file name component (its path with '/' escaped): the agent's
 /// lock and control socket are named after it.
 pub fn pin_dir_key(pin_dir: &Path) -> String {
-    pin_dir
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c == '/' { '%' } else { c })
-        .collect()
+    pin_dir.to_string_lossy().chars().map(|c| if c == '/' { '%' } else { c }).collect()
 }
 
 /// The lock file that stands for a pin directory.
@@ -38,17 +34,12 @@ pub fn pin_lock_name(pin_dir: &Path) -> String {
 /// Locks the bridge (by network namespace and ifindex, so that agents in different
 /// namespaces do not collide) and the pin directory (bpffs is shared by all namespaces).
 pub fn acquire(bridge: &str, bridge_ifindex: u32, pin_dir: &Path) -> Result<InstanceLock> {
-    let netns = fs::metadata("/proc/self/ns/net")
-        .context("reading /proc/self/ns/net")?
-        .ino();
+    let netns = fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
     fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
     let mut lock = InstanceLock { held: Vec::new() };
     let bridge_file = Path::new(LOCK_DIR).join(format!("bridge-{netns}-{bridge_ifindex}.lock"));
     lock.take(&bridge_file, &format!("bridge {bridge}"))?;
-    lock.take(
-        &Path::new(LOCK_DIR).join(pin_lock_name(pin_dir)),
-        &format!("pin directory {}", pin_dir.display()),
-    )?;
+    lock.take(&Path::new(LOCK_DIR).join(pin_lock_name(pin_dir)), &format!("pin directory {}", pin_dir.display()))?;
     Ok(lock)
 }
 
@@ -67,10 +58,7 @@ impl InstanceLock {
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
-                bail!(
-                    "another ipop-agent (pid {}) is already running on {what}",
-                    pid.trim()
-                );
+                bail!("another ipop-agent (pid {}) is already running on {what}", pid.trim());
             }
             return Err(err).with_context(|| format!("locking {}", path.display()));
         }
@@ -97,13 +85,7 @@ mod tests {
 
     #[test]
     fn pin_dirs_map_to_distinct_flat_names() {
-        assert_eq!(
-            pin_lock_name(Path::new("/sys/fs/bpf/ipop/lxcbr0")),
-            "pins-%sys%fs%bpf%ipop%lxcbr0.lock"
-        );
-        assert_ne!(
-            pin_lock_name(Path::new("/a/b")),
-            pin_lock_name(Path::new("/a_b"))
-        );
+        assert_eq!(pin_lock_name(Path::new("/sys/fs/bpf/ipop/lxcbr0")), "pins-%sys%fs%bpf%ipop%lxcbr0.lock");
+        assert_ne!(pin_lock_name(Path::new("/a/b")), pin_lock_name(Path::new("/a_b")));
     }
 }

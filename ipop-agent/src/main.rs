@@ -13,11 +13,7 @@ use ipop_agent::{
 use ipop_common::maps::{ENTRY_STALE, ENTRY_STATIC};
 
 #[derive(Parser)]
-#[command(
-    name = "ipop-agent",
-    version,
-    about = "Joins Linux bridges on many hosts into one Ethernet segment"
-)]
+#[command(name = "ipop-agent", version, about = "Joins Linux bridges on many hosts into one Ethernet segment")]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ipop_agent=debug`.
     #[arg(long, global = true, env = "IPOP_LOG", default_value = "info")]
@@ -166,10 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -187,9 +180,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Rendezvous(args) => rendezvous(args),
         Command::Status { target } => {
             let pinned = target.pinned()?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let status = runtime.block_on(ipop_agent::control::query(pinned.dir()))?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
@@ -201,10 +192,7 @@ fn rendezvous(args: RendezvousArgs) -> Result<()> {
     if args.secret.len() < 8 {
         anyhow::bail!("the secret must be at least 8 characters");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -220,11 +208,8 @@ fn rendezvous(args: RendezvousArgs) -> Result<()> {
 fn run(args: RunArgs) -> Result<()> {
     let file = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config {}", path.display()))?;
-            Settings::from_json(&text)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| path.display().to_string())?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+            Settings::from_json(&text).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())?
         }
         None => Settings::default(),
     };
@@ -243,13 +228,8 @@ fn run(args: RunArgs) -> Result<()> {
         stun: (!args.stun.is_empty()).then_some(args.stun),
         turn: (!args.turn.is_empty()).then_some(args.turn),
     };
-    let cfg = file
-        .overridden_by(cli)
-        .resolve()
-        .map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let cfg = file.overridden_by(cli).resolve().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(agent::run(cfg))
 }
 
@@ -273,10 +253,7 @@ fn arp(pinned: Pinned, command: ArpCommand) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!(
-                    "{:<15}  {:<17}  {:<6}  {:>8}",
-                    "IP", "MAC", "FLAGS", "AGE(s)"
-                );
+                println!("{:<15}  {:<17}  {:<6}  {:>8}", "IP", "MAC", "FLAGS", "AGE(s)");
                 for (ip, e) in entries {
                     let flags = match (e.flags & ENTRY_STATIC != 0, e.flags & ENTRY_STALE != 0) {
                         (_, true) => "stale",
@@ -284,13 +261,7 @@ fn arp(pinned: Pinned, command: ArpCommand) -> Result<()> {
                         (false, false) => "",
                     };
                     let age = now.saturating_sub(e.updated_ns) / 1_000_000_000;
-                    println!(
-                        "{:<15}  {:<17}  {:<6}  {:>8}",
-                        ip.to_string(),
-                        Mac(e.mac).to_string(),
-                        flags,
-                        age
-                    );
+                    println!("{:<15}  {:<17}  {:<6}  {:>8}", ip.to_string(), Mac(e.mac).to_string(), flags, age);
                 }
             }
         }
@@ -318,10 +289,8 @@ fn stats(pinned: Pinned, json: bool) -> Result<()> {
         ("injected", s.injected),
     ];
     if json {
-        let obj: serde_json::Map<String, serde_json::Value> = rows
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-            .collect();
+        let obj: serde_json::Map<String, serde_json::Value> =
+            rows.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
         println!("{}", serde_json::Value::Object(obj));
     } else {
         for (k, v) in rows {

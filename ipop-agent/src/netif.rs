@@ -71,20 +71,14 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the connection; its reader runs as a task on the current tokio runtime.
     pub fn connect() -> Result<Self> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("opening a route netlink socket")?;
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening a route netlink socket")?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
 
     /// The device called `name`, if there is one.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
         match links.try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
@@ -111,19 +105,9 @@ impl Netlink {
     /// The IPv4 addresses of the device with index `index`.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<std::net::Ipv4Addr>> {
         use rtnetlink::packet_route::address::AddressAttribute;
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .map_err(|e| anyhow!(e))
-            .context("listing addresses")?
-        {
+        while let Some(msg) = addrs.try_next().await.map_err(|e| anyhow!(e)).context("listing addresses")? {
             for attr in msg.attributes {
                 if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
                     out.push(ip);
@@ -137,17 +121,8 @@ impl Netlink {
 
     /// Makes `port` a port of `bridge` and brings it up.
     pub async fn join_bridge(&self, port: u32, bridge: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(port)
-            .controller(bridge)
-            .up()
-            .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| anyhow!(e))
-            .context("adding the TAP to the bridge")
+        let msg = LinkUnspec::new_with_index(port).controller(bridge).up().build();
+        self.handle.link().set(msg).execute().await.map_err(|e| anyhow!(e)).context("adding the TAP to the bridge")
     }
 }
 
@@ -161,9 +136,7 @@ impl Tap {
     pub fn create(name: &str) -> Result<Self> {
         let iface = tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tap)
             .with_context(|| format!("creating TAP device {name}"))?;
-        iface
-            .set_non_blocking()
-            .context("making the TAP non-blocking")?;
+        iface.set_non_blocking().context("making the TAP non-blocking")?;
         Ok(Self { iface })
     }
 

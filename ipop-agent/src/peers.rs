@@ -50,13 +50,7 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(template: LinkTemplate) -> Self {
-        Self {
-            template,
-            by_node: HashMap::new(),
-            names: HashMap::new(),
-            next_id: 1,
-            queue_drops: 0,
-        }
+        Self { template, by_node: HashMap::new(), names: HashMap::new(), next_id: 1, queue_drops: 0 }
     }
 
     pub fn name(&self, id: PeerId) -> &str {
@@ -98,16 +92,7 @@ impl Peers {
         });
         info!(node = %member.node_id, peer = id, "peer known: setting up the link");
         self.names.insert(id, member.node_id.clone());
-        self.by_node.insert(
-            member.node_id.clone(),
-            Peer {
-                id,
-                key,
-                cmd,
-                up: false,
-                left: false,
-            },
-        );
+        self.by_node.insert(member.node_id.clone(), Peer { id, key, cmd, up: false, left: false });
         old
     }
 
@@ -139,11 +124,8 @@ impl Peers {
 
     /// Every peer with its link state, sorted by node id.
     pub fn status(&self) -> Vec<serde_json::Value> {
-        let mut list: Vec<_> = self
-            .by_node
-            .iter()
-            .map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up}))
-            .collect();
+        let mut list: Vec<_> =
+            self.by_node.iter().map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up})).collect();
         list.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
         list
     }
@@ -160,12 +142,7 @@ impl Peers {
         let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else {
             return;
         };
-        if p.id == id
-            && p.up
-            && p.cmd
-                .try_send(LinkCmd::Send(inner, payload.into()))
-                .is_err()
-        {
+        if p.id == id && p.up && p.cmd.try_send(LinkCmd::Send(inner, payload.into())).is_err() {
             self.queue_drops += 1;
         }
     }
@@ -175,10 +152,7 @@ impl Peers {
         let payload = Bytes::copy_from_slice(payload);
         let mut drops = 0;
         for p in self.by_node.values().filter(|p| p.up) {
-            if p.cmd
-                .try_send(LinkCmd::Send(inner, payload.clone()))
-                .is_err()
-            {
+            if p.cmd.try_send(LinkCmd::Send(inner, payload.clone())).is_err() {
                 drops += 1;
             }
         }

@@ -27,10 +27,7 @@ pub fn missing_capabilities(cap_eff: u64) -> Vec<&'static str> {
 
 fn effective_capabilities() -> Result<u64> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .context("no CapEff line in /proc/self/status")?;
+    let line = status.lines().find_map(|l| l.strip_prefix("CapEff:")).context("no CapEff line in /proc/self/status")?;
     u64::from_str_radix(line.trim(), 16).context("parsing CapEff")
 }
 
@@ -48,16 +45,12 @@ pub fn check_privileges() -> Result<()> {
 
 /// Fails unless the nearest existing ancestor of `pin_dir` is on a BPF filesystem.
 pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
-    let existing = pin_dir
-        .ancestors()
-        .find(|p| p.exists())
-        .context("pin directory has no existing ancestor")?;
+    let existing = pin_dir.ancestors().find(|p| p.exists()).context("pin directory has no existing ancestor")?;
     let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and a zeroed out-parameter.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statfs {}", existing.display()));
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", existing.display()));
     }
     if st.f_type as i64 != BPF_FS_MAGIC {
         bail!(

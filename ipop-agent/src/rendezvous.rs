@@ -19,10 +19,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
-    io::{
-        AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite,
-        AsyncWriteExt as _, BufReader,
-    },
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream},
     sync::{Mutex, Semaphore, mpsc},
 };
@@ -62,68 +59,35 @@ pub enum ServerMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMsg {
-    Join {
-        overlay: String,
-        node_id: String,
-        public_key: String,
-        proof: String,
-    },
-    Signal {
-        to: String,
-        data: Value,
-    },
+    Join { overlay: String, node_id: String, public_key: String, proof: String },
+    Signal { to: String, data: Value },
 }
 
 /// Node ids: 1 to 64 characters from `[A-Za-z0-9._-]`.
 pub fn check_node_id(id: &str) -> Result<(), String> {
-    if !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
         Ok(())
     } else {
-        Err(format!(
-            "node id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
-        ))
+        Err(format!("node id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"))
     }
 }
 
 /// The proof that a joining node holds the overlay secret.
-pub fn join_proof(
-    secret: &str,
-    nonce: &str,
-    overlay: &str,
-    node_id: &str,
-    public_key: &str,
-) -> String {
+pub fn join_proof(secret: &str, nonce: &str, overlay: &str, node_id: &str, public_key: &str) -> String {
     hex(&mac(
         secret.as_bytes(),
-        &[
-            b"ipop join v1",
-            nonce.as_bytes(),
-            overlay.as_bytes(),
-            node_id.as_bytes(),
-            public_key.as_bytes(),
-        ],
+        &[b"ipop join v1", nonce.as_bytes(), overlay.as_bytes(), node_id.as_bytes(), public_key.as_bytes()],
     ))
 }
 
 /// Reads one line of at most `MAX_LINE` bytes; `None` at end of stream.
 pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
-    let n = (&mut *r)
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', &mut buf)
-        .await?;
+    let n = (&mut *r).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await?;
     if n == 0 {
         return Ok(None);
     }
-    anyhow::ensure!(
-        buf.ends_with(b"\n"),
-        "line longer than {MAX_LINE} bytes (or truncated)"
-    );
+    anyhow::ensure!(buf.ends_with(b"\n"), "line longer than {MAX_LINE} bytes (or truncated)");
     buf.pop();
     Ok(Some(buf))
 }
@@ -185,27 +149,14 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
     let nonce = hex(&nonce);
-    write_msg(
-        &mut w,
-        &ServerMsg::Hello {
-            nonce: nonce.clone(),
-        },
-    )
-    .await?;
+    write_msg(&mut w, &ServerMsg::Hello { nonce: nonce.clone() }).await?;
     let line = tokio::time::timeout(JOIN_TIMEOUT, read_line(&mut r))
         .await
         .context("join timed out")??
         .context("closed before joining")?;
-    let refuse = |reason: &str| ServerMsg::Refused {
-        reason: reason.to_owned(),
-    };
+    let refuse = |reason: &str| ServerMsg::Refused { reason: reason.to_owned() };
     let (node_id, public_key) = match serde_json::from_slice::<ClientMsg>(&line) {
-        Ok(ClientMsg::Join {
-            overlay,
-            node_id,
-            public_key,
-            proof,
-        }) => {
+        Ok(ClientMsg::Join { overlay, node_id, public_key, proof }) => {
             let expected = join_proof(&state.secret, &nonce, &state.name, &node_id, &public_key);
             // Same reason for a wrong overlay name and a wrong secret: learn nothing.
             if overlay != state.name || !constant_time_eq(expected.as_bytes(), proof.as_bytes()) {
@@ -240,16 +191,10 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
         let list = members
             .iter()
             .filter(|(id, _)| **id != node_id)
-            .map(|(id, (key, _, _))| Member {
-                node_id: id.clone(),
-                public_key: key.clone(),
-            })
+            .map(|(id, (key, _, _))| Member { node_id: id.clone(), public_key: key.clone() })
             .collect();
         write_msg(&mut w, &ServerMsg::Welcome { members: list }).await?;
-        let me = Member {
-            node_id: node_id.clone(),
-            public_key: public_key.clone(),
-        };
+        let me = Member { node_id: node_id.clone(), public_key: public_key.clone() };
         for (id, (_, other, _)) in members.iter() {
             if *id != node_id {
                 let _ = other.try_send(ServerMsg::Joined(me.clone()));
@@ -290,9 +235,7 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
     if members.get(&node_id).is_some_and(|(_, _, c)| *c == conn) {
         members.remove(&node_id);
         for (_, other, _) in members.values() {
-            let _ = other.try_send(ServerMsg::Left {
-                node_id: node_id.clone(),
-            });
+            let _ = other.try_send(ServerMsg::Left { node_id: node_id.clone() });
         }
         info!(%node_id, "member left");
     }
@@ -313,23 +256,15 @@ pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     node_id: &str,
     public_key: &str,
 ) -> Result<Result<Vec<Member>, String>> {
-    let line = read_line(r)
-        .await?
-        .context("rendezvous closed before hello")?;
+    let line = read_line(r).await?.context("rendezvous closed before hello")?;
     let ServerMsg::Hello { nonce } = serde_json::from_slice(&line).context("bad hello")? else {
         anyhow::bail!("expected hello from the rendezvous");
     };
     let proof = join_proof(secret, &nonce, overlay, node_id, public_key);
-    let join = ClientMsg::Join {
-        overlay: overlay.into(),
-        node_id: node_id.into(),
-        public_key: public_key.into(),
-        proof,
-    };
+    let join =
+        ClientMsg::Join { overlay: overlay.into(), node_id: node_id.into(), public_key: public_key.into(), proof };
     write_msg(w, &join).await?;
-    let line = read_line(r)
-        .await?
-        .context("rendezvous closed before answering the join")?;
+    let line = read_line(r).await?.context("rendezvous closed before answering the join")?;
     match serde_json::from_slice(&line).context("bad answer to join")? {
         ServerMsg::Welcome { members } => Ok(Ok(members)),
         ServerMsg::Refused { reason } => Ok(Err(reason)),
@@ -354,11 +289,7 @@ mod tests {
     }
 
     impl Client {
-        async fn join(
-            addr: SocketAddr,
-            secret: &str,
-            id: &str,
-        ) -> (Client, Result<Vec<Member>, String>) {
+        async fn join(addr: SocketAddr, secret: &str, id: &str) -> (Client, Result<Vec<Member>, String>) {
             let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
             let mut r = BufReader::new(r);
             let key = hex(&[id.len() as u8; 32]);
@@ -367,11 +298,8 @@ mod tests {
         }
 
         async fn next(&mut self) -> ServerMsg {
-            let line = tokio::time::timeout(Duration::from_secs(2), read_line(&mut self.r))
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+            let line =
+                tokio::time::timeout(Duration::from_secs(2), read_line(&mut self.r)).await.unwrap().unwrap().unwrap();
             serde_json::from_slice(&line).unwrap()
         }
     }
@@ -382,43 +310,14 @@ mod tests {
         let (mut a, members) = Client::join(addr, "s3cret", "a").await;
         assert_eq!(members.unwrap(), vec![]);
         let (mut b, members) = Client::join(addr, "s3cret", "bb").await;
-        assert_eq!(
-            members.unwrap(),
-            vec![Member {
-                node_id: "a".into(),
-                public_key: hex(&[1; 32])
-            }]
-        );
-        assert_eq!(
-            a.next().await,
-            ServerMsg::Joined(Member {
-                node_id: "bb".into(),
-                public_key: hex(&[2; 32])
-            })
-        );
-        write_msg(
-            &mut a.w,
-            &ClientMsg::Signal {
-                to: "bb".into(),
-                data: serde_json::json!({"type": "offer"}),
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            b.next().await,
-            ServerMsg::Signal {
-                from: "a".into(),
-                data: serde_json::json!({"type": "offer"})
-            }
-        );
+        assert_eq!(members.unwrap(), vec![Member { node_id: "a".into(), public_key: hex(&[1; 32]) }]);
+        assert_eq!(a.next().await, ServerMsg::Joined(Member { node_id: "bb".into(), public_key: hex(&[2; 32]) }));
+        write_msg(&mut a.w, &ClientMsg::Signal { to: "bb".into(), data: serde_json::json!({"type": "offer"}) })
+            .await
+            .unwrap();
+        assert_eq!(b.next().await, ServerMsg::Signal { from: "a".into(), data: serde_json::json!({"type": "offer"}) });
         drop(b);
-        assert_eq!(
-            a.next().await,
-            ServerMsg::Left {
-                node_id: "bb".into()
-            }
-        );
+        assert_eq!(a.next().await, ServerMsg::Left { node_id: "bb".into() });
     }
 
     #[tokio::test]
@@ -429,13 +328,7 @@ mod tests {
         assert_eq!(res, Err("not admitted: wrong overlay or secret".into()));
         // The member was not told about the refused node.
         let (_, _) = Client::join(addr, "s3cret", "c").await;
-        assert_eq!(
-            a.next().await,
-            ServerMsg::Joined(Member {
-                node_id: "c".into(),
-                public_key: hex(&[1; 32])
-            })
-        );
+        assert_eq!(a.next().await, ServerMsg::Joined(Member { node_id: "c".into(), public_key: hex(&[1; 32]) }));
     }
 
     #[tokio::test]
@@ -449,9 +342,7 @@ mod tests {
         w.write_all(&vec![b'x'; MAX_LINE + 10]).await.unwrap();
         // The server gives up on the line and closes without admitting anyone.
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), r.read_to_end(&mut rest))
-            .await
-            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), r.read_to_end(&mut rest)).await.unwrap();
         assert!(!String::from_utf8_lossy(&rest).contains("welcome"));
     }
 

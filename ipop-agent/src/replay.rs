@@ -23,10 +23,7 @@ impl Default for ReplayWindow {
 
 impl ReplayWindow {
     pub fn new() -> Self {
-        Self {
-            top: None,
-            bitmap: [0; WORDS],
-        }
+        Self { top: None, bitmap: [0; WORDS] }
     }
 
     /// Whether `counter` may be accepted (not seen, not too old). Does not record it:
@@ -70,10 +67,7 @@ impl ReplayWindow {
     }
 
     fn slot(counter: u64) -> (usize, u64) {
-        (
-            ((counter / WORD_BITS) % WORDS as u64) as usize,
-            counter % WORD_BITS,
-        )
+        (((counter / WORD_BITS) % WORDS as u64) as usize, counter % WORD_BITS)
     }
 }
 

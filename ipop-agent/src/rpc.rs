@@ -47,10 +47,7 @@ pub enum Incoming {
     /// With an id: answered with a result (`encode_result`).
     Call { id: Value, method: Method },
     /// An answer to something we sent (we only send notifications, so it is only logged).
-    Response {
-        id: Value,
-        error: Option<(i64, String)>,
-    },
+    Response { id: Value, error: Option<(i64, String)> },
 }
 
 /// A message refused; `answer` holds the error response to send back when one is due.
@@ -110,11 +107,7 @@ struct ArpReplyParams {
 
 fn reject(code: i64, message: impl Into<String>, id: Option<&Value>) -> Rejection {
     let message = message.into();
-    Rejection {
-        code,
-        answer: id.map(|id| encode_error(id, code, &message)),
-        message,
-    }
+    Rejection { code, answer: id.map(|id| encode_error(id, code, &message)), message }
 }
 
 /// Validates and decodes one message.
@@ -127,69 +120,36 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
             Some(&null),
         ));
     }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| reject(PARSE_ERROR, format!("parse error: {e}"), Some(&null)))?;
-    let env: Envelope = serde_json::from_value(value).map_err(|e| {
-        reject(
-            INVALID_REQUEST,
-            format!("invalid request: {e}"),
-            Some(&null),
-        )
-    })?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| reject(PARSE_ERROR, format!("parse error: {e}"), Some(&null)))?;
+    let env: Envelope = serde_json::from_value(value)
+        .map_err(|e| reject(INVALID_REQUEST, format!("invalid request: {e}"), Some(&null)))?;
     if env.jsonrpc != "2.0" {
-        return Err(reject(
-            INVALID_REQUEST,
-            "jsonrpc must be \"2.0\"",
-            Some(env.id.as_ref().unwrap_or(&null)),
-        ));
+        return Err(reject(INVALID_REQUEST, "jsonrpc must be \"2.0\"", Some(env.id.as_ref().unwrap_or(&null))));
     }
     if let Some(id) = &env.id
         && !(id.is_null() || id.is_string() || id.is_i64() || id.is_u64())
     {
-        return Err(reject(
-            INVALID_REQUEST,
-            "id must be a string, an integer or null",
-            Some(&null),
-        ));
+        return Err(reject(INVALID_REQUEST, "id must be a string, an integer or null", Some(&null)));
     }
     let Some(method) = env.method else {
         // A response: exactly one of result and error, and an id.
-        let id = env
-            .id
-            .ok_or_else(|| reject(INVALID_REQUEST, "neither a method nor an id", Some(&null)))?;
+        let id = env.id.ok_or_else(|| reject(INVALID_REQUEST, "neither a method nor an id", Some(&null)))?;
         return match (env.result, env.error) {
             (Some(_), None) => Ok(Incoming::Response { id, error: None }),
-            (None, Some(e)) => Ok(Incoming::Response {
-                id,
-                error: Some((e.code, e.message)),
-            }),
-            _ => Err(reject(
-                INVALID_REQUEST,
-                "a response has exactly one of result and error",
-                None,
-            )),
+            (None, Some(e)) => Ok(Incoming::Response { id, error: Some((e.code, e.message)) }),
+            _ => Err(reject(INVALID_REQUEST, "a response has exactly one of result and error", None)),
         };
     };
     if env.result.is_some() || env.error.is_some() {
-        return Err(reject(
-            INVALID_REQUEST,
-            "a request has no result or error",
-            env.id.as_ref(),
-        ));
+        return Err(reject(INVALID_REQUEST, "a request has no result or error", env.id.as_ref()));
     }
     let id = env.id.as_ref();
     let params = env.params.unwrap_or(Value::Null);
-    let bad = |e: String| {
-        reject(
-            INVALID_PARAMS,
-            format!("invalid params for {method}: {e}"),
-            id,
-        )
-    };
+    let bad = |e: String| reject(INVALID_PARAMS, format!("invalid params for {method}: {e}"), id);
     let parsed = match method.as_str() {
         "arp_request" => {
-            let p: ArpRequestParams =
-                serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            let p: ArpRequestParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
             Method::ArpRequest(ArpRequest {
                 sender_mac: parse_host_mac(&p.sender_mac).map_err(bad)?,
                 sender_ip: parse_host_ip(&p.sender_ip).map_err(bad)?,
@@ -197,8 +157,7 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
             })
         }
         "arp_reply" => {
-            let p: ArpReplyParams =
-                serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            let p: ArpReplyParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
             Method::ArpReply(ArpReply {
                 sender_mac: parse_host_mac(&p.sender_mac).map_err(bad)?,
                 sender_ip: parse_host_ip(&p.sender_ip).map_err(bad)?,
@@ -207,11 +166,7 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
             })
         }
         other => {
-            return Err(reject(
-                METHOD_NOT_FOUND,
-                format!("method not found: {other:.64}"),
-                id,
-            ));
+            return Err(reject(METHOD_NOT_FOUND, format!("method not found: {other:.64}"), id));
         }
     };
     Ok(match env.id {
@@ -235,8 +190,7 @@ pub fn encode(method: &Method) -> Vec<u8> {
             }),
         ),
     };
-    serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": name, "params": params}))
-        .expect("serialisable")
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": name, "params": params})).expect("serialisable")
 }
 
 pub fn encode_result(id: &Value) -> Vec<u8> {
@@ -244,10 +198,8 @@ pub fn encode_result(id: &Value) -> Vec<u8> {
 }
 
 pub fn encode_error(id: &Value, code: i64, message: &str) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id}),
-    )
-    .expect("serialisable")
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id}))
+        .expect("serialisable")
 }
 
 #[cfg(test)]
@@ -277,38 +229,16 @@ mod tests {
             assert_eq!(decode(&encode(&m)).unwrap(), Incoming::Notification(m));
         }
         let text = String::from_utf8(encode(&req())).unwrap();
-        assert!(
-            text.contains(r#""method":"arp_request""#)
-                && text.contains(r#""target_ip":"10.0.3.104""#),
-            "{text}"
-        );
+        assert!(text.contains(r#""method":"arp_request""#) && text.contains(r#""target_ip":"10.0.3.104""#), "{text}");
     }
 
     #[test]
     fn calls_keep_their_id_and_responses_are_recognised() {
         let call = br#"{"jsonrpc":"2.0","method":"arp_request","id":7,"params":{"sender_mac":"02:00:00:00:00:05","sender_ip":"10.0.3.5","target_ip":"10.0.3.104"}}"#;
-        assert_eq!(
-            decode(call).unwrap(),
-            Incoming::Call {
-                id: json!(7),
-                method: req()
-            }
-        );
-        assert_eq!(
-            decode(&encode_result(&json!(7))).unwrap(),
-            Incoming::Response {
-                id: json!(7),
-                error: None
-            }
-        );
+        assert_eq!(decode(call).unwrap(), Incoming::Call { id: json!(7), method: req() });
+        assert_eq!(decode(&encode_result(&json!(7))).unwrap(), Incoming::Response { id: json!(7), error: None });
         let err = decode(&encode_error(&json!("x"), METHOD_NOT_FOUND, "nope")).unwrap();
-        assert_eq!(
-            err,
-            Incoming::Response {
-                id: json!("x"),
-                error: Some((METHOD_NOT_FOUND, "nope".into()))
-            }
-        );
+        assert_eq!(err, Incoming::Response { id: json!("x"), error: Some((METHOD_NOT_FOUND, "nope".into())) });
     }
 
     fn rejected(bytes: &[u8]) -> Rejection {
@@ -326,26 +256,13 @@ mod tests {
 
     #[test]
     fn invalid_requests_are_refused_with_the_right_code() {
-        assert_eq!(
-            rejected(br#"{"jsonrpc":"1.0","method":"arp_request","id":1}"#).code,
-            INVALID_REQUEST
-        );
+        assert_eq!(rejected(br#"{"jsonrpc":"1.0","method":"arp_request","id":1}"#).code, INVALID_REQUEST);
         assert_eq!(rejected(br#"[1,2]"#).code, INVALID_REQUEST);
-        assert_eq!(
-            rejected(br#"{"jsonrpc":"2.0","method":"arp_request","id":{"a":1}}"#).code,
-            INVALID_REQUEST
-        );
-        assert_eq!(
-            rejected(br#"{"jsonrpc":"2.0","method":"x","extra":1}"#).code,
-            INVALID_REQUEST
-        );
+        assert_eq!(rejected(br#"{"jsonrpc":"2.0","method":"arp_request","id":{"a":1}}"#).code, INVALID_REQUEST);
+        assert_eq!(rejected(br#"{"jsonrpc":"2.0","method":"x","extra":1}"#).code, INVALID_REQUEST);
         assert_eq!(rejected(&vec![b' '; MAX_MESSAGE + 1]).code, INVALID_REQUEST);
         let deep = format!("{}{}", "[".repeat(2_000), "]".repeat(2_000));
-        assert_eq!(
-            rejected(deep.as_bytes()).code,
-            PARSE_ERROR,
-            "deep nesting is an error, not a stack overflow"
-        );
+        assert_eq!(rejected(deep.as_bytes()).code, PARSE_ERROR, "deep nesting is an error, not a stack overflow");
     }
 
     #[test]
@@ -355,11 +272,7 @@ mod tests {
         let answer: Value = serde_json::from_slice(&r.answer.unwrap()).unwrap();
         assert_eq!(answer["id"], json!(3));
         let r = rejected(br#"{"jsonrpc":"2.0","method":"format_disk"}"#);
-        assert_eq!(
-            (r.code, r.answer),
-            (METHOD_NOT_FOUND, None),
-            "notifications are never answered"
-        );
+        assert_eq!((r.code, r.answer), (METHOD_NOT_FOUND, None), "notifications are never answered");
         for params in [
             r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"10.0.3.5"}"#,
             r#"{"sender_mac":"ff:ff:ff:ff:ff:ff","sender_ip":"10.0.3.5","target_ip":"10.0.3.104"}"#,
@@ -368,8 +281,7 @@ mod tests {
             r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"10.0.3.5","target_ip":"10.0.3.104","x":1}"#,
             r#"[1]"#,
         ] {
-            let msg =
-                format!(r#"{{"jsonrpc":"2.0","method":"arp_request","id":1,"params":{params}}}"#);
+            let msg = format!(r#"{{"jsonrpc":"2.0","method":"arp_request","id":1,"params":{params}}}"#);
             let r = rejected(msg.as_bytes());
             assert_eq!(r.code, INVALID_PARAMS, "{params}");
             assert!(r.answer.is_some());

@@ -62,9 +62,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn generate() -> Self {
-        let kp = Builder::new(PARAMS.parse().expect("valid Noise params"))
-            .generate_keypair()
-            .expect("keypair");
+        let kp = Builder::new(PARAMS.parse().expect("valid Noise params")).generate_keypair().expect("keypair");
         Self {
             private: kp.private.try_into().expect("32-byte key"),
             public: kp.public.try_into().expect("32-byte key"),
@@ -131,9 +129,7 @@ pub fn initiate(
         .map_err(noise)?;
     let mut out = vec![0u8; 256];
     out[0] = wire::HANDSHAKE_INIT;
-    let n = state
-        .write_message(&timestamp.to_be_bytes(), &mut out[1..])
-        .map_err(noise)?;
+    let n = state.write_message(&timestamp.to_be_bytes(), &mut out[1..]).map_err(noise)?;
     out.truncate(1 + n);
     Ok((Initiator { state }, out))
 }
@@ -165,11 +161,8 @@ pub fn respond(
         .map_err(noise)?;
     let mut payload = [0u8; 64];
     let n = state.read_message(body, &mut payload).map_err(noise)?;
-    let timestamp = u64::from_be_bytes(
-        payload[..n]
-            .try_into()
-            .map_err(|_| SessionError::Handshake("bad timestamp".into()))?,
-    );
+    let timestamp =
+        u64::from_be_bytes(payload[..n].try_into().map_err(|_| SessionError::Handshake("bad timestamp".into()))?);
     if last_timestamp.is_some_and(|last| timestamp <= last) {
         return Err(SessionError::StaleHandshake);
     }
@@ -197,12 +190,7 @@ impl Session {
     }
 
     /// Appends to `out` the transport datagram carrying `payload` of type `inner`.
-    pub fn seal(
-        &mut self,
-        inner: Inner,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), SessionError> {
+    pub fn seal(&mut self, inner: Inner, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
         if payload.len() > wire::MAX_PAYLOAD {
             return Err(SessionError::Malformed);
         }
@@ -216,10 +204,7 @@ impl Session {
         out.extend_from_slice(&counter.to_be_bytes());
         let body = out.len();
         out.resize(body + plain.len() + wire::TAG_LEN, 0);
-        let n = self
-            .transport
-            .write_message(counter, &plain, &mut out[body..])
-            .map_err(|_| SessionError::Auth)?;
+        let n = self.transport.write_message(counter, &plain, &mut out[body..]).map_err(|_| SessionError::Auth)?;
         out.truncate(body + n);
         debug_assert_eq!(out.len() - start, plain.len() + 9 + wire::TAG_LEN);
         Ok(())
@@ -227,21 +212,13 @@ impl Session {
 
     /// Authenticates and decrypts a transport datagram's body into `out`; returns its type.
     /// Replays and forgeries are refused without changing the session.
-    pub fn open(
-        &mut self,
-        counter: u64,
-        sealed: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<Inner, SessionError> {
+    pub fn open(&mut self, counter: u64, sealed: &[u8], out: &mut Vec<u8>) -> Result<Inner, SessionError> {
         if !self.replay.check(counter) {
             return Err(SessionError::Replay);
         }
         out.clear();
         out.resize(sealed.len(), 0);
-        let n = self
-            .transport
-            .read_message(counter, sealed, out)
-            .map_err(|_| SessionError::Auth)?;
+        let n = self.transport.read_message(counter, sealed, out).map_err(|_| SessionError::Auth)?;
         out.truncate(n);
         self.replay.accept(counter);
         let Some((&kind, _)) = out.split_first() else {
@@ -259,30 +236,20 @@ mod tests {
     use crate::wire::Datagram;
 
     fn pair() -> (Identity, Identity, [u8; 32]) {
-        (
-            Identity::generate(),
-            Identity::generate(),
-            overlay_psk("lab", "s3cret"),
-        )
+        (Identity::generate(), Identity::generate(), overlay_psk("lab", "s3cret"))
     }
 
     fn handshake(a: &Identity, b: &Identity, psk: &[u8; 32]) -> (Session, Session) {
         let (init, msg1) = initiate(a, &b.public, psk, 1).unwrap();
-        let Datagram::HandshakeInit(body) = Datagram::parse(&msg1).unwrap() else {
-            panic!()
-        };
+        let Datagram::HandshakeInit(body) = Datagram::parse(&msg1).unwrap() else { panic!() };
         let (sb, msg2, ts) = respond(b, &a.public, psk, body, None).unwrap();
         assert_eq!(ts, 1);
-        let Datagram::HandshakeResp(body) = Datagram::parse(&msg2).unwrap() else {
-            panic!()
-        };
+        let Datagram::HandshakeResp(body) = Datagram::parse(&msg2).unwrap() else { panic!() };
         (init.finish(body).unwrap(), sb)
     }
 
     fn open(s: &mut Session, datagram: &[u8]) -> Result<(Inner, Vec<u8>), SessionError> {
-        let Datagram::Transport { counter, sealed } = Datagram::parse(datagram).unwrap() else {
-            panic!()
-        };
+        let Datagram::Transport { counter, sealed } = Datagram::parse(datagram).unwrap() else { panic!() };
         let mut out = Vec::new();
         s.open(counter, sealed, &mut out).map(|i| (i, out))
     }
@@ -294,13 +261,9 @@ mod tests {
         let mut d = Vec::new();
         sa.seal(Inner::Ethernet, b"frame", &mut d).unwrap();
         assert_eq!(d.len(), 5 + wire::OVERHEAD);
-        assert_eq!(
-            open(&mut sb, &d).unwrap(),
-            (Inner::Ethernet, b"frame".to_vec())
-        );
+        assert_eq!(open(&mut sb, &d).unwrap(), (Inner::Ethernet, b"frame".to_vec()));
         let mut d = Vec::new();
-        sb.seal(Inner::Rpc, br#"{"jsonrpc":"2.0"}"#, &mut d)
-            .unwrap();
+        sb.seal(Inner::Rpc, br#"{"jsonrpc":"2.0"}"#, &mut d).unwrap();
         assert_eq!(open(&mut sa, &d).unwrap().0, Inner::Rpc);
     }
 
@@ -317,26 +280,17 @@ mod tests {
         let mut forged = d2.clone();
         *forged.last_mut().unwrap() ^= 1;
         assert_eq!(open(&mut sb, &forged), Err(SessionError::Auth));
-        assert!(
-            open(&mut sb, &d2).is_ok(),
-            "a forgery does not burn the real datagram's counter"
-        );
+        assert!(open(&mut sb, &d2).is_ok(), "a forgery does not burn the real datagram's counter");
     }
 
     #[test]
     fn a_wrong_secret_or_an_unknown_key_fails_the_handshake() {
         let (a, b, psk) = pair();
         let (_, msg1) = initiate(&a, &b.public, &overlay_psk("lab", "wrong"), 1).unwrap();
-        assert!(matches!(
-            respond(&b, &a.public, &psk, &msg1[1..], None),
-            Err(SessionError::Handshake(_))
-        ));
+        assert!(matches!(respond(&b, &a.public, &psk, &msg1[1..], None), Err(SessionError::Handshake(_))));
         let stranger = Identity::generate();
         let (_, msg1) = initiate(&stranger, &b.public, &psk, 1).unwrap();
-        assert!(matches!(
-            respond(&b, &a.public, &psk, &msg1[1..], None),
-            Err(SessionError::Handshake(_))
-        ));
+        assert!(matches!(respond(&b, &a.public, &psk, &msg1[1..], None), Err(SessionError::Handshake(_))));
     }
 
     #[test]
@@ -344,10 +298,7 @@ mod tests {
         let (a, b, psk) = pair();
         let (_, msg1) = initiate(&a, &b.public, &psk, 10).unwrap();
         let (_, _, ts) = respond(&b, &a.public, &psk, &msg1[1..], None).unwrap();
-        assert_eq!(
-            respond(&b, &a.public, &psk, &msg1[1..], Some(ts)).err(),
-            Some(SessionError::StaleHandshake)
-        );
+        assert_eq!(respond(&b, &a.public, &psk, &msg1[1..], Some(ts)).err(), Some(SessionError::StaleHandshake));
     }
 
     #[test]

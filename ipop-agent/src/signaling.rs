@@ -37,10 +37,7 @@ impl Signaling {
     /// Queues `data` for `to`; dropped (logged) if the service is unreachable for long.
     pub fn send(&self, to: &str, data: Value) {
         if self.tx.try_send((to.to_owned(), data)).is_err() {
-            warn!(
-                to,
-                "signal dropped: the rendezvous connection is backed up or gone"
-            );
+            warn!(to, "signal dropped: the rendezvous connection is backed up or gone");
         }
     }
 }
@@ -59,10 +56,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 /// Connects to the rendezvous at `addr` and keeps reconnecting with backoff until refused
 /// or until the returned receiver is dropped.
-pub fn connect_rendezvous(
-    addr: String,
-    creds: Credentials,
-) -> (Signaling, mpsc::Receiver<SignalEvent>) {
+pub fn connect_rendezvous(addr: String, creds: Credentials) -> (Signaling, mpsc::Receiver<SignalEvent>) {
     let (tx, mut outgoing) = mpsc::channel::<(String, Value)>(1024);
     let (events, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
@@ -99,14 +93,7 @@ async fn session(
     let mut r = BufReader::new(r);
     let joined = tokio::time::timeout(
         rendezvous::JOIN_TIMEOUT,
-        rendezvous::join(
-            &mut r,
-            &mut w,
-            &creds.overlay,
-            &creds.secret,
-            &creds.node_id,
-            &creds.public_key,
-        ),
+        rendezvous::join(&mut r, &mut w, &creds.overlay, &creds.secret, &creds.node_id, &creds.public_key),
     )
     .await??;
     let members = match joined {
@@ -143,19 +130,11 @@ mod tests {
     use crate::session::hex;
 
     fn creds(id: &str, secret: &str) -> Credentials {
-        Credentials {
-            overlay: "lab".into(),
-            secret: secret.into(),
-            node_id: id.into(),
-            public_key: hex(&[7; 32]),
-        }
+        Credentials { overlay: "lab".into(), secret: secret.into(), node_id: id.into(), public_key: hex(&[7; 32]) }
     }
 
     async fn next(rx: &mut mpsc::Receiver<SignalEvent>) -> SignalEvent {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("event in time")
-            .expect("open")
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event in time").expect("open")
     }
 
     #[tokio::test]
@@ -169,13 +148,7 @@ mod tests {
         assert!(matches!(next(&mut b_rx).await, SignalEvent::Members(m) if m.len() == 1));
         assert!(matches!(next(&mut a_rx).await, SignalEvent::Joined(m) if m.node_id == "b"));
         b.send("a", serde_json::json!({"hi": 1}));
-        assert_eq!(
-            next(&mut a_rx).await,
-            SignalEvent::Signal {
-                from: "b".into(),
-                data: serde_json::json!({"hi": 1})
-            }
-        );
+        assert_eq!(next(&mut a_rx).await, SignalEvent::Signal { from: "b".into(), data: serde_json::json!({"hi": 1}) });
 
         server.abort();
         let _ = server.await;
@@ -203,8 +176,6 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(rendezvous::serve(listener, "lab".into(), "s".into()));
         let (_m, mut rx) = connect_rendezvous(addr.to_string(), creds("m", "guess"));
-        assert!(
-            matches!(next(&mut rx).await, SignalEvent::Refused(r) if r.contains("not admitted"))
-        );
+        assert!(matches!(next(&mut rx).await, SignalEvent::Refused(r) if r.contains("not admitted")));
     }
 }

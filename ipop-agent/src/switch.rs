@@ -35,11 +35,7 @@ pub enum Owner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// A host on the local bridge was seen for the first time, or with a new MAC.
-    LocalLearned {
-        ip: Ipv4Addr,
-        mac: Mac,
-        previous: Option<Mac>,
-    },
+    LocalLearned { ip: Ipv4Addr, mac: Mac, previous: Option<Mac> },
     /// The kernel answered `requester`'s request for `ip` from `arp_table`: no RPC is needed.
     AnsweredInKernel { ip: Ipv4Addr, requester: Ipv4Addr },
     /// Send to every peer that is up (ARP travels only this way, never as frames).
@@ -51,12 +47,7 @@ pub enum Output {
     /// Take `ip` out of `arp_table`: it is no longer answered in the kernel.
     ArpRemove { ip: Ipv4Addr },
     /// A peer claimed an IP that someone else owns; the existing mapping stands.
-    Conflict {
-        ip: Ipv4Addr,
-        owner: Owner,
-        claimed: Mac,
-        by: PeerId,
-    },
+    Conflict { ip: Ipv4Addr, owner: Owner, claimed: Mac, by: PeerId },
 }
 
 /// Where a frame from the local bridge goes.
@@ -145,14 +136,7 @@ impl Switch {
 
     /// An address of the host itself on the bridge: always local, never asked about.
     pub fn add_local_address(&mut self, ip: Ipv4Addr, mac: Mac) {
-        self.local.insert(
-            ip,
-            Neighbour {
-                mac,
-                seen_ns: 0,
-                permanent: true,
-            },
-        );
+        self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true });
     }
 
     /// A link to `peer` is up: it receives broadcasts from now on.
@@ -164,12 +148,7 @@ impl Switch {
     pub fn peer_down(&mut self, peer: PeerId) -> Vec<Output> {
         self.peers.remove(&peer);
         self.macs.retain(|_, (p, _)| *p != peer);
-        let mut gone: Vec<Ipv4Addr> = self
-            .remote
-            .iter()
-            .filter(|(_, r)| r.peer == peer)
-            .map(|(ip, _)| *ip)
-            .collect();
+        let mut gone: Vec<Ipv4Addr> = self.remote.iter().filter(|(_, r)| r.peer == peer).map(|(ip, _)| *ip).collect();
         gone.sort();
         gone.into_iter()
             .map(|ip| {
@@ -204,20 +183,13 @@ impl Switch {
         let target = Ipv4Addr::from(arp.target_ip);
         let method = if ev.verdict == VERDICT_ANSWERED {
             self.counters.answered_in_kernel += 1;
-            out.push(Output::AnsweredInKernel {
-                ip: target,
-                requester: Ipv4Addr::from(arp.sender_ip),
-            });
+            out.push(Output::AnsweredInKernel { ip: target, requester: Ipv4Addr::from(arp.sender_ip) });
             return out;
         } else if arp.op == OP_REPLY || arp.is_gratuitous() {
             Method::ArpReply(ArpReply {
                 sender_mac: Mac(arp.sender_mac),
                 sender_ip: arp.sender_ip.into(),
-                target_mac: Mac(if arp.is_gratuitous() {
-                    BROADCAST
-                } else {
-                    arp.target_mac
-                }),
+                target_mac: Mac(if arp.is_gratuitous() { BROADCAST } else { arp.target_mac }),
                 target_ip: target,
             })
         } else if self.local.contains_key(&target) {
@@ -255,10 +227,7 @@ impl Switch {
         }
         // Installed before the frame is injected: the bridge ingress program recognises the
         // injected frame by this entry and does not report it back (no loop).
-        out.push(Output::ArpInstall {
-            ip: sender_ip,
-            mac: sender_mac,
-        });
+        out.push(Output::ArpInstall { ip: sender_ip, mac: sender_mac });
         match method {
             Method::ArpRequest(r) => {
                 let frame = Arp {
@@ -268,22 +237,13 @@ impl Switch {
                     target_mac: [0; 6],
                     target_ip: r.target_ip.octets(),
                 };
-                out.push(Output::WriteTap(
-                    arp::build(BROADCAST, r.sender_mac.0, &frame).to_vec(),
-                ));
+                out.push(Output::WriteTap(arp::build(BROADCAST, r.sender_mac.0, &frame).to_vec()));
             }
             Method::ArpReply(r) => {
                 let gratuitous = r.sender_ip == r.target_ip;
-                let for_us = self
-                    .local
-                    .get(&r.target_ip)
-                    .is_some_and(|n| n.mac == r.target_mac);
+                let for_us = self.local.get(&r.target_ip).is_some_and(|n| n.mac == r.target_mac);
                 if gratuitous || for_us {
-                    let dst = if gratuitous {
-                        BROADCAST
-                    } else {
-                        r.target_mac.0
-                    };
+                    let dst = if gratuitous { BROADCAST } else { r.target_mac.0 };
                     let frame = Arp {
                         op: OP_REPLY,
                         sender_mac: r.sender_mac.0,
@@ -291,9 +251,7 @@ impl Switch {
                         target_mac: r.target_mac.0,
                         target_ip: r.target_ip.octets(),
                     };
-                    out.push(Output::WriteTap(
-                        arp::build(dst, r.sender_mac.0, &frame).to_vec(),
-                    ));
+                    out.push(Output::WriteTap(arp::build(dst, r.sender_mac.0, &frame).to_vec()));
                 }
             }
         }
@@ -319,9 +277,7 @@ impl Switch {
 
     /// Whether a frame from `peer` goes into the TAP; learns its source MAC behind `peer`.
     pub fn accept_from_peer(&mut self, now_ns: u64, peer: PeerId, frame: &[u8]) -> bool {
-        if frame.len() < arp::ETH_HLEN
-            || u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP
-        {
+        if frame.len() < arp::ETH_HLEN || u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP {
             self.counters.frames_refused += 1;
             return false;
         }
@@ -345,36 +301,14 @@ impl Switch {
             n.seen_ns = now_ns;
             return None;
         }
-        let previous = self.local.insert(
-            ip,
-            Neighbour {
-                mac,
-                seen_ns: now_ns,
-                permanent: false,
-            },
-        );
-        Some(Output::LocalLearned {
-            ip,
-            mac,
-            previous: previous.map(|p| p.mac),
-        })
+        let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false });
+        Some(Output::LocalLearned { ip, mac, previous: previous.map(|p| p.mac) })
     }
 
     /// Records that `peer` says `ip` is at `mac`, unless someone else owns `ip`.
-    fn learn_remote(
-        &mut self,
-        now_ns: u64,
-        ip: Ipv4Addr,
-        mac: Mac,
-        peer: PeerId,
-    ) -> Result<(), Output> {
+    fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<(), Output> {
         if let Some(n) = self.local.get(&ip) {
-            return Err(Output::Conflict {
-                ip,
-                owner: Owner::Local(n.mac),
-                claimed: mac,
-                by: peer,
-            });
+            return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
         }
         if let Some(r) = self.remote.get(&ip)
             && r.mac != mac
@@ -382,22 +316,12 @@ impl Switch {
         {
             return Err(Output::Conflict {
                 ip,
-                owner: Owner::Remote {
-                    mac: r.mac,
-                    peer: r.peer,
-                },
+                owner: Owner::Remote { mac: r.mac, peer: r.peer },
                 claimed: mac,
                 by: peer,
             });
         }
-        self.remote.insert(
-            ip,
-            Remote {
-                mac,
-                peer,
-                updated_ns: now_ns,
-            },
-        );
+        self.remote.insert(ip, Remote { mac, peer, updated_ns: now_ns });
         self.macs.insert(mac, (peer, now_ns));
         Ok(())
     }
@@ -409,12 +333,8 @@ impl Switch {
         let old = |t: u64| now_ns.saturating_sub(t) > max_age;
         self.local.retain(|_, n| n.permanent || !old(n.seen_ns));
         self.macs.retain(|_, (_, t)| !old(*t));
-        let mut gone: Vec<Ipv4Addr> = self
-            .remote
-            .iter()
-            .filter(|(_, r)| old(r.updated_ns))
-            .map(|(ip, _)| *ip)
-            .collect();
+        let mut gone: Vec<Ipv4Addr> =
+            self.remote.iter().filter(|(_, r)| old(r.updated_ns)).map(|(ip, _)| *ip).collect();
         gone.sort();
         gone.into_iter()
             .map(|ip| {
@@ -441,23 +361,14 @@ mod tests {
     const P1: PeerId = 1;
     const P2: PeerId = 2;
 
-    fn event(
-        hook: u8,
-        op: u16,
-        sender: ([u8; 6], [u8; 4]),
-        target: ([u8; 6], [u8; 4]),
-    ) -> ArpEvent {
+    fn event(hook: u8, op: u16, sender: ([u8; 6], [u8; 4]), target: ([u8; 6], [u8; 4])) -> ArpEvent {
         ArpEvent {
             ifindex: 7,
             hook,
             verdict: VERDICT_PASSED,
             op,
             eth_src: sender.0,
-            eth_dst: if op == OP_REQUEST {
-                [0xff; 6]
-            } else {
-                target.0
-            },
+            eth_dst: if op == OP_REQUEST { [0xff; 6] } else { target.0 },
             sender_mac: sender.0,
             sender_ip: sender.1,
             target_mac: target.0,
@@ -478,11 +389,7 @@ mod tests {
     }
 
     fn remote_request() -> Method {
-        Method::ArpRequest(ArpRequest {
-            sender_mac: Mac(R),
-            sender_ip: R_IP.into(),
-            target_ip: A_IP.into(),
-        })
+        Method::ArpRequest(ArpRequest { sender_mac: Mac(R), sender_ip: R_IP.into(), target_ip: A_IP.into() })
     }
 
     fn remote_reply_to_a() -> Method {
@@ -506,41 +413,20 @@ mod tests {
     fn a_request_for_an_unknown_ip_is_broadcast_to_peers_once() {
         let mut sw = with_peers(&[P1, P2]);
         let at_bridge = sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
-        assert_eq!(
-            at_bridge,
-            vec![Output::LocalLearned {
-                ip: A_IP.into(),
-                mac: Mac(A),
-                previous: None
-            }]
-        );
+        assert_eq!(at_bridge, vec![Output::LocalLearned { ip: A_IP.into(), mac: Mac(A), previous: None }]);
         let at_tap = sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP));
-        let expected = Method::ArpRequest(ArpRequest {
-            sender_mac: Mac(A),
-            sender_ip: A_IP.into(),
-            target_ip: R_IP.into(),
-        });
-        assert_eq!(
-            at_tap,
-            vec![Output::Broadcast(expected)],
-            "one broadcast, from the TAP hook only"
-        );
+        let expected =
+            Method::ArpRequest(ArpRequest { sender_mac: Mac(A), sender_ip: A_IP.into(), target_ip: R_IP.into() });
+        assert_eq!(at_tap, vec![Output::Broadcast(expected)], "one broadcast, from the TAP hook only");
         assert_eq!(sw.counters().rpc_sent, 1);
     }
 
     #[test]
     fn without_peers_nothing_is_sent() {
         let mut sw = with_peers(&[]);
-        assert!(
-            !sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP))
-                .iter()
-                .any(|o| matches!(o, Output::Broadcast(_)))
-        );
+        assert!(!sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP)).iter().any(|o| matches!(o, Output::Broadcast(_))));
         assert_eq!(sw.counters().unresolved, 1);
-        assert_eq!(
-            sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)),
-            Route::Drop
-        );
+        assert_eq!(sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)), Route::Drop);
     }
 
     #[test]
@@ -549,36 +435,19 @@ mod tests {
         let mut ev = request(HOOK_TAP_EGRESS, R_IP);
         ev.verdict = VERDICT_ANSWERED;
         let out = sw.handle_arp(0, &ev);
-        assert!(out.contains(&Output::AnsweredInKernel {
-            ip: R_IP.into(),
-            requester: A_IP.into()
-        }));
+        assert!(out.contains(&Output::AnsweredInKernel { ip: R_IP.into(), requester: A_IP.into() }));
         assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(_))));
-        assert_eq!(
-            (sw.counters().answered_in_kernel, sw.counters().rpc_sent),
-            (1, 0)
-        );
+        assert_eq!((sw.counters().answered_in_kernel, sw.counters().rpc_sent), (1, 0));
     }
 
     #[test]
     fn a_request_for_a_local_host_or_the_bridge_stays_local() {
         let mut sw = with_peers(&[P1]);
         sw.add_local_address([10, 0, 3, 1].into(), Mac([2, 0, 0, 0, 0, 1]));
-        sw.handle_arp(
-            0,
-            &event(
-                HOOK_BRIDGE_INGRESS,
-                OP_REQUEST,
-                (B, B_IP),
-                ([0; 6], [10, 0, 3, 1]),
-            ),
-        );
+        sw.handle_arp(0, &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (B, B_IP), ([0; 6], [10, 0, 3, 1])));
         for target in [B_IP, [10, 0, 3, 1]] {
             let out = sw.handle_arp(1, &request(HOOK_TAP_EGRESS, target));
-            assert!(
-                !out.iter().any(|o| matches!(o, Output::Broadcast(_))),
-                "{out:?}"
-            );
+            assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(_))), "{out:?}");
         }
         assert_eq!(sw.counters().resolved_locally, 2);
     }
@@ -594,10 +463,7 @@ mod tests {
             target_ip: R_IP.into(),
         });
         assert!(out.contains(&Output::Broadcast(reply)), "{out:?}");
-        let out = sw.handle_arp(
-            1,
-            &event(HOOK_TAP_EGRESS, OP_REQUEST, (B, B_IP), ([0; 6], B_IP)),
-        );
+        let out = sw.handle_arp(1, &event(HOOK_TAP_EGRESS, OP_REQUEST, (B, B_IP), ([0; 6], B_IP)));
         assert!(
             matches!(out.as_slice(), [Output::Broadcast(Method::ArpReply(r))] if r.target_mac == Mac(BROADCAST)),
             "{out:?}"
@@ -610,35 +476,17 @@ mod tests {
         let out = sw.handle_rpc(0, P1, &remote_request());
         assert_eq!(
             out[0],
-            Output::ArpInstall {
-                ip: R_IP.into(),
-                mac: Mac(R)
-            },
+            Output::ArpInstall { ip: R_IP.into(), mac: Mac(R) },
             "install first, so the injected frame is not reported back"
         );
-        let Output::WriteTap(bytes) = &out[1] else {
-            panic!("{out:?}")
-        };
+        let Output::WriteTap(bytes) = &out[1] else { panic!("{out:?}") };
         let f = ArpFrame::parse(bytes).unwrap();
         assert_eq!((f.eth_dst(), f.eth_src()), (BROADCAST, R));
         assert_eq!(
             f.arp(),
-            Arp {
-                op: OP_REQUEST,
-                sender_mac: R,
-                sender_ip: R_IP,
-                target_mac: [0; 6],
-                target_ip: A_IP
-            }
+            Arp { op: OP_REQUEST, sender_mac: R, sender_ip: R_IP, target_mac: [0; 6], target_ip: A_IP }
         );
-        assert_eq!(
-            sw.remote(R_IP.into()),
-            Some(Remote {
-                mac: Mac(R),
-                peer: P1,
-                updated_ns: 0
-            })
-        );
+        assert_eq!(sw.remote(R_IP.into()), Some(Remote { mac: Mac(R), peer: P1, updated_ns: 0 }));
     }
 
     #[test]
@@ -646,16 +494,8 @@ mod tests {
         let mut sw = with_peers(&[P1]);
         sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
         let out = sw.handle_rpc(1, P1, &remote_reply_to_a());
-        assert_eq!(
-            out[0],
-            Output::ArpInstall {
-                ip: R_IP.into(),
-                mac: Mac(R)
-            }
-        );
-        let Output::WriteTap(bytes) = &out[1] else {
-            panic!("{out:?}")
-        };
+        assert_eq!(out[0], Output::ArpInstall { ip: R_IP.into(), mac: Mac(R) });
+        let Output::WriteTap(bytes) = &out[1] else { panic!("{out:?}") };
         let f = ArpFrame::parse(bytes).unwrap();
         assert_eq!((f.eth_dst(), f.eth_src(), f.arp().op), (A, R, OP_REPLY));
         // A reply for a host that is not ours is installed but not written into the bridge.
@@ -683,10 +523,7 @@ mod tests {
             out,
             vec![Output::Conflict {
                 ip: R_IP.into(),
-                owner: Owner::Remote {
-                    mac: Mac(R),
-                    peer: P1
-                },
+                owner: Owner::Remote { mac: Mac(R), peer: P1 },
                 claimed: Mac([2, 0, 0, 0, 0, 0x99]),
                 by: P2
             }]
@@ -701,36 +538,19 @@ mod tests {
             target_ip: B_IP.into(),
         });
         let out = sw.handle_rpc(3, P2, &spoof);
-        assert!(
-            matches!(out.as_slice(), [Output::Conflict { owner: Owner::Local(m), .. }] if *m == Mac(A)),
-            "{out:?}"
-        );
+        assert!(matches!(out.as_slice(), [Output::Conflict { owner: Owner::Local(m), .. }] if *m == Mac(A)), "{out:?}");
         assert_eq!(sw.counters().conflicts, 2);
     }
 
     #[test]
     fn frames_follow_learned_macs_and_flood_otherwise() {
         let mut sw = with_peers(&[P1, P2]);
-        assert_eq!(
-            sw.route_from_bridge(&frame(R, A, 0x0800)),
-            Route::AllPeers,
-            "unknown unicast floods"
-        );
+        assert_eq!(sw.route_from_bridge(&frame(R, A, 0x0800)), Route::AllPeers, "unknown unicast floods");
         assert!(sw.accept_from_peer(0, P2, &frame(A, R, 0x0800)));
         assert_eq!(sw.route_from_bridge(&frame(R, A, 0x0800)), Route::Peer(P2));
-        assert_eq!(
-            sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)),
-            Route::AllPeers
-        );
-        assert_eq!(
-            sw.route_from_bridge(&frame([0x01, 0, 0x5e, 0, 0, 1], A, 0x0800)),
-            Route::AllPeers
-        );
-        assert_eq!(
-            sw.route_from_bridge(&frame(BROADCAST, A, ETHERTYPE_ARP)),
-            Route::Drop,
-            "ARP only as RPC"
-        );
+        assert_eq!(sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)), Route::AllPeers);
+        assert_eq!(sw.route_from_bridge(&frame([0x01, 0, 0x5e, 0, 0, 1], A, 0x0800)), Route::AllPeers);
+        assert_eq!(sw.route_from_bridge(&frame(BROADCAST, A, ETHERTYPE_ARP)), Route::Drop, "ARP only as RPC");
         assert_eq!(sw.route_from_bridge(&[0u8; 10]), Route::Drop);
     }
 
@@ -740,10 +560,7 @@ mod tests {
         sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
         assert!(!sw.accept_from_peer(0, P1, &frame(BROADCAST, R, ETHERTYPE_ARP)));
         assert!(!sw.accept_from_peer(0, P1, &[0u8; 13]));
-        assert!(
-            !sw.accept_from_peer(0, P1, &frame(BROADCAST, A, 0x0800)),
-            "our own host's MAC from the overlay"
-        );
+        assert!(!sw.accept_from_peer(0, P1, &frame(BROADCAST, A, 0x0800)), "our own host's MAC from the overlay");
         assert_eq!(sw.counters().frames_refused, 3);
     }
 
@@ -753,16 +570,9 @@ mod tests {
         sw.handle_rpc(0, P1, &remote_request());
         sw.accept_from_peer(0, P1, &frame(A, R, 0x0800));
         assert_eq!(sw.peer_down(P2), vec![]);
-        assert_eq!(
-            sw.peer_down(P1),
-            vec![Output::ArpRemove { ip: R_IP.into() }]
-        );
+        assert_eq!(sw.peer_down(P1), vec![Output::ArpRemove { ip: R_IP.into() }]);
         assert_eq!(sw.remote(R_IP.into()), None);
-        assert_eq!(
-            sw.route_from_bridge(&frame(R, A, 0x0800)),
-            Route::Drop,
-            "no peer left"
-        );
+        assert_eq!(sw.route_from_bridge(&frame(R, A, 0x0800)), Route::Drop, "no peer left");
     }
 
     #[test]
@@ -774,19 +584,9 @@ mod tests {
         sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
         sw.handle_rpc(8 * SEC, P1, &remote_request());
         assert!(sw.expire(15 * SEC).is_empty(), "refreshed at 8 s");
-        assert_eq!(
-            sw.local(A_IP.into()),
-            None,
-            "the silent local host is forgotten"
-        );
-        assert_eq!(
-            sw.expire(19 * SEC),
-            vec![Output::ArpRemove { ip: R_IP.into() }]
-        );
-        assert!(
-            sw.local([10, 0, 3, 1].into()).is_some(),
-            "the bridge's own address stays"
-        );
+        assert_eq!(sw.local(A_IP.into()), None, "the silent local host is forgotten");
+        assert_eq!(sw.expire(19 * SEC), vec![Output::ArpRemove { ip: R_IP.into() }]);
+        assert!(sw.local([10, 0, 3, 1].into()).is_some(), "the bridge's own address stays");
     }
 
     #[test]
@@ -801,29 +601,10 @@ mod tests {
     #[test]
     fn a_moved_host_is_reported_with_its_old_mac() {
         let mut sw = with_peers(&[]);
-        sw.handle_arp(
-            0,
-            &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (A, A_IP), ([0; 6], B_IP)),
-        );
-        assert!(
-            sw.handle_arp(
-                1,
-                &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (A, A_IP), ([0; 6], B_IP))
-            )
-            .is_empty()
-        );
-        let out = sw.handle_arp(
-            2,
-            &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (B, A_IP), ([0; 6], B_IP)),
-        );
-        assert_eq!(
-            out,
-            vec![Output::LocalLearned {
-                ip: A_IP.into(),
-                mac: Mac(B),
-                previous: Some(Mac(A))
-            }]
-        );
+        sw.handle_arp(0, &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (A, A_IP), ([0; 6], B_IP)));
+        assert!(sw.handle_arp(1, &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (A, A_IP), ([0; 6], B_IP))).is_empty());
+        let out = sw.handle_arp(2, &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (B, A_IP), ([0; 6], B_IP)));
+        assert_eq!(out, vec![Output::LocalLearned { ip: A_IP.into(), mac: Mac(B), previous: Some(Mac(A)) }]);
     }
 
     #[test]

@@ -52,14 +52,8 @@ impl Pinned {
     /// Adds or replaces a static entry (answered in the kernel, never aged).
     pub fn arp_add(&self, ip: Ipv4Addr, mac: Mac) -> Result<()> {
         let mut table = self.arp_table()?;
-        let entry = ArpEntry {
-            mac: mac.0,
-            flags: m::ENTRY_STATIC,
-            updated_ns: monotonic_ns(),
-        };
-        table
-            .insert(ArpKey { ip: ip.octets() }, entry, 0)
-            .with_context(|| format!("adding {ip} to the ARP table"))
+        let entry = ArpEntry { mac: mac.0, flags: m::ENTRY_STATIC, updated_ns: monotonic_ns() };
+        table.insert(ArpKey { ip: ip.octets() }, entry, 0).with_context(|| format!("adding {ip} to the ARP table"))
     }
 
     /// Removes the entry for `ip`; an error if there is none.
@@ -93,10 +87,7 @@ impl Pinned {
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads, so entry ages compare.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -89,10 +89,7 @@ impl<'a> Datagram<'a> {
             HANDSHAKE_RESP if !body.is_empty() => Ok(Datagram::HandshakeResp(body)),
             TRANSPORT if body.len() > COUNTER_LEN + TAG_LEN => {
                 let (counter, sealed) = body.split_at(COUNTER_LEN);
-                Ok(Datagram::Transport {
-                    counter: u64::from_be_bytes(counter.try_into().unwrap()),
-                    sealed,
-                })
+                Ok(Datagram::Transport { counter: u64::from_be_bytes(counter.try_into().unwrap()), sealed })
             }
             HANDSHAKE_INIT | HANDSHAKE_RESP | TRANSPORT => Err(WireError::Truncated),
             other => Err(WireError::UnknownKind(other)),
@@ -109,34 +106,16 @@ mod tests {
         let mut d = vec![TRANSPORT];
         d.extend_from_slice(&42u64.to_be_bytes());
         d.extend_from_slice(&[7u8; 17]);
-        assert_eq!(
-            Datagram::parse(&d).unwrap(),
-            Datagram::Transport {
-                counter: 42,
-                sealed: &[7u8; 17]
-            }
-        );
+        assert_eq!(Datagram::parse(&d).unwrap(), Datagram::Transport { counter: 42, sealed: &[7u8; 17] });
     }
 
     #[test]
     fn malformed_datagrams_are_refused() {
         assert_eq!(Datagram::parse(&[]), Err(WireError::Empty));
-        assert_eq!(
-            Datagram::parse(&[0x00, 1, 2]),
-            Err(WireError::UnknownKind(0))
-        );
-        assert_eq!(
-            Datagram::parse(&[HANDSHAKE_INIT]),
-            Err(WireError::Truncated)
-        );
-        assert_eq!(
-            Datagram::parse(&[TRANSPORT, 0, 0, 0, 0, 0, 0, 0, 1, 9]),
-            Err(WireError::Truncated)
-        );
-        assert_eq!(
-            Datagram::parse(&vec![TRANSPORT; MAX_DATAGRAM + 1]),
-            Err(WireError::TooLong)
-        );
+        assert_eq!(Datagram::parse(&[0x00, 1, 2]), Err(WireError::UnknownKind(0)));
+        assert_eq!(Datagram::parse(&[HANDSHAKE_INIT]), Err(WireError::Truncated));
+        assert_eq!(Datagram::parse(&[TRANSPORT, 0, 0, 0, 0, 0, 0, 0, 1, 9]), Err(WireError::Truncated));
+        assert_eq!(Datagram::parse(&vec![TRANSPORT; MAX_DATAGRAM + 1]), Err(WireError::TooLong));
     }
 
     #[test]

@@ -38,8 +38,7 @@ impl Progs {
         for name in [PROG_TAP_EGRESS, PROG_BRIDGE_INGRESS] {
             datapath::program(&mut ebpf, name).expect("verifier accepts the program");
         }
-        let mut config: Array<_, Config> =
-            Array::try_from(ebpf.map_mut(m::CONFIG).unwrap()).unwrap();
+        let mut config: Array<_, Config> = Array::try_from(ebpf.map_mut(m::CONFIG).unwrap()).unwrap();
         config
             .set(
                 0,
@@ -53,18 +52,9 @@ impl Progs {
                 0,
             )
             .unwrap();
-        let mut table: HashMap<_, ArpKey, ArpEntry> =
-            HashMap::try_from(ebpf.map_mut(m::ARP_TABLE).unwrap()).unwrap();
+        let mut table: HashMap<_, ArpKey, ArpEntry> = HashMap::try_from(ebpf.map_mut(m::ARP_TABLE).unwrap()).unwrap();
         table
-            .insert(
-                ArpKey { ip: REMOTE_IP },
-                ArpEntry {
-                    mac: REMOTE_MAC,
-                    flags: entry_flags,
-                    updated_ns,
-                },
-                0,
-            )
+            .insert(ArpKey { ip: REMOTE_IP }, ArpEntry { mac: REMOTE_MAC, flags: entry_flags, updated_ns }, 0)
             .unwrap();
         let events = RingBuf::try_from(ebpf.take_map(m::ARP_EVENTS).unwrap()).unwrap();
         Self { ebpf, events }
@@ -79,11 +69,7 @@ impl Progs {
         let prog = datapath::program(&mut self.ebpf, prog).unwrap();
         let mut out = vec![0u8; frame.len() + 64];
         let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
@@ -98,8 +84,7 @@ impl Progs {
     }
 
     fn stats(&self) -> Stats {
-        let array: PerCpuArray<_, Stats> =
-            PerCpuArray::try_from(self.ebpf.map(m::STATS).unwrap()).unwrap();
+        let array: PerCpuArray<_, Stats> = PerCpuArray::try_from(self.ebpf.map(m::STATS).unwrap()).unwrap();
         let mut total = Stats::default();
         for cpu in array.get(&0, 0).unwrap().iter() {
             total.add(cpu);
@@ -109,13 +94,7 @@ impl Progs {
 }
 
 fn request(sender_ip: [u8; 4], target_ip: [u8; 4]) -> [u8; arp::FRAME_LEN] {
-    let req = Arp {
-        op: OP_REQUEST,
-        sender_mac: A_MAC,
-        sender_ip,
-        target_mac: [0; 6],
-        target_ip,
-    };
+    let req = Arp { op: OP_REQUEST, sender_mac: A_MAC, sender_ip, target_mac: [0; 6], target_ip };
     arp::build(BROADCAST, A_MAC, &req)
 }
 
@@ -134,20 +113,12 @@ fn a_request_for_a_known_ip_is_answered_in_place_and_redirected() {
     let req_arp = arp::ArpFrame::parse(&req).unwrap().arp();
     let expected = arp::build_reply(A_MAC, &req_arp, REMOTE_MAC);
     assert_eq!(&out[..arp::FRAME_LEN], &expected[..], "the reply bytes");
-    assert_eq!(
-        &out[arp::FRAME_LEN..],
-        &req[arp::FRAME_LEN..],
-        "Ethernet padding untouched"
-    );
+    assert_eq!(&out[arp::FRAME_LEN..], &req[arp::FRAME_LEN..], "Ethernet padding untouched");
     let events = p.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].verdict, m::VERDICT_ANSWERED);
     assert_eq!(events[0].hook, m::HOOK_TAP_EGRESS);
-    assert_eq!(
-        events[0].arp(),
-        req_arp,
-        "the event carries the request as seen"
-    );
+    assert_eq!(events[0].arp(), req_arp, "the event carries the request as seen");
     let s = p.stats();
     assert_eq!((s.seen, s.answered, s.events), (1, 1, 1));
 }
@@ -179,19 +150,9 @@ fn probes_gratuitous_and_replies_are_reported_never_answered() {
     let reply = arp::build(
         A_MAC,
         REMOTE_MAC,
-        &Arp {
-            op: OP_REPLY,
-            sender_mac: REMOTE_MAC,
-            sender_ip: REMOTE_IP,
-            target_mac: A_MAC,
-            target_ip: A_IP,
-        },
+        &Arp { op: OP_REPLY, sender_mac: REMOTE_MAC, sender_ip: REMOTE_IP, target_mac: A_MAC, target_ip: A_IP },
     );
-    for (what, frame) in [
-        ("probe", &probe[..]),
-        ("gratuitous", &garp[..]),
-        ("reply", &reply[..]),
-    ] {
+    for (what, frame) in [("probe", &probe[..]), ("gratuitous", &garp[..]), ("reply", &reply[..])] {
         let (verdict, out) = p.run(PROG_TAP_EGRESS, frame);
         assert_eq!(verdict, TC_ACT_UNSPEC, "{what}");
         assert_eq!(out, frame, "{what} untouched");
@@ -260,10 +221,7 @@ fn the_bridge_ingress_reports_local_arp_but_never_answers() {
     let mut p = Progs::static_entry();
     let req = request(A_IP, REMOTE_IP);
     let (verdict, out) = p.run(PROG_BRIDGE_INGRESS, &req);
-    assert_eq!(
-        verdict, TC_ACT_UNSPEC,
-        "the TAP hook answers; answering here too would duplicate"
-    );
+    assert_eq!(verdict, TC_ACT_UNSPEC, "the TAP hook answers; answering here too would duplicate");
     assert_eq!(out, req);
     let events = p.events();
     assert_eq!(events.len(), 1);
@@ -277,51 +235,25 @@ fn frames_the_agent_injected_are_not_reported_back() {
     let injected = arp::build(
         BROADCAST,
         REMOTE_MAC,
-        &Arp {
-            op: OP_REQUEST,
-            sender_mac: REMOTE_MAC,
-            sender_ip: REMOTE_IP,
-            target_mac: [0; 6],
-            target_ip: A_IP,
-        },
+        &Arp { op: OP_REQUEST, sender_mac: REMOTE_MAC, sender_ip: REMOTE_IP, target_mac: [0; 6], target_ip: A_IP },
     );
     let (verdict, _) = p.run(PROG_BRIDGE_INGRESS, &injected);
     assert_eq!(verdict, TC_ACT_UNSPEC);
-    assert!(
-        p.events().is_empty(),
-        "an injected frame must not loop back to the agent"
-    );
+    assert!(p.events().is_empty(), "an injected frame must not loop back to the agent");
     assert_eq!(p.stats().injected, 1);
 }
 
 #[test]
 fn answering_waits_for_the_agent_configuration() {
     let mut ebpf = datapath::load_unpinned().unwrap();
-    let mut table: HashMap<_, ArpKey, ArpEntry> =
-        HashMap::try_from(ebpf.map_mut(m::ARP_TABLE).unwrap()).unwrap();
+    let mut table: HashMap<_, ArpKey, ArpEntry> = HashMap::try_from(ebpf.map_mut(m::ARP_TABLE).unwrap()).unwrap();
     table
-        .insert(
-            ArpKey { ip: REMOTE_IP },
-            ArpEntry {
-                mac: REMOTE_MAC,
-                flags: m::ENTRY_STATIC,
-                updated_ns: 0,
-            },
-            0,
-        )
+        .insert(ArpKey { ip: REMOTE_IP }, ArpEntry { mac: REMOTE_MAC, flags: m::ENTRY_STATIC, updated_ns: 0 }, 0)
         .unwrap();
     let prog = datapath::program(&mut ebpf, PROG_TAP_EGRESS).unwrap();
     let req = request(A_IP, REMOTE_IP);
     let mut out = vec![0u8; 128];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(&req),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
-        r.return_value, TC_ACT_UNSPEC,
-        "no config entry yet: no TAP to redirect to"
-    );
+    let r =
+        prog.test_run(TestRunOptions { data_in: Some(&req), data_out: Some(&mut out), ..Default::default() }).unwrap();
+    assert_eq!(r.return_value, TC_ACT_UNSPEC, "no config entry yet: no TAP to redirect to");
 }

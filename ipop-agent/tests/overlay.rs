@@ -10,15 +10,12 @@ use support::{Host, RENDEZVOUS, Underlay, eventually_within, ok, stats, status};
 
 const SECRET: &str = "correct horse battery";
 /// Container addresses per host: host i has 10.0.3.<10i+10> and 10.0.3.<10i+11>.
-const IPS: [[&str; 2]; 3] = [
-    ["10.0.3.10", "10.0.3.11"],
-    ["10.0.3.20", "10.0.3.21"],
-    ["10.0.3.30", "10.0.3.31"],
-];
+const IPS: [[&str; 2]; 3] = [["10.0.3.10", "10.0.3.11"], ["10.0.3.20", "10.0.3.21"], ["10.0.3.30", "10.0.3.31"]];
 
 struct Overlay {
     hosts: Vec<Host>,
     agents: Vec<usize>,
+    rendezvous: usize,
     // Dropped last: the hosts' agents talk through it.
     underlay: Underlay,
 }
@@ -46,17 +43,12 @@ fn start_agent(host: &mut Host, node: &str) -> usize {
 
 fn peers_up(host: &Host) -> usize {
     let s = status(host, &host.pin_dir("lxcbr0"));
-    s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["up"] == true)
-        .count()
+    s["peers"].as_array().unwrap().iter().filter(|p| p["up"] == true).count()
 }
 
 fn overlay() -> Overlay {
     let mut underlay = Underlay::new();
-    underlay.start_rendezvous(SECRET);
+    let rendezvous = underlay.start_rendezvous(SECRET);
     let mut hosts = Vec::new();
     let mut agents = Vec::new();
     for (i, ips) in IPS.iter().enumerate() {
@@ -70,11 +62,7 @@ fn overlay() -> Overlay {
     for host in &hosts {
         eventually_within(30, "every link up", || peers_up(host) == 2);
     }
-    Overlay {
-        hosts,
-        agents,
-        underlay,
-    }
+    Overlay { hosts, agents, rendezvous, underlay }
 }
 
 fn ping(host: &Host, c: usize, ip: &str, extra: &[&str]) -> (bool, String) {
@@ -82,26 +70,11 @@ fn ping(host: &Host, c: usize, ip: &str, extra: &[&str]) -> (bool, String) {
     args.extend_from_slice(extra);
     args.push(ip);
     let out = host.in_container(c, &args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn arping(host: &Host, c: usize, ip: &str, count: u32) -> Vec<String> {
-    let out = host.in_container(
-        c,
-        &[
-            "arping",
-            "-c",
-            &count.to_string(),
-            "-w",
-            "3",
-            "-I",
-            "eth0",
-            ip,
-        ],
-    );
+    let out = host.in_container(c, &["arping", "-c", &count.to_string(), "-w", "3", "-I", "eth0", ip]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(" bytes from "))
@@ -109,14 +82,16 @@ fn arping(host: &Host, c: usize, ip: &str, count: u32) -> Vec<String> {
         .collect()
 }
 
+/// Longer than a link takes to declare its peer dead.
+fn support_link_dead_time() -> Duration {
+    Duration::from_secs(6)
+}
+
 fn icmp_out_redirects(host: &Host) -> u64 {
     let snmp = ok(&["ip", "netns", "exec", &host.ns, "cat", "/proc/net/snmp"]);
     let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
     let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "OutRedirects")
-        .unwrap();
+    let i = names.split_whitespace().position(|n| n == "OutRedirects").unwrap();
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
@@ -130,10 +105,7 @@ fn three_hosts_are_one_ethernet_segment() {
             for ip in IPS.iter().flatten().filter(|ip| *ip != from) {
                 let (ok, out) = ping(host, c, ip, &[]);
                 assert!(ok, "{from} -> {ip} failed:\n{out}");
-                assert!(
-                    !out.contains("DUP!"),
-                    "{from} -> {ip}: duplicate replies (the seed's known issue)\n{out}"
-                );
+                assert!(!out.contains("DUP!"), "{from} -> {ip}: duplicate replies (the seed's known issue)\n{out}");
             }
         }
     }
@@ -148,35 +120,15 @@ fn three_hosts_are_one_ethernet_segment() {
     assert_eq!(arping(&o.hosts[0], 1, IPS[2][1], 1), vec![h2_mac.clone()]);
     let pins0 = o.hosts[0].pin_dir("lxcbr0");
     let answered = stats(&o.hosts[0], &pins0)["answered"].as_u64().unwrap();
-    let sent = status(&o.hosts[0], &pins0)["switch"]["rpc_sent"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(
-        arping(&o.hosts[0], 1, IPS[2][1], 2),
-        vec![h2_mac.clone(); 2]
-    );
-    assert_eq!(
-        stats(&o.hosts[0], &pins0)["answered"].as_u64().unwrap(),
-        answered + 2,
-        "answered in the kernel"
-    );
-    assert_eq!(
-        status(&o.hosts[0], &pins0)["switch"]["rpc_sent"]
-            .as_u64()
-            .unwrap(),
-        sent,
-        "no RPC sent"
-    );
+    let sent = status(&o.hosts[0], &pins0)["switch"]["rpc_sent"].as_u64().unwrap();
+    assert_eq!(arping(&o.hosts[0], 1, IPS[2][1], 2), vec![h2_mac.clone(); 2]);
+    assert_eq!(stats(&o.hosts[0], &pins0)["answered"].as_u64().unwrap(), answered + 2, "answered in the kernel");
+    assert_eq!(status(&o.hosts[0], &pins0)["switch"]["rpc_sent"].as_u64().unwrap(), sent, "no RPC sent");
 
     // The host's own bridge address stays local (each host has 10.0.3.1): no conflict storm,
     // and no host routed overlay traffic.
     for host in &o.hosts {
-        assert_eq!(
-            icmp_out_redirects(host),
-            0,
-            "ICMP redirects from {} (the seed's known issue)",
-            host.ns
-        );
+        assert_eq!(icmp_out_redirects(host), 0, "ICMP redirects from {} (the seed's known issue)", host.ns);
     }
 
     // TCP across with iperf3.
@@ -184,39 +136,32 @@ fn three_hosts_are_one_ethernet_segment() {
     assert!(server.status.success());
     thread::sleep(Duration::from_millis(300));
     let client = o.hosts[0].in_container(0, &["iperf3", "-c", IPS[1][0], "-t", "2", "-J"]);
-    assert!(
-        client.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&client.stdout)
-    );
+    assert!(client.status.success(), "iperf3: {}", String::from_utf8_lossy(&client.stdout));
     let report: serde_json::Value = serde_json::from_slice(&client.stdout).unwrap();
-    let bps = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap();
+    let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
     assert!(bps > 0.0, "no TCP data crossed");
+
+    // Losing the rendezvous breaks no link; it is needed again only to set links up.
+    o.underlay.stop_service(o.rendezvous);
+    thread::sleep(support_link_dead_time());
+    assert!(ping(&o.hosts[1], 1, IPS[2][0], &[]).0, "links stay up without the rendezvous");
+    assert_eq!(peers_up(&o.hosts[1]), 2);
+    o.rendezvous = o.underlay.start_rendezvous(SECRET);
 
     // Kill host 2's agent: its entries stop being answered on host 0 within seconds.
     let pins2 = o.hosts[2].pin_dir("lxcbr0");
     o.hosts[2].stop_agent(o.agents[2], libc::SIGKILL);
     eventually_within(15, "host 2's entries leave host 0's arp_table", || {
-        let list = String::from_utf8_lossy(
-            &o.hosts[0]
-                .agent(&["arp", "--pin-dir", pins0.to_str().unwrap(), "list"])
-                .stdout,
-        )
-        .into_owned();
+        let list =
+            String::from_utf8_lossy(&o.hosts[0].agent(&["arp", "--pin-dir", pins0.to_str().unwrap(), "list"]).stdout)
+                .into_owned();
         !list.contains(IPS[2][0]) && !list.contains(IPS[2][1])
     });
-    assert!(
-        arping(&o.hosts[0], 1, IPS[2][1], 1).is_empty(),
-        "nothing answers for a host behind a dead link"
-    );
+    assert!(arping(&o.hosts[0], 1, IPS[2][1], 1).is_empty(), "nothing answers for a host behind a dead link");
     // Restarting it brings the segment back.
     let _ = pins2;
     o.agents[2] = start_agent(&mut o.hosts[2], "h2");
-    eventually_within(30, "host 2 reachable again", || {
-        ping(&o.hosts[0], 0, IPS[2][0], &[]).0
-    });
+    eventually_within(30, "host 2 reachable again", || ping(&o.hosts[0], 0, IPS[2][0], &[]).0);
     drop(o.underlay);
 }
 
@@ -235,18 +180,49 @@ fn a_host_with_the_wrong_secret_is_refused_and_reaches_nothing() {
     let out = bad.agent(&full);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("refused") && err.contains("wrong overlay or secret"),
-        "{err}"
-    );
-    assert!(
-        !bad.has_link("ipop"),
-        "a refused agent leaves nothing behind"
-    );
+    assert!(err.contains("refused") && err.contains("wrong overlay or secret"), "{err}");
+    assert!(!bad.has_link("ipop"), "a refused agent leaves nothing behind");
     assert!(!ping(&bad, 0, "10.0.3.10", &[]).0);
-    assert_eq!(
-        status(&good, &good.pin_dir("lxcbr0"))["peers"],
-        serde_json::json!([]),
-        "the member never heard of it"
-    );
+    assert_eq!(status(&good, &good.pin_dir("lxcbr0"))["peers"], serde_json::json!([]), "the member never heard of it");
+}
+
+#[test]
+fn two_hosts_claiming_one_ip_are_a_conflict_and_the_first_owner_stands() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut hosts: Vec<Host> = Vec::new();
+    // Host 0 asks; hosts 1 and 2 both have a container with 10.0.3.50.
+    for (i, ips) in [["10.0.3.10"], ["10.0.3.50"], ["10.0.3.50"]].iter().enumerate() {
+        let mut host = Host::new(ips);
+        host.join_underlay(&underlay, i as u8 + 1);
+        start_agent(&mut host, &format!("h{i}"));
+        hosts.push(host);
+    }
+    for host in &hosts {
+        eventually_within(30, "every link up", || peers_up(host) == 2);
+    }
+    let macs = [hosts[1].container_mac(0), hosts[2].container_mac(0)];
+    let pins0 = hosts[0].pin_dir("lxcbr0");
+    let table = |h: &Host| {
+        String::from_utf8_lossy(&h.agent(&["arp", "--pin-dir", pins0.to_str().unwrap(), "list"]).stdout).into_owned()
+    };
+    arping(&hosts[0], 0, "10.0.3.50", 1);
+    eventually_within(5, "a conflict is counted", || {
+        status(&hosts[0], &pins0)["switch"]["conflicts"].as_u64().unwrap() >= 1
+    });
+    let first = table(&hosts[0]);
+    let owner = macs.iter().find(|m| first.contains(m.as_str())).expect("one owner installed").clone();
+    assert!(!macs.iter().all(|m| first.contains(m.as_str())));
+    // Both claimants announce themselves again (gratuitous ARP, which peers are told about):
+    // the owner's claim refreshes its entry, the other is one more conflict; the owner stands.
+    let before = status(&hosts[0], &pins0)["switch"]["conflicts"].as_u64().unwrap();
+    for claimant in &hosts[1..] {
+        claimant.in_container(0, &["arping", "-U", "-c", "1", "-w", "1", "-I", "eth0", "-S", "10.0.3.50", "10.0.3.50"]);
+    }
+    eventually_within(5, "the second claim is one more conflict", || {
+        status(&hosts[0], &pins0)["switch"]["conflicts"].as_u64().unwrap() > before
+    });
+    assert!(table(&hosts[0]).contains(owner.as_str()), "the existing owner stands");
+    let log = hosts[0].agent_log(0);
+    assert!(log.contains("IP conflict"), "the conflict is logged:\n{log}");
 }

@@ -27,19 +27,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 /// Replies received by `arping -c count` from container `i` for `ip`, as (MAC, count).
 fn arping(host: &Host, i: usize, ip: &str, count: u32) -> Vec<String> {
-    let out = host.in_container(
-        i,
-        &[
-            "arping",
-            "-c",
-            &count.to_string(),
-            "-w",
-            "3",
-            "-I",
-            "eth0",
-            ip,
-        ],
-    );
+    let out = host.in_container(i, &["arping", "-c", &count.to_string(), "-w", "3", "-I", "eth0", ip]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(" bytes from "))
@@ -62,123 +50,57 @@ fn arp_for_a_static_entry_is_answered_in_the_kernel_and_local_arp_is_untouched()
     // The TAP is a port of the bridge, and both programs are attached through TCX links.
     let tap = host.ip(&["-j", "link", "show", "ipop"]);
     assert!(tap.contains("\"master\":\"lxcbr0\""), "{tap}");
-    let ours: Vec<(u64, u64)> = tcx_links()
-        .into_iter()
-        .filter(|l| !links_before.contains(l))
-        .collect();
-    let mut names: Vec<String> = ours
-        .iter()
-        .filter_map(|(_, prog)| prog_name(*prog))
-        .collect();
+    let ours: Vec<(u64, u64)> = tcx_links().into_iter().filter(|l| !links_before.contains(l)).collect();
+    let mut names: Vec<String> = ours.iter().filter_map(|(_, prog)| prog_name(*prog)).collect();
     names.sort();
     assert_eq!(names, ["bridge_ingress", "tap_egress"]);
 
     // Without an entry, nobody answers for the remote IP.
     assert!(arping(&host, 0, REMOTE_IP, 1).is_empty());
 
-    let out = host.agent(&[
-        "arp",
-        "--pin-dir",
-        pin_str(&pins),
-        "add",
-        REMOTE_IP,
-        REMOTE_MAC,
-    ]);
+    let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "add", REMOTE_IP, REMOTE_MAC]);
     assert!(out.status.success(), "{}", stderr(&out));
     let answered_before = stats(&host, &pins)["answered"].as_u64().unwrap();
 
     let replies = arping(&host, 0, REMOTE_IP, 3);
-    assert_eq!(
-        replies,
-        vec![REMOTE_MAC; 3],
-        "every request answered once, with the entry's MAC"
-    );
+    assert_eq!(replies, vec![REMOTE_MAC; 3], "every request answered once, with the entry's MAC");
     let answered_after = stats(&host, &pins)["answered"].as_u64().unwrap();
-    assert_eq!(
-        answered_after - answered_before,
-        3,
-        "the in-kernel counter rises by the number of replies"
-    );
+    assert_eq!(answered_after - answered_before, 3, "the in-kernel counter rises by the number of replies");
 
     // bpftool reads the pinned map as typed JSON.
-    let dump = ok(&[
-        "bpftool",
-        "-j",
-        "map",
-        "dump",
-        "pinned",
-        pin_str(&pins.join("arp_table")),
-    ]);
+    let dump = ok(&["bpftool", "-j", "map", "dump", "pinned", pin_str(&pins.join("arp_table"))]);
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
-    assert_eq!(
-        dump[0]["formatted"]["key"]["ip"],
-        serde_json::json!([10, 0, 3, 104]),
-        "{dump}"
-    );
-    assert_eq!(
-        dump[0]["formatted"]["value"]["mac"],
-        serde_json::json!([2, 0xaa, 0, 0, 0, 0x68]),
-        "{dump}"
-    );
+    assert_eq!(dump[0]["formatted"]["key"]["ip"], serde_json::json!([10, 0, 3, 104]), "{dump}");
+    assert_eq!(dump[0]["formatted"]["value"]["mac"], serde_json::json!([2, 0xaa, 0, 0, 0, 0x68]), "{dump}");
 
     // The CLI lists it too.
     let list = host.agent(&["arp", "--pin-dir", pin_str(&pins), "list"]);
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        list.contains(REMOTE_IP) && list.contains(REMOTE_MAC) && list.contains("static"),
-        "{list}"
-    );
+    assert!(list.contains(REMOTE_IP) && list.contains(REMOTE_MAC) && list.contains("static"), "{list}");
 
     // Local ARP between the containers still works, answered by the container itself.
     let c1_mac = host.container_mac(1);
     assert_eq!(arping(&host, 0, "10.0.3.6", 2), vec![c1_mac; 2]);
-    assert_eq!(
-        stats(&host, &pins)["answered"].as_u64().unwrap(),
-        answered_after,
-        "the kernel left local ARP alone"
-    );
-    assert!(
-        host.in_container(0, &["ping", "-c", "2", "-W", "2", "10.0.3.6"])
-            .status
-            .success()
-    );
+    assert_eq!(stats(&host, &pins)["answered"].as_u64().unwrap(), answered_after, "the kernel left local ARP alone");
+    assert!(host.in_container(0, &["ping", "-c", "2", "-W", "2", "10.0.3.6"]).status.success());
 
     // After `arp del` the kernel stops answering.
     let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "del", REMOTE_IP]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(arping(&host, 0, REMOTE_IP, 1).is_empty());
     let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "del", REMOTE_IP]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("not in the ARP table"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(!out.status.success() && stderr(&out).contains("not in the ARP table"), "{}", stderr(&out));
 
     // SIGTERM: programs detached and unloaded, TAP and pins gone, exit code 0.
-    assert_eq!(
-        host.stop_agent(agent, libc::SIGTERM),
-        Some(0),
-        "{}",
-        host.agent_log(agent)
-    );
+    assert_eq!(host.stop_agent(agent, libc::SIGTERM), Some(0), "{}", host.agent_log(agent));
     let links_after = tcx_links();
     for (link, prog) in &ours {
-        assert!(
-            !links_after.iter().any(|(l, _)| l == link),
-            "link {link} still attached"
-        );
+        assert!(!links_after.iter().any(|(l, _)| l == link), "link {link} still attached");
         assert_eq!(prog_name(*prog), None, "program {prog} still loaded");
     }
     assert!(!host.has_link("ipop"), "TAP left behind");
-    assert!(
-        !pins.exists(),
-        "pins left behind: {:?}",
-        fs::read_dir(&pins).map(|d| d.count())
-    );
-    assert!(
-        !host.pin_root.exists(),
-        "pin directories the agent made are removed"
-    );
+    assert!(!pins.exists(), "pins left behind: {:?}", fs::read_dir(&pins).map(|d| d.count()));
+    assert!(!host.pin_root.exists(), "pin directories the agent made are removed");
 }
 
 #[test]
@@ -188,39 +110,19 @@ fn a_killed_agent_leaves_no_program_and_the_next_one_takes_over() {
     let pins = host.pin_dir("lxcbr0");
     let links_before = tcx_links();
     let first = host.start_agent(&["--pin-dir", pin_str(&pins)]);
-    let out = host.agent(&[
-        "arp",
-        "--pin-dir",
-        pin_str(&pins),
-        "add",
-        REMOTE_IP,
-        REMOTE_MAC,
-    ]);
+    let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "add", REMOTE_IP, REMOTE_MAC]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     host.stop_agent(first, libc::SIGKILL);
     // The kernel detached the programs with the agent's links, and removed the TAP with its fd.
-    support::eventually("no TCX link survives a killed agent", || {
-        tcx_links() == links_before
-    });
+    support::eventually("no TCX link survives a killed agent", || tcx_links() == links_before);
     assert!(!host.has_link("ipop"));
-    assert!(
-        arping(&host, 0, REMOTE_IP, 1).is_empty(),
-        "nothing answers while no agent runs"
-    );
+    assert!(arping(&host, 0, REMOTE_IP, 1).is_empty(), "nothing answers while no agent runs");
 
     // The pins stay (the kernel cannot remove files); the next agent takes the table back.
     let second = host.start_agent(&["--pin-dir", pin_str(&pins)]);
-    assert!(
-        host.agent_log(second).contains("taking back the ARP table"),
-        "{}",
-        host.agent_log(second)
-    );
-    assert_eq!(
-        arping(&host, 0, REMOTE_IP, 2),
-        vec![REMOTE_MAC; 2],
-        "static entries survive a crash"
-    );
+    assert!(host.agent_log(second).contains("taking back the ARP table"), "{}", host.agent_log(second));
+    assert_eq!(arping(&host, 0, REMOTE_IP, 2), vec![REMOTE_MAC; 2], "static entries survive a crash");
     assert_eq!(host.stop_agent(second, libc::SIGINT), Some(0));
     assert!(!pins.exists());
 }
@@ -234,16 +136,9 @@ fn refused(host: &Host, args: &[&str], reason: &str) {
     let out = host.agent(&full);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{args:?} should fail: {err}");
-    assert!(
-        err.contains(reason),
-        "{args:?}: expected {reason:?} in:\n{err}"
-    );
+    assert!(err.contains(reason), "{args:?}: expected {reason:?} in:\n{err}");
     assert!(!host.has_link("ipop0"), "{args:?} left a TAP");
-    assert_eq!(
-        tcx_links(),
-        links_before,
-        "{args:?} left a program attached"
-    );
+    assert_eq!(tcx_links(), links_before, "{args:?} left a program attached");
 }
 
 #[test]
@@ -254,46 +149,18 @@ fn bad_setups_are_refused_clearly_and_leave_nothing_behind() {
     let other_pins = host.pin_dir("second");
     let other = pin_str(&other_pins);
 
-    refused(
-        &host,
-        &["--bridge", "nosuchbr", "--tap", "ipop0", "--pin-dir", other],
-        "bridge nosuchbr not found",
-    );
-    refused(
-        &host,
-        &["--bridge", "veth0", "--tap", "ipop0", "--pin-dir", other],
-        "veth0 is not a bridge",
-    );
-    refused(
-        &host,
-        &["--tap", "veth0", "--pin-dir", other],
-        "interface veth0 already exists",
-    );
-    refused(
-        &host,
-        &["--tap", "ipop0", "--pin-dir", "/tmp/ipop-not-bpffs"],
-        "not on a BPF filesystem",
-    );
+    refused(&host, &["--bridge", "nosuchbr", "--tap", "ipop0", "--pin-dir", other], "bridge nosuchbr not found");
+    refused(&host, &["--bridge", "veth0", "--tap", "ipop0", "--pin-dir", other], "veth0 is not a bridge");
+    refused(&host, &["--tap", "veth0", "--pin-dir", other], "interface veth0 already exists");
+    refused(&host, &["--tap", "ipop0", "--pin-dir", "/tmp/ipop-not-bpffs"], "not on a BPF filesystem");
     assert!(!Path::new("/tmp/ipop-not-bpffs").exists());
-    refused(
-        &host,
-        &["--tap", "ipop0", "--switchmode", "2"],
-        "only runs in switch mode",
-    );
+    refused(&host, &["--tap", "ipop0", "--switchmode", "2"], "only runs in switch mode");
 
     let config = std::env::temp_dir().join(format!("{}-bad.json", host.prefix));
     fs::write(&config, r#"{"bridge": "lxcbr0", "tapp": "ipop0"}"#).unwrap();
-    refused(
-        &host,
-        &["--config", config.to_str().unwrap()],
-        "unknown field `tapp`",
-    );
+    refused(&host, &["--config", config.to_str().unwrap()], "unknown field `tapp`");
     fs::write(&config, r#"{"bridge": "lxcbr0", "#).unwrap();
-    refused(
-        &host,
-        &["--config", config.to_str().unwrap()],
-        "invalid config",
-    );
+    refused(&host, &["--config", config.to_str().unwrap()], "invalid config");
     fs::remove_file(&config).unwrap();
 
     // Without privileges: no capabilities at all.
@@ -312,37 +179,18 @@ fn bad_setups_are_refused_clearly_and_leave_nothing_behind() {
         other,
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("needs CAP_NET_ADMIN and CAP_BPF"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("needs CAP_NET_ADMIN and CAP_BPF"), "{}", stderr(&out));
 
     // A second agent on a bridge that has one.
     let first = host.start_agent(&["--pin-dir", pin_str(&pins)]);
-    refused(
-        &host,
-        &["--tap", "ipop0", "--pin-dir", other],
-        "already running on bridge lxcbr0",
-    );
+    refused(&host, &["--tap", "ipop0", "--pin-dir", other], "already running on bridge lxcbr0");
     // A second agent on the same pin directory, from another namespace with its own lxcbr0.
     let neighbour = Host::new(&[]);
     let out = neighbour.agent(&["run", "--tap", "ipop0", "--pin-dir", pin_str(&pins)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("already running on pin directory"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("already running on pin directory"), "{}", stderr(&out));
     // The first agent is unharmed.
-    let out = host.agent(&[
-        "arp",
-        "--pin-dir",
-        pin_str(&pins),
-        "add",
-        REMOTE_IP,
-        REMOTE_MAC,
-    ]);
+    let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "add", REMOTE_IP, REMOTE_MAC]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(arping(&host, 0, REMOTE_IP, 1), vec![REMOTE_MAC]);
     assert_eq!(host.stop_agent(first, libc::SIGTERM), Some(0));
@@ -359,21 +207,9 @@ fn an_unmounted_bpffs_is_refused() {
         host.ns,
         support::AGENT
     );
-    let out = support::cmd(&[
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let out = support::cmd(&["unshare", "--mount", "--propagation", "private", "sh", "-c", &script]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("mount -t bpf bpf /sys/fs/bpf"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("mount -t bpf bpf /sys/fs/bpf"), "{}", stderr(&out));
     assert!(!host.has_link("ipop0"));
 }
 
@@ -384,41 +220,19 @@ fn the_cli_refuses_bad_addresses_and_missing_agents() {
     let pins = host.pin_dir("none");
     let p = pin_str(&pins);
     for (args, reason) in [
-        (
-            vec!["arp", "--pin-dir", p, "add", "10.0.3.300", REMOTE_MAC],
-            "invalid IPv4 address",
-        ),
-        (
-            vec!["arp", "--pin-dir", p, "add", REMOTE_IP, "02:aa:00:00:68"],
-            "invalid MAC address",
-        ),
-        (
-            vec!["arp", "--pin-dir", p, "add", REMOTE_IP, "ff:ff:ff:ff:ff:ff"],
-            "not a host MAC",
-        ),
-        (
-            vec!["arp", "--pin-dir", p, "add", "0.0.0.0", REMOTE_MAC],
-            "not a host address",
-        ),
-        (
-            vec!["arp", "--pin-dir", p, "del", "nonsense"],
-            "invalid IPv4 address",
-        ),
+        (vec!["arp", "--pin-dir", p, "add", "10.0.3.300", REMOTE_MAC], "invalid IPv4 address"),
+        (vec!["arp", "--pin-dir", p, "add", REMOTE_IP, "02:aa:00:00:68"], "invalid MAC address"),
+        (vec!["arp", "--pin-dir", p, "add", REMOTE_IP, "ff:ff:ff:ff:ff:ff"], "not a host MAC"),
+        (vec!["arp", "--pin-dir", p, "add", "0.0.0.0", REMOTE_MAC], "not a host address"),
+        (vec!["arp", "--pin-dir", p, "del", "nonsense"], "invalid IPv4 address"),
     ] {
         let out = host.agent(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: usage errors exit 2");
         assert!(stderr(&out).contains(reason), "{args:?}: {}", stderr(&out));
     }
-    for args in [
-        vec!["arp", "--pin-dir", p, "list"],
-        vec!["stats", "--pin-dir", p],
-    ] {
+    for args in [vec!["arp", "--pin-dir", p, "list"], vec!["stats", "--pin-dir", p]] {
         let out = host.agent(&args);
         assert_eq!(out.status.code(), Some(1));
-        assert!(
-            stderr(&out).contains("no ipop agent is running"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("no ipop agent is running"), "{args:?}: {}", stderr(&out));
     }
 }

@@ -211,8 +211,7 @@ mod tests {
     fn request_bytes_match_the_wire_layout() {
         let bytes = build(BROADCAST, A_MAC, &request());
         let expected: [u8; 42] = [
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0x05, 0x08,
-            0x06, // ethernet
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 0x05, 0x08, 0x06, // ethernet
             0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01, // htype ptype hlen plen op
             0x02, 0, 0, 0, 0, 0x05, 10, 0, 3, 5, // sender
             0, 0, 0, 0, 0, 0, 10, 0, 3, 104, // target
@@ -243,29 +242,17 @@ mod tests {
     #[test]
     fn malformed_frames_are_rejected_with_a_reason() {
         let good = build(BROADCAST, A_MAC, &request());
-        assert_eq!(
-            ArpFrame::parse(&good[..41]).unwrap_err(),
-            ArpError::Truncated
-        );
-        assert_eq!(
-            ArpFrame::parse(&good[..10]).unwrap_err(),
-            ArpError::Truncated
-        );
+        assert_eq!(ArpFrame::parse(&good[..41]).unwrap_err(), ArpError::Truncated);
+        assert_eq!(ArpFrame::parse(&good[..10]).unwrap_err(), ArpError::Truncated);
         let mut ipv4 = good;
         ipv4[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         assert_eq!(ArpFrame::parse(&ipv4).unwrap_err(), ArpError::NotArp);
         let mut ipv6_arp = good;
         ipv6_arp[field::PLEN] = 16;
-        assert_eq!(
-            ArpFrame::parse(&ipv6_arp).unwrap_err(),
-            ArpError::Unsupported
-        );
+        assert_eq!(ArpFrame::parse(&ipv6_arp).unwrap_err(), ArpError::Unsupported);
         let mut token_ring = good;
         token_ring[field::HTYPE + 1] = 6;
-        assert_eq!(
-            ArpFrame::parse(&token_ring).unwrap_err(),
-            ArpError::Unsupported
-        );
+        assert_eq!(ArpFrame::parse(&token_ring).unwrap_err(), ArpError::Unsupported);
         let mut rarp = good;
         rarp[field::OP + 1] = 3;
         assert_eq!(ArpFrame::parse(&rarp).unwrap_err(), ArpError::BadOp);

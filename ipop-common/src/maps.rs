@@ -168,11 +168,7 @@ mod tests {
     use super::*;
 
     fn entry(flags: u16, updated_ns: u64) -> ArpEntry {
-        ArpEntry {
-            mac: [2, 0, 0, 0, 0, 1],
-            flags,
-            updated_ns,
-        }
+        ArpEntry { mac: [2, 0, 0, 0, 0, 1], flags, updated_ns }
     }
 
     #[test]

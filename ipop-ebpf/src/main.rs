@@ -20,8 +20,8 @@ use aya_log_ebpf::debug;
 use ipop_common::{
     arp::{ETHERTYPE_ARP, ETHERTYPE_IPV4, FRAME_LEN, HTYPE_ETHERNET, OP_REPLY, OP_REQUEST, field},
     maps::{
-        ARP_EVENTS_BYTES, ARP_TABLE_SIZE, ArpEntry, ArpEvent, ArpKey, CONFIG_ANSWER, Config,
-        HOOK_BRIDGE_INGRESS, HOOK_TAP_EGRESS, Stats, VERDICT_ANSWERED, VERDICT_PASSED,
+        ARP_EVENTS_BYTES, ARP_TABLE_SIZE, ArpEntry, ArpEvent, ArpKey, CONFIG_ANSWER, Config, HOOK_BRIDGE_INGRESS,
+        HOOK_TAP_EGRESS, Stats, VERDICT_ANSWERED, VERDICT_PASSED,
     },
 };
 
@@ -95,10 +95,7 @@ fn handle(ctx: &TcContext, hook: u8) -> i32 {
         count(|s| s.malformed += 1);
         return TC_ACT_UNSPEC;
     }
-    let (Ok(eth), Ok(arp)) = (
-        ctx.load::<[u8; 12]>(field::ETH_DST),
-        ctx.load::<ArpHdr>(field::HTYPE),
-    ) else {
+    let (Ok(eth), Ok(arp)) = (ctx.load::<[u8; 12]>(field::ETH_DST), ctx.load::<ArpHdr>(field::HTYPE)) else {
         count(|s| s.malformed += 1);
         return TC_ACT_UNSPEC;
     };
@@ -147,12 +144,7 @@ fn handle(ctx: &TcContext, hook: u8) -> i32 {
             if entry.is_fresh(now, cfg.max_age_ns) {
                 if answer(ctx, &eth_src, &arp, &entry.mac).is_ok() {
                     count(|s| s.answered += 1);
-                    debug!(
-                        ctx,
-                        "answered {:i} is-at {:mac}",
-                        u32::from_be_bytes(arp.target_ip),
-                        entry.mac
-                    );
+                    debug!(ctx, "answered {:i} is-at {:mac}", u32::from_be_bytes(arp.target_ip), entry.mac);
                     verdict = VERDICT_ANSWERED;
                     // SAFETY: a helper on plain integers.
                     action = unsafe { bpf_redirect(cfg.tap_ifindex, BPF_F_INGRESS as u64) } as i32;
@@ -180,11 +172,7 @@ fn handle(ctx: &TcContext, hook: u8) -> i32 {
         Ok(()) => count(|s| s.events += 1),
         Err(_) => count(|s| s.events_lost += 1),
     }
-    if action == TC_ACT_REDIRECT as i32 {
-        action
-    } else {
-        TC_ACT_UNSPEC
-    }
+    if action == TC_ACT_REDIRECT as i32 { action } else { TC_ACT_UNSPEC }
 }
 
 /// Rewrites the request in place into the reply the owner of the target IP would send.

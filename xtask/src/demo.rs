@@ -75,10 +75,7 @@ fn remove_tree(root: &Path) {
 }
 
 fn sh(args: &[&str]) -> Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
     if !out.status.success() {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -127,16 +124,7 @@ pub fn run(agent: &Path) -> Result<()> {
     sh(&["ip", "netns", "add", &wan])?;
     topo.namespaces.push(wan.clone());
     sh(&["ip", "-n", &wan, "link", "add", "wanbr", "type", "bridge"])?;
-    sh(&[
-        "ip",
-        "-n",
-        &wan,
-        "addr",
-        "add",
-        "192.168.77.254/24",
-        "dev",
-        "wanbr",
-    ])?;
+    sh(&["ip", "-n", &wan, "addr", "add", "192.168.77.254/24", "dev", "wanbr"])?;
     sh(&["ip", "-n", &wan, "link", "set", "wanbr", "up"])?;
 
     let containers = [["10.0.3.10", "10.0.3.11"], ["10.0.3.20", "10.0.3.21"]];
@@ -145,54 +133,12 @@ pub fn run(agent: &Path) -> Result<()> {
         let h = format!("{prefix}h{i}");
         sh(&["ip", "netns", "add", &h])?;
         topo.namespaces.push(h.clone());
-        sh(&[
-            "ip",
-            "-n",
-            &wan,
-            "link",
-            "add",
-            &format!("w{i}"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "wan0",
-            "netns",
-            &h,
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &wan,
-            "link",
-            "set",
-            &format!("w{i}"),
-            "master",
-            "wanbr",
-            "up",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &h,
-            "addr",
-            "add",
-            &format!("192.168.77.{}/24", i + 1),
-            "dev",
-            "wan0",
-        ])?;
+        sh(&["ip", "-n", &wan, "link", "add", &format!("w{i}"), "type", "veth", "peer", "name", "wan0", "netns", &h])?;
+        sh(&["ip", "-n", &wan, "link", "set", &format!("w{i}"), "master", "wanbr", "up"])?;
+        sh(&["ip", "-n", &h, "addr", "add", &format!("192.168.77.{}/24", i + 1), "dev", "wan0"])?;
         sh(&["ip", "-n", &h, "link", "set", "wan0", "up"])?;
         sh(&["ip", "-n", &h, "link", "add", "lxcbr0", "type", "bridge"])?;
-        sh(&[
-            "ip",
-            "-n",
-            &h,
-            "addr",
-            "add",
-            "10.0.3.1/24",
-            "dev",
-            "lxcbr0",
-        ])?;
+        sh(&["ip", "-n", &h, "addr", "add", "10.0.3.1/24", "dev", "lxcbr0"])?;
         sh(&["ip", "-n", &h, "link", "set", "lxcbr0", "up"])?;
         for (j, ip) in ips.iter().enumerate() {
             let c = format!("{h}c{j}");
@@ -213,27 +159,8 @@ pub fn run(agent: &Path) -> Result<()> {
                 "netns",
                 &c,
             ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &h,
-                "link",
-                "set",
-                &format!("veth{j}"),
-                "master",
-                "lxcbr0",
-                "up",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &c,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ])?;
+            sh(&["ip", "-n", &h, "link", "set", &format!("veth{j}"), "master", "lxcbr0", "up"])?;
+            sh(&["ip", "-n", &c, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             sh(&["ip", "-n", &c, "link", "set", "eth0", "up"])?;
         }
         hosts.push(h);
@@ -267,18 +194,10 @@ pub fn run(agent: &Path) -> Result<()> {
     for (i, h) in hosts.iter().enumerate() {
         let pin = topo.pin_root.join(format!("h{i}"));
         let config = tmp.join(format!("{prefix}-h{i}.json"));
-        fs::write(
-            &config,
-            DEFAULT_CONFIG
-                .replace("PIN_DIR", pin.to_str().unwrap())
-                .replace("NODE", &format!("h{i}")),
-        )?;
+        fs::write(&config, DEFAULT_CONFIG.replace("PIN_DIR", pin.to_str().unwrap()).replace("NODE", &format!("h{i}")))?;
         topo.files.push(config.clone());
         if i == 0 {
-            println!(
-                "\n== agent config (host 0):\n{}",
-                fs::read_to_string(&config)?
-            );
+            println!("\n== agent config (host 0):\n{}", fs::read_to_string(&config)?);
         }
         spawn(
             &mut topo,
@@ -290,82 +209,30 @@ pub fn run(agent: &Path) -> Result<()> {
     }
     for pin in &pins {
         wait_for("the link between the hosts", 30, || {
-            let out = Command::new(agent)
-                .args(["status", "--pin-dir", pin])
-                .output()?;
+            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
             Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
         })?;
     }
-    show(
-        "host 0's agent: its peer and counters",
-        &[agent, "status", "--pin-dir", &pins[0]],
-    )?;
+    show("host 0's agent: its peer and counters", &[agent, "status", "--pin-dir", &pins[0]])?;
 
     let c00 = format!("{}c0", hosts[0]);
-    show(
-        "a container on host 0 pings one on host 1",
-        &["ip", "netns", "exec", &c00, "ping", "-c", "3", "10.0.3.20"],
-    )?;
+    show("a container on host 0 pings one on host 1", &["ip", "netns", "exec", &c00, "ping", "-c", "3", "10.0.3.20"])?;
     show(
         "a full-size ping across",
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &c00,
-            "ping",
-            "-c",
-            "2",
-            "-s",
-            "1472",
-            "-M",
-            "do",
-            "10.0.3.20",
-        ],
+        &["ip", "netns", "exec", &c00, "ping", "-c", "2", "-s", "1472", "-M", "do", "10.0.3.20"],
     )?;
     show(
         "arping across: learned through arp_request/arp_reply RPCs",
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &c00,
-            "arping",
-            "-c",
-            "1",
-            "-I",
-            "eth0",
-            "10.0.3.21",
-        ],
+        &["ip", "netns", "exec", &c00, "arping", "-c", "1", "-I", "eth0", "10.0.3.21"],
     )?;
     show(
         "again: now answered by the eBPF program on host 0's TAP (microseconds)",
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &c00,
-            "arping",
-            "-c",
-            "3",
-            "-I",
-            "eth0",
-            "10.0.3.21",
-        ],
+        &["ip", "netns", "exec", &c00, "arping", "-c", "3", "-I", "eth0", "10.0.3.21"],
     )?;
-    show(
-        "host 0's kernel counters",
-        &[agent, "stats", "--pin-dir", &pins[0]],
-    )?;
+    show("host 0's kernel counters", &[agent, "stats", "--pin-dir", &pins[0]])?;
     show(
         "host 0's arp_table, read by bpftool",
-        &[
-            "bpftool",
-            "map",
-            "dump",
-            "pinned",
-            &format!("{}/arp_table", pins[0]),
-        ],
+        &["bpftool", "map", "dump", "pinned", &format!("{}/arp_table", pins[0])],
     )?;
     println!("\ndemo done; stopping the agents and removing the namespaces");
     drop(topo);

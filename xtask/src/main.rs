@@ -81,10 +81,7 @@ fn run(cmd: Cmd) -> Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
 fn agent_binary() -> std::path::PathBuf {
@@ -138,12 +135,7 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let count = |word: &str| {
         rest.split(';')
-            .find_map(|part| {
-                part.trim()
-                    .trim_start_matches("ok. ")
-                    .trim_start_matches("FAILED. ")
-                    .strip_suffix(word)
-            })
+            .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
             .and_then(|n| n.trim().parse().ok())
     };
     Some((count(" passed")?, count(" failed")?))
@@ -157,7 +149,8 @@ mod tests {
     fn cargo_test_result_lines_are_totalled() {
         let ok = "test result: ok. 20 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
         assert_eq!(parse_test_result(ok), Some((20, 0)));
-        let failed = "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.24s";
+        let failed =
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.24s";
         assert_eq!(parse_test_result(failed), Some((3, 2)));
         assert_eq!(parse_test_result("running 3 tests"), None);
     }

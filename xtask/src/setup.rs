@@ -9,15 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: eBPF inspection, namespaces and veth, and the tools the tests drive.
-const PACKAGES: &[&str] = &[
-    "bpftool",
-    "iproute2",
-    "iputils-ping",
-    "arping",
-    "iperf3",
-    "tcpdump",
-    "util-linux",
-];
+const PACKAGES: &[&str] = &["bpftool", "iproute2", "iputils-ping", "arping", "iperf3", "tcpdump", "util-linux"];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -29,10 +21,7 @@ pub fn all() -> Result<()> {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -44,11 +33,8 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !quiet(Command::new("dpkg").args(["-s", p])))
-        .collect();
+    let missing: Vec<&str> =
+        PACKAGES.iter().copied().filter(|p| !quiet(Command::new("dpkg").args(["-s", p]))).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -65,10 +51,7 @@ fn rust_src() -> Result<()> {
         .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
         .output()
         .context("running rustup (is the nightly toolchain installed?)")?;
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
     eprintln!("xtask setup: adding rust-src to the {NIGHTLY} toolchain");
@@ -77,27 +60,19 @@ fn rust_src() -> Result<()> {
 
 /// bpf-linker links against the nightly toolchain's own LLVM, found through LLVM_PREFIX.
 fn bpf_linker() -> Result<()> {
-    let version = Command::new("rustup")
-        .args(["run", NIGHTLY, "bpf-linker", "--version"])
-        .output();
+    let version = Command::new("rustup").args(["run", NIGHTLY, "bpf-linker", "--version"]).output();
     if let Ok(out) = version
         && out.status.success()
-        && String::from_utf8_lossy(&out.stdout)
-            .contains(&format!("bpf-linker {BPF_LINKER_VERSION}"))
+        && String::from_utf8_lossy(&out.stdout).contains(&format!("bpf-linker {BPF_LINKER_VERSION}"))
     {
         return Ok(());
     }
-    let sysroot = Command::new("rustc")
-        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
-        .output()?;
+    let sysroot = Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]).output()?;
     let sysroot = PathBuf::from(String::from_utf8(sysroot.stdout)?.trim());
     let llvm = std::fs::read_dir(sysroot.join("lib"))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
-        })
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
         .with_context(|| format!("no libLLVM.so.* in {}/lib", sysroot.display()))?;
     let major = llvm
         .file_name()
@@ -113,18 +88,9 @@ fn bpf_linker() -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&llvm, &link)?;
-    eprintln!(
-        "xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM {major} ({})",
-        llvm.display()
-    );
+    eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM {major} ({})", llvm.display());
     run(Command::new("cargo")
-        .args([
-            &format!("+{NIGHTLY}"),
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--version",
-        ])
+        .args([&format!("+{NIGHTLY}"), "install", "bpf-linker", "--locked", "--version"])
         .arg(format!("~{BPF_LINKER_VERSION}"))
         .args(["--no-default-features", "--features"])
         .arg(format!("llvm-{major}"))

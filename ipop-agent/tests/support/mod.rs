@@ -17,10 +17,7 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_ipop-agent");
 
 /// Runs a command; panics with its output if it cannot be started.
 pub fn cmd(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
 }
 
 /// Runs a command that must succeed; returns its stdout.
@@ -37,21 +34,13 @@ pub fn ok(args: &[&str]) -> String {
 
 pub fn require_root() {
     // SAFETY: no arguments, no side effects.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "system tests need root: run them with `cargo xtask test`"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "system tests need root: run them with `cargo xtask test`");
 }
 
 /// A unique prefix for this process and call: "ipt<pid>x<n>".
 pub fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "ipt{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("ipt{}x{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 /// One host: namespace `<prefix>h` with bridge lxcbr0 (10.0.3.1/24), containers
@@ -84,20 +73,9 @@ impl Host {
             ok(&["ip", "netns", "add", &c]);
             host.containers.push(c.clone());
             let port = format!("veth{i}");
-            host.ip(&[
-                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &c,
-            ]);
+            host.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &c]);
             host.ip(&["link", "set", &port, "master", "lxcbr0", "up"]);
-            ok(&[
-                "ip",
-                "-n",
-                &c,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ]);
+            ok(&["ip", "-n", &c, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ok(&["ip", "-n", &c, "link", "set", "eth0", "up"]);
             ok(&["ip", "-n", &c, "link", "set", "lo", "up"]);
         }
@@ -144,17 +122,7 @@ impl Host {
             "netns",
             &self.ns,
         ]);
-        ok(&[
-            "ip",
-            "-n",
-            &underlay.ns,
-            "link",
-            "set",
-            &port,
-            "master",
-            "wanbr",
-            "up",
-        ]);
+        ok(&["ip", "-n", &underlay.ns, "link", "set", &port, "master", "wanbr", "up"]);
         let addr = format!("192.168.77.{n}");
         self.ip(&["addr", "add", &format!("{addr}/24"), "dev", "wan0"]);
         self.ip(&["link", "set", "wan0", "up"]);
@@ -165,20 +133,8 @@ impl Host {
     /// `sysctl -w key=value` inside the host namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let out = cmd(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.ns,
-            "sh",
-            "-c",
-            &format!("echo {value} > {path}"),
-        ]);
-        assert!(
-            out.status.success(),
-            "sysctl {key}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = cmd(&["ip", "netns", "exec", &self.ns, "sh", "-c", &format!("echo {value} > {path}")]);
+        assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn pin_dir(&self, name: &str) -> PathBuf {
@@ -218,10 +174,7 @@ impl Host {
             if let Some(status) = self.agents[idx].try_wait().unwrap() {
                 panic!("agent exited ({status}) before it was ready:\n{text}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready after 20 s:\n{text}"
-            );
+            assert!(Instant::now() < deadline, "agent not ready after 20 s:\n{text}");
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -249,32 +202,19 @@ impl Host {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit after signal {signal}"
-            );
+            assert!(Instant::now() < deadline, "agent did not exit after signal {signal}");
             thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Whether a device called `name` exists in the host namespace.
     pub fn has_link(&self, name: &str) -> bool {
-        cmd(&["ip", "-n", &self.ns, "link", "show", name])
-            .status
-            .success()
+        cmd(&["ip", "-n", &self.ns, "link", "show", name]).status.success()
     }
 
     /// The MAC of eth0 in container `i`.
     pub fn container_mac(&self, i: usize) -> String {
-        let out = ok(&[
-            "ip",
-            "-n",
-            &self.containers[i],
-            "-j",
-            "link",
-            "show",
-            "eth0",
-        ]);
+        let out = ok(&["ip", "-n", &self.containers[i], "-j", "link", "show", "eth0"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v[0]["address"].as_str().unwrap().to_owned()
     }
@@ -295,22 +235,9 @@ impl Underlay {
         require_root();
         let ns = format!("{}w", unique_prefix());
         ok(&["ip", "netns", "add", &ns]);
-        let u = Underlay {
-            ns,
-            ports: AtomicU32::new(0),
-            services: Vec::new(),
-        };
+        let u = Underlay { ns, ports: AtomicU32::new(0), services: Vec::new() };
         ok(&["ip", "-n", &u.ns, "link", "add", "wanbr", "type", "bridge"]);
-        ok(&[
-            "ip",
-            "-n",
-            &u.ns,
-            "addr",
-            "add",
-            "192.168.77.254/24",
-            "dev",
-            "wanbr",
-        ]);
+        ok(&["ip", "-n", &u.ns, "addr", "add", "192.168.77.254/24", "dev", "wanbr"]);
         ok(&["ip", "-n", &u.ns, "link", "set", "wanbr", "up"]);
         ok(&["ip", "-n", &u.ns, "link", "set", "lo", "up"]);
         u
@@ -320,14 +247,7 @@ impl Underlay {
     pub fn start_rendezvous(&mut self, secret: &str) -> usize {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
-            .args([
-                AGENT,
-                "rendezvous",
-                "--listen",
-                RENDEZVOUS,
-                "--secret",
-                secret,
-            ])
+            .args([AGENT, "rendezvous", "--listen", RENDEZVOUS, "--secret", secret])
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -336,17 +256,9 @@ impl Underlay {
         self.services.push(child);
         // Ready when it accepts connections.
         eventually("the rendezvous listens", || {
-            cmd(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns,
-                "bash",
-                "-c",
-                "exec 3<>/dev/tcp/192.168.77.254/7000",
-            ])
-            .status
-            .success()
+            cmd(&["ip", "netns", "exec", &self.ns, "bash", "-c", "exec 3<>/dev/tcp/192.168.77.254/7000"])
+                .status
+                .success()
         });
         self.services.len() - 1
     }
@@ -370,11 +282,7 @@ impl Drop for Underlay {
 /// The agent's own status (peers, link states, switch counters) from its control socket.
 pub fn status(host: &Host, pin_dir: &Path) -> serde_json::Value {
     let out = host.agent(&["status", "--pin-dir", pin_dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -457,11 +365,7 @@ pub fn prog_name(id: u64) -> Option<String> {
 /// The sum of the agent's in-kernel counters, read through the CLI.
 pub fn stats(host: &Host, pin_dir: &Path) -> serde_json::Value {
     let out = host.agent(&["stats", "--json", "--pin-dir", pin_dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stats failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
