@@ -360,6 +360,10 @@ impl Shell {
                 Output::WriteTap(frame) => self.write_tap(&frame),
                 Output::ArpInstall { ip, mac } => self.install(ip, mac),
                 Output::ArpRemove { ip } => self.remove(ip),
+                Output::LocalOverridesRemote { ip, local, remote, peer } => {
+                    let peer = self.peers.as_ref().map(|p| p.name(peer).to_owned()).unwrap_or_default();
+                    warn!(%ip, %local, %remote, %peer, "IP conflict: a local host has an IP a peer claimed; the local host wins");
+                }
                 Output::Conflict { ip, owner, claimed, by } => {
                     let by = self.peers.as_ref().map(|p| p.name(by).to_owned()).unwrap_or_default();
                     let owner = match owner {

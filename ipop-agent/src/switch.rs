@@ -48,6 +48,8 @@ pub enum Output {
     ArpRemove { ip: Ipv4Addr },
     /// A peer claimed an IP that someone else owns; the existing mapping stands.
     Conflict { ip: Ipv4Addr, owner: Owner, claimed: Mac, by: PeerId },
+    /// A local host appeared with an IP a peer had claimed: the remote entry is withdrawn.
+    LocalOverridesRemote { ip: Ipv4Addr, local: Mac, remote: Mac, peer: PeerId },
 }
 
 /// Where a frame from the local bridge goes.
@@ -294,15 +296,24 @@ impl Switch {
         true
     }
 
-    fn learn_local(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac) -> Option<Output> {
+    /// Records a local host. A local host always wins over a remote claim to its IP: the
+    /// kernel must never answer for an IP that lives on this bridge.
+    fn learn_local(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac) -> Vec<Output> {
         if let Some(n) = self.local.get_mut(&ip)
             && n.mac == mac
         {
             n.seen_ns = now_ns;
-            return None;
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if let Some(r) = self.remote.remove(&ip) {
+            self.counters.conflicts += 1;
+            out.push(Output::ArpRemove { ip });
+            out.push(Output::LocalOverridesRemote { ip, local: mac, remote: r.mac, peer: r.peer });
         }
         let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false });
-        Some(Output::LocalLearned { ip, mac, previous: previous.map(|p| p.mac) })
+        out.push(Output::LocalLearned { ip, mac, previous: previous.map(|p| p.mac) });
+        out
     }
 
     /// Records that `peer` says `ip` is at `mac`, unless someone else owns `ip`.
@@ -540,6 +551,17 @@ mod tests {
         let out = sw.handle_rpc(3, P2, &spoof);
         assert!(matches!(out.as_slice(), [Output::Conflict { owner: Owner::Local(m), .. }] if *m == Mac(A)), "{out:?}");
         assert_eq!(sw.counters().conflicts, 2);
+    }
+
+    #[test]
+    fn a_local_host_withdraws_a_remote_claim_to_its_ip() {
+        let mut sw = with_peers(&[P1]);
+        sw.handle_rpc(0, P1, &remote_request());
+        let out = sw.handle_arp(1, &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (A, R_IP), ([0; 6], B_IP)));
+        assert_eq!(out[0], Output::ArpRemove { ip: R_IP.into() }, "never answered in the kernel for a local IP");
+        assert_eq!(out[1], Output::LocalOverridesRemote { ip: R_IP.into(), local: Mac(A), remote: Mac(R), peer: P1 });
+        assert_eq!(sw.remote(R_IP.into()), None);
+        assert_eq!(sw.counters().conflicts, 1);
     }
 
     #[test]
