@@ -1,6 +1,8 @@
 //! `cargo xtask setup | run | test | demo`: the project's one entry point on a fresh machine.
 
+mod bench;
 mod demo;
+mod lab;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -35,6 +37,15 @@ enum Cmd {
     /// Build a host with a bridge and two containers in network namespaces, run the agent on
     /// an embedded default config, show an ARP request answered in the kernel, then clean up.
     Demo,
+    /// Measure ipop beside tinc (switch mode), kernel VXLAN and the bare underlay (needs root).
+    Bench {
+        /// Runs per figure (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per throughput test.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +81,15 @@ fn run(cmd: Cmd) -> Result<()> {
             let mut test = vec!["test"];
             test.extend(args.iter().map(String::as_str));
             cargo_test(&test)
+        }
+        Cmd::Bench { runs, seconds } => {
+            setup::all()?;
+            setup::bench_packages()?;
+            cargo(&["build", "--release", "--package", "ipop-agent"])?;
+            bench::run(
+                &root().join("target/release/ipop-agent"),
+                bench::Options { runs: runs.max(1), seconds: seconds.max(1) },
+            )
         }
         Cmd::Demo => {
             setup::all()?;

@@ -32,9 +32,18 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// What only the benchmarks need: tinc 1.0 to compare with, python3 for the ARP flood.
+pub fn bench_packages() -> Result<()> {
+    install(&["tinc", "python3"])
+}
+
 fn packages() -> Result<()> {
+    install(PACKAGES)
+}
+
+fn install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> =
-        PACKAGES.iter().copied().filter(|p| !quiet(Command::new("dpkg").args(["-s", p]))).collect();
+        packages.iter().copied().filter(|p| !quiet(Command::new("dpkg").args(["-s", p]))).collect();
     if missing.is_empty() {
         return Ok(());
     }

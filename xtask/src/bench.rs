@@ -1,0 +1,503 @@
+//! `cargo xtask bench`: ipop side by side with tinc 1.0 in switch mode, the kernel's VXLAN
+//! and the bare underlay, on one namespace topology, in one run. Prints a table, writes
+//! target/bench/latest.json, and rewrites the table in BENCHMARKS.md.
+//!
+//! Two hosts on an underlay (veth pairs through a bridge namespace, MTU 1600 so that no
+//! overlay needs IP fragmentation), each with lxcbr0: host 0 has containers 10.0.3.10 and
+//! 10.0.3.11, host 1 has 10.0.3.20 and 10.0.3.21. One overlay at a time joins the bridges.
+//! Every figure is the median of `--runs` runs.
+
+use std::{fs, path::Path, process::Command, thread, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::lab::{Host, Lab, UNDERLAY_IP, sh, wait_for};
+
+const SECRET: &str = "bench secret 0123";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Underlay,
+    Vxlan,
+    Tinc,
+    Ipop,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Underlay => "underlay",
+            Mode::Vxlan => "vxlan",
+            Mode::Tinc => "tinc",
+            Mode::Ipop => "ipop",
+        }
+    }
+}
+
+pub struct Options {
+    pub runs: usize,
+    pub seconds: u32,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn exec(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+/// The two endpoints of a measurement: namespaces and the server's address.
+struct Path2 {
+    client: String,
+    server: String,
+    server_ip: String,
+    /// A neighbour of the client on its own bridge (ARP "local").
+    local_ip: Option<String>,
+    /// A remote address not yet resolved (ARP "first time").
+    fresh_ip: Option<String>,
+}
+
+fn iperf_tcp(p: &Path2, streams: u32, seconds: u32) -> Result<f64> {
+    exec(&p.server, &["iperf3", "-s", "-D", "-1", "-p", "5201"])?;
+    thread::sleep(Duration::from_millis(200));
+    let out = exec(
+        &p.client,
+        &["iperf3", "-c", &p.server_ip, "-p", "5201", "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"],
+    )?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 gave no throughput")
+}
+
+fn iperf_udp_pps(p: &Path2, seconds: u32) -> Result<f64> {
+    exec(&p.server, &["iperf3", "-s", "-D", "-1", "-p", "5202"])?;
+    thread::sleep(Duration::from_millis(200));
+    let out = exec(
+        &p.client,
+        &["iperf3", "-c", &p.server_ip, "-p", "5202", "-u", "-l", "64", "-b", "0", "-t", &seconds.to_string(), "-J"],
+    )?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let sum = &v["end"]["sum"];
+    let (packets, lost, secs) = (sum["packets"].as_f64(), sum["lost_packets"].as_f64(), sum["seconds"].as_f64());
+    match (packets, lost, secs) {
+        (Some(p), Some(l), Some(s)) if s > 0.0 => Ok((p - l).max(0.0) / s),
+        _ => bail!("iperf3 UDP gave no packet counts: {sum}"),
+    }
+}
+
+/// Round-trip times of 200 pings, in microseconds.
+fn ping_us(p: &Path2) -> Result<Vec<f64>> {
+    let out = exec(&p.client, &["ping", "-c", "200", "-i", "0.005", "-W", "1", &p.server_ip])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect())
+}
+
+/// arping round trips in microseconds (`count` requests).
+fn arping_us(ns: &str, iface: &str, ip: &str, count: u32) -> Result<Vec<f64>> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "arping", "-c", &count.to_string(), "-w", "3", "-I", iface, ip])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| {
+            let mut it = t.split_whitespace();
+            let v: f64 = it.next()?.parse().ok()?;
+            Some(match it.next()? {
+                "usec" => v,
+                "msec" => v * 1000.0,
+                "sec" => v * 1e6,
+                _ => return None,
+            })
+        })
+        .collect())
+}
+
+fn cpu_and_rss(pid: u32) -> Result<(f64, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(") ").context("stat")?.1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("VmHWM")?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks / hz, hwm_kb / 1024.0))
+}
+
+/// The measurements of one mode, each a list over runs.
+#[derive(Default)]
+struct Samples {
+    tcp1: Vec<f64>,
+    tcp4: Vec<f64>,
+    udp_pps: Vec<f64>,
+    rtt: Vec<f64>,
+    arp_local: Vec<f64>,
+    arp_first: Vec<f64>,
+    arp_learned: Vec<f64>,
+    cpu_s: Vec<f64>,
+    rss_mib: Vec<f64>,
+}
+
+fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &Path, pin0: &str) -> Result<Value> {
+    let mut s = Samples::default();
+    for run in 0..opts.runs {
+        eprintln!("bench: {} run {}/{}", mode.name(), run + 1, opts.runs);
+        let before = daemon.map(cpu_and_rss).transpose()?;
+        s.tcp1.push(iperf_tcp(p, 1, opts.seconds)? / 1e9);
+        if let (Some(pid), Some((cpu0, _))) = (daemon, before) {
+            let (cpu1, rss) = cpu_and_rss(pid)?;
+            s.cpu_s.push(cpu1 - cpu0);
+            s.rss_mib.push(rss);
+        }
+        s.tcp4.push(iperf_tcp(p, 4, opts.seconds)? / 1e9);
+        s.udp_pps.push(iperf_udp_pps(p, opts.seconds.min(5))?);
+        s.rtt.extend(ping_us(p)?);
+        if let Some(local) = &p.local_ip {
+            s.arp_local.push(median(arping_us(&p.client, "eth0", local, 5)?));
+        }
+        if let Some(fresh) = &p.fresh_ip {
+            if mode == Mode::Ipop {
+                // Forget the entry so the request travels as RPC again.
+                let _ = Command::new(agent).args(["arp", "--pin-dir", pin0, "del", fresh]).output();
+            }
+            s.arp_first.extend(arping_us(&p.client, "eth0", fresh, 1)?);
+            s.arp_learned.push(median(arping_us(&p.client, "eth0", fresh, 5)?));
+        }
+    }
+    let rtt_p99 = percentile(s.rtt.clone(), 99.0);
+    Ok(json!({
+        "tcp_1_gbps": median(s.tcp1),
+        "tcp_4_gbps": median(s.tcp4),
+        "udp64_pps": median(s.udp_pps),
+        "rtt_median_us": median(s.rtt),
+        "rtt_p99_us": rtt_p99,
+        "arp_local_us": median(s.arp_local),
+        "arp_remote_first_us": median(s.arp_first),
+        "arp_remote_learned_us": median(s.arp_learned),
+        "daemon_cpu_s_tcp1": median(s.cpu_s),
+        "daemon_peak_rss_mib": median(s.rss_mib),
+    }))
+}
+
+fn container_path(hosts: &[Host]) -> Path2 {
+    Path2 {
+        client: hosts[0].containers[0].clone(),
+        server: hosts[1].containers[0].clone(),
+        server_ip: "10.0.3.20".into(),
+        local_ip: Some("10.0.3.11".into()),
+        fresh_ip: Some("10.0.3.21".into()),
+    }
+}
+
+fn vxlan_up(hosts: &[Host]) -> Result<()> {
+    for (i, h) in hosts.iter().enumerate() {
+        let remote = &hosts[1 - i].underlay_ip;
+        sh(&[
+            "ip", "-n", &h.ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", remote, "dstport", "4789",
+            "dev", "wan0",
+        ])?;
+        sh(&["ip", "-n", &h.ns, "link", "set", "vx0", "mtu", "1500", "master", "lxcbr0", "up"])?;
+    }
+    Ok(())
+}
+
+fn vxlan_down(hosts: &[Host]) {
+    for h in hosts {
+        let _ = sh(&["ip", "-n", &h.ns, "link", "del", "vx0"]);
+    }
+}
+
+/// tinc 1.0 in switch mode: one daemon per host, its TAP a port of lxcbr0.
+fn tinc_up(lab: &mut Lab, hosts: &[Host]) -> Result<Vec<usize>> {
+    let names = ["a", "b"];
+    let mut dirs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let dir = lab.file(&format!("tinc{i}"));
+        fs::create_dir_all(dir.join("hosts"))?;
+        let connect = if i == 1 { "ConnectTo = a\n" } else { "" };
+        fs::write(
+            dir.join("tinc.conf"),
+            format!(
+                "Name = {}\nMode = switch\nDeviceType = tap\nInterface = tinc0\nAddressFamily = ipv4\n{connect}",
+                names[i]
+            ),
+        )?;
+        fs::write(dir.join(format!("hosts/{}", names[i])), format!("Address = {}\nPort = 655\n", h.underlay_ip))?;
+        let up = dir.join("tinc-up");
+        fs::write(&up, "#!/bin/sh\nip link set \"$INTERFACE\" mtu 1500 master lxcbr0 up\n")?;
+        sh(&["chmod", "+x", up.to_str().unwrap()])?;
+        let out = Command::new("tincd")
+            .args(["-c", dir.to_str().unwrap(), "-K", "2048"])
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("tincd -K: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        dirs.push(dir);
+    }
+    // Each host knows the other's host file (address and public key).
+    for i in 0..2 {
+        let other = fs::read(dirs[1 - i].join(format!("hosts/{}", names[1 - i])))?;
+        fs::write(dirs[i].join(format!("hosts/{}", names[1 - i])), other)?;
+    }
+    let mut procs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let dir = dirs[i].to_str().unwrap().to_owned();
+        let pid = dirs[i].join("tinc.pid");
+        procs.push(lab.spawn(
+            &h.ns,
+            &["tincd", "-c", &dir, "-D", "--pidfile", pid.to_str().unwrap(), "--logfile=/dev/null"],
+            &format!("tinc{i}.log"),
+        )?);
+    }
+    Ok(procs)
+}
+
+fn ipop_up(lab: &mut Lab, hosts: &[Host], agent: &str) -> Result<(Vec<usize>, Vec<String>)> {
+    let rendezvous = format!("{UNDERLAY_IP}:7000");
+    let underlay = lab.underlay.clone();
+    let mut procs = vec![lab.spawn(
+        &underlay,
+        &[agent, "rendezvous", "--listen", &rendezvous, "--secret", SECRET],
+        "rendezvous.log",
+    )?];
+    let mut pins = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let pin = lab.pin_root.join(format!("h{i}")).to_str().unwrap().to_owned();
+        let node = format!("h{i}");
+        procs.push(lab.spawn(
+            &h.ns,
+            &[
+                agent,
+                "run",
+                "--pin-dir",
+                &pin,
+                "--node-id",
+                &node,
+                "--rendezvous",
+                &rendezvous,
+                "--secret",
+                SECRET,
+                "--log",
+                "warn",
+            ],
+            &format!("agent{i}.log"),
+        )?);
+        pins.push(pin);
+    }
+    for pin in &pins {
+        wait_for("ipop links up", 30, || {
+            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
+        })?;
+    }
+    Ok((procs, pins))
+}
+
+fn connected(p: &Path2) -> Result<()> {
+    wait_for("the overlay carries a ping", 30, || {
+        Ok(Command::new("ip")
+            .args(["netns", "exec", &p.client, "ping", "-c", "1", "-W", "1", &p.server_ip])
+            .output()?
+            .status
+            .success())
+    })
+}
+
+fn ipop_pipeline(client: &str, agent: &str, pin: &str, rate: u32, seconds: u32) -> Result<Value> {
+    let status = || -> Result<Value> {
+        Ok(serde_json::from_slice(&Command::new(agent).args(["status", "--pin-dir", pin]).output()?.stdout)?)
+    };
+    let stats = || -> Result<Value> {
+        Ok(serde_json::from_slice(&Command::new(agent).args(["stats", "--json", "--pin-dir", pin]).output()?.stdout)?)
+    };
+    let (s0, k0) = (status()?, stats()?);
+    let script = crate::root().join("xtask/arpflood.py");
+    let out = exec(client, &["python3", script.to_str().unwrap(), "eth0", &rate.to_string(), &seconds.to_string()])?;
+    thread::sleep(Duration::from_secs(1));
+    let (s1, k1) = (status()?, stats()?);
+    let sent: f64 = out.trim().parse().context("arpflood output")?;
+    let d = |a: &Value, b: &Value, k: &str| b[k].as_f64().unwrap_or(0.0) - a[k].as_f64().unwrap_or(0.0);
+    let rpcs = d(&s0["switch"], &s1["switch"], "rpc_sent");
+    Ok(json!({
+        "requests_sent": sent,
+        "offered_per_s": sent / seconds as f64,
+        "rpcs": rpcs,
+        "ring_buffer_lost": d(&k0, &k1, "events_lost"),
+        "lost": (sent - rpcs).max(0.0),
+    }))
+}
+
+pub fn run(agent: &Path, opts: Options) -> Result<()> {
+    let agent = agent.to_str().unwrap().to_owned();
+    let mut lab = Lab::new("ipb")?;
+    let hosts = vec![lab.add_host(0, &["10.0.3.10", "10.0.3.11"])?, lab.add_host(1, &["10.0.3.20", "10.0.3.21"])?];
+    for h in &hosts {
+        sh(&["ip", "-n", &h.ns, "link", "set", "wan0", "mtu", "1600"])?;
+    }
+    for i in 0..2 {
+        sh(&["ip", "-n", &lab.underlay, "link", "set", &format!("w{i}"), "mtu", "1600"])?;
+    }
+    let mut results = serde_json::Map::new();
+
+    let underlay = Path2 {
+        client: hosts[0].ns.clone(),
+        server: hosts[1].ns.clone(),
+        server_ip: hosts[1].underlay_ip.clone(),
+        local_ip: None,
+        fresh_ip: None,
+    };
+    results.insert("underlay".into(), measure(Mode::Underlay, &underlay, None, &opts, Path::new(&agent), "")?);
+    let cp = container_path(&hosts);
+
+    vxlan_up(&hosts)?;
+    connected(&cp)?;
+    results.insert("vxlan".into(), measure(Mode::Vxlan, &cp, None, &opts, Path::new(&agent), "")?);
+    vxlan_down(&hosts);
+
+    let tinc = tinc_up(&mut lab, &hosts)?;
+    connected(&cp)?;
+    let pid = lab.pid(tinc[0]);
+    results.insert("tinc".into(), measure(Mode::Tinc, &cp, Some(pid), &opts, Path::new(&agent), "")?);
+    for t in tinc {
+        lab.stop(t);
+    }
+
+    let (procs, pins) = ipop_up(&mut lab, &hosts, &agent)?;
+    connected(&cp)?;
+    let pid = lab.pid(procs[1]);
+    let mut ipop = measure(Mode::Ipop, &cp, Some(pid), &opts, Path::new(&agent), &pins[0])?;
+    ipop["arp_pipeline"] = ipop_pipeline(&hosts[0].containers[1], &agent, &pins[0], 10_000, 2)?;
+    results.insert("ipop".into(), ipop);
+    for p in procs {
+        lab.stop(p);
+    }
+    drop(lab);
+
+    let report = report(&results, &opts);
+    println!("{report}");
+    let out_dir = crate::root().join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    let doc = json!({"machine": machine(), "results": results, "runs": opts.runs, "seconds": opts.seconds});
+    fs::write(out_dir.join("latest.json"), serde_json::to_string_pretty(&doc)?)?;
+    write_benchmarks_md(&report, &opts)?;
+    eprintln!("bench: wrote target/bench/latest.json and BENCHMARKS.md");
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpu = fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+    });
+    let kernel = sh(&["uname", "-r"]).unwrap_or_default().trim().to_owned();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    json!({"cpu": cpu, "kernel": kernel, "cores": cores})
+}
+
+fn fmt(v: &Value, digits: usize) -> String {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+fn ratio(a: &Value, b: &Value) -> String {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => format!("{:.2}x", a / b),
+        _ => "–".into(),
+    }
+}
+
+fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
+    let rows: [(&str, &str, usize); 10] = [
+        ("TCP 1 stream (Gbit/s)", "tcp_1_gbps", 2),
+        ("TCP 4 streams (Gbit/s)", "tcp_4_gbps", 2),
+        ("UDP 64 B delivered (pkt/s)", "udp64_pps", 0),
+        ("ping median (us)", "rtt_median_us", 0),
+        ("ping p99 (us)", "rtt_p99_us", 0),
+        ("ARP local neighbour (us)", "arp_local_us", 1),
+        ("ARP remote, first (us)", "arp_remote_first_us", 1),
+        ("ARP remote, learned (us)", "arp_remote_learned_us", 1),
+        ("daemon CPU s in TCP 1 stream", "daemon_cpu_s_tcp1", 2),
+        ("daemon peak RSS (MiB)", "daemon_peak_rss_mib", 1),
+    ];
+    let mut t = String::new();
+    t.push_str("| measure | ipop | tinc (switch) | VXLAN | underlay | ipop/tinc | ipop/VXLAN |\n|---|---|---|---|---|---|---|\n");
+    for (label, key, d) in rows {
+        let g = |m: &str| r.get(m).map(|v| v[key].clone()).unwrap_or(Value::Null);
+        t.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} | {} |\n",
+            fmt(&g("ipop"), d),
+            fmt(&g("tinc"), d),
+            fmt(&g("vxlan"), d),
+            fmt(&g("underlay"), d),
+            ratio(&g("ipop"), &g("tinc")),
+            ratio(&g("ipop"), &g("vxlan"))
+        ));
+    }
+    if let Some(p) = r.get("ipop").map(|v| &v["arp_pipeline"]) {
+        t.push_str(&format!(
+            "\nARP pipeline (ipop): {} distinct-IP requests offered at {}/s; {} RPCs sent, {} lost ({} in the ring buffer).\n",
+            fmt(&p["requests_sent"], 0),
+            fmt(&p["offered_per_s"], 0),
+            fmt(&p["rpcs"], 0),
+            fmt(&p["lost"], 0),
+            fmt(&p["ring_buffer_lost"], 0)
+        ));
+    }
+    t.push_str(&format!(
+        "\nMedians of {} runs of {} s each (UDP: at most 5 s, ping: 200 per run).\n",
+        opts.runs, opts.seconds
+    ));
+    t
+}
+
+fn write_benchmarks_md(table: &str, opts: &Options) -> Result<()> {
+    let m = machine();
+    let text = format!(
+        "# Benchmarks\n\nThe latest `cargo xtask bench --runs {} --seconds {}`, on {} ({} cores, kernel {}), {}.\n\
+         Reproduce it with that command (as root); raw figures are in target/bench/latest.json.\n\n\
+         Topology: two hosts in network namespaces on an underlay (veth pairs through a bridge, MTU 1600),\n\
+         each with bridge lxcbr0 and containers on veth pairs; the overlay under test joins the bridges.\n\
+         Throughput, packet rate and ping are container to container across the hosts (underlay: host to\n\
+         host). The daemon figures are ipop's agent and tinc's tincd on the sending host. These machines are\n\
+         noisy: compare ratios within one run.\n\n{table}",
+        opts.runs,
+        opts.seconds,
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or("?"),
+        sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),
+    );
+    fs::write(crate::root().join("BENCHMARKS.md"), text)?;
+    Ok(())
+}
