@@ -19,7 +19,7 @@ use crate::{
     config::AgentConfig,
     control::ControlSocket,
     datapath::Datapath,
-    link::LinkEvent,
+    link::{LinkEvent, LinkShared},
     lock,
     netif::{Netlink, Tap},
     peers::{LinkTemplate, Peers},
@@ -124,12 +124,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             );
             let template = LinkTemplate {
                 node_id: o.node_id.clone(),
-                identity,
-                psk: session::overlay_psk(&o.overlay, &o.secret),
-                ice_urls: o.ice_urls.clone(),
-                exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
-                signaling,
-                events: link_tx.clone(),
+                shared: LinkShared {
+                    identity,
+                    psk: session::overlay_psk(&o.overlay, &o.secret),
+                    ice_urls: o.ice_urls.clone(),
+                    exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
+                    signaling,
+                    events: link_tx.clone(),
+                },
             };
             info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
             (Some(Peers::new(template)), Some(signals))

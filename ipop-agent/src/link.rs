@@ -41,13 +41,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
-/// What a link needs to know.
+/// What every link of an agent shares.
 #[derive(Clone)]
-pub struct LinkParams {
-    pub peer: PeerId,
-    pub peer_node: String,
-    pub remote_key: [u8; 32],
-    pub controlling: bool,
+pub struct LinkShared {
     pub identity: Identity,
     pub psk: [u8; 32],
     /// STUN/TURN urls for server-reflexive and relay candidates.
@@ -57,6 +53,16 @@ pub struct LinkParams {
     pub exclude_ifaces: Vec<String>,
     pub signaling: Signaling,
     pub events: mpsc::Sender<LinkEvent>,
+}
+
+/// What a link needs to know.
+#[derive(Clone)]
+pub struct LinkParams {
+    pub peer: PeerId,
+    pub peer_node: String,
+    pub remote_key: [u8; 32],
+    pub controlling: bool,
+    pub shared: LinkShared,
 }
 
 /// What the agent tells a link.
@@ -132,7 +138,7 @@ async fn run(p: LinkParams, mut cmds: mpsc::Receiver<LinkCmd>) {
             Ok((ended, was_up)) => {
                 if was_up {
                     backoff = BACKOFF_MIN;
-                    let _ = p.events.send(LinkEvent::Down(p.peer)).await;
+                    let _ = p.shared.events.send(LinkEvent::Down(p.peer)).await;
                 }
                 ended
             }
@@ -163,6 +169,7 @@ async fn run(p: LinkParams, mut cmds: mpsc::Receiver<LinkCmd>) {
 
 async fn new_ice_agent(p: &LinkParams) -> Result<Arc<Agent>> {
     let urls = p
+        .shared
         .ice_urls
         .iter()
         .map(|u| Url::parse_url(u).map_err(|e| anyhow!("ICE url {u}: {e}")))
@@ -171,7 +178,7 @@ async fn new_ice_agent(p: &LinkParams) -> Result<Arc<Agent>> {
     if !urls.is_empty() {
         candidate_types.extend([CandidateType::ServerReflexive, CandidateType::Relay]);
     }
-    let exclude = p.exclude_ifaces.clone();
+    let exclude = p.shared.exclude_ifaces.clone();
     let config = AgentConfig {
         urls,
         network_types: vec![NetworkType::Udp4],
@@ -236,7 +243,7 @@ async fn connect_and_serve(
         }
     };
     let kind = if p.controlling { "offer" } else { "answer" };
-    p.signaling.send(&p.peer_node, json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd}));
+    p.shared.signaling.send(&p.peer_node, json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd}));
 
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<String>();
     agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
@@ -277,7 +284,7 @@ async fn connect_and_serve(
                 let _ = cancel_tx.try_send(());
                 bail!("no ICE connection within {CONNECT_TIMEOUT:?}");
             }
-            Some(c) = cand_rx.recv() => p.signaling.send(&p.peer_node, json!({"t": "cand", "s": session_id, "c": c})),
+            Some(c) = cand_rx.recv() => p.shared.signaling.send(&p.peer_node, json!({"t": "cand", "s": session_id, "c": c})),
             cmd = cmds.recv() => match cmd {
                 None => { let _ = cancel_tx.try_send(()); return Ok((Ended::Closed, false)) }
                 Some(LinkCmd::Send(..)) => {}
@@ -344,7 +351,7 @@ async fn serve(
     let mut initiator = None;
     let mut init_msg = Vec::new();
     if p.controlling {
-        let (i, msg) = session::initiate(&p.identity, &p.remote_key, &p.psk, now_ns())?;
+        let (i, msg) = session::initiate(&p.shared.identity, &p.remote_key, &p.shared.psk, now_ns())?;
         initiator = Some(i);
         init_msg = msg;
         conn.send(&init_msg).await?;
@@ -362,7 +369,7 @@ async fn serve(
                 let Some(dg) = dg else { return Ok((Ended::Retry, up)) };
                 match Datagram::parse(&dg) {
                     Ok(Datagram::HandshakeInit(body)) if !p.controlling => {
-                        match session::respond(&p.identity, &p.remote_key, &p.psk, body, *last_handshake) {
+                        match session::respond(&p.shared.identity, &p.remote_key, &p.shared.psk, body, *last_handshake) {
                             Ok((s, reply, ts)) => {
                                 *last_handshake = Some(ts);
                                 session = Some(s);
@@ -371,10 +378,10 @@ async fn serve(
                                 if !up {
                                     up = true;
                                     info!(peer = %p.peer_node, "link up");
-                                    p.events.send(LinkEvent::Up(p.peer)).await?;
+                                    p.shared.events.send(LinkEvent::Up(p.peer)).await?;
                                 }
                             }
-                            Err(e) => { let _ = p.events.send(LinkEvent::Dropped(p.peer, e)).await; }
+                            Err(e) => { let _ = p.shared.events.send(LinkEvent::Dropped(p.peer, e)).await; }
                         }
                     }
                     Ok(Datagram::HandshakeResp(body)) if p.controlling && initiator.is_some() => {
@@ -385,10 +392,10 @@ async fn serve(
                                 up = true;
                                 tick = tokio::time::interval(KEEPALIVE / 2);
                                 info!(peer = %p.peer_node, "link up");
-                                p.events.send(LinkEvent::Up(p.peer)).await?;
+                                p.shared.events.send(LinkEvent::Up(p.peer)).await?;
                             }
                             Err(e) => {
-                                let _ = p.events.try_send(LinkEvent::Dropped(p.peer, e.clone()));
+                                let _ = p.shared.events.try_send(LinkEvent::Dropped(p.peer, e.clone()));
                                 bail!("handshake with {} failed: {e}", p.peer_node);
                             }
                         }
@@ -399,10 +406,10 @@ async fn serve(
                             Ok(inner) => {
                                 last_rx = Instant::now();
                                 if inner != Inner::Keepalive {
-                                    p.events.send(LinkEvent::Received(p.peer, inner, std::mem::take(&mut plain))).await?;
+                                    p.shared.events.send(LinkEvent::Received(p.peer, inner, std::mem::take(&mut plain))).await?;
                                 }
                             }
-                            Err(e) => { let _ = p.events.try_send(LinkEvent::Dropped(p.peer, e)); }
+                            Err(e) => { let _ = p.shared.events.try_send(LinkEvent::Dropped(p.peer, e)); }
                         }
                     }
                     Ok(_) => {}

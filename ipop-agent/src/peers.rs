@@ -9,24 +9,18 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    link::{self, LinkCmd, LinkEvent, LinkParams},
+    link::{self, LinkCmd, LinkParams, LinkShared},
     rendezvous::Member,
-    session::{Identity, unhex},
-    signaling::Signaling,
+    session::unhex,
     switch::PeerId,
     wire::Inner,
 };
 
-/// What every link of this agent shares.
+/// What every link of this agent shares, and who this agent is.
 #[derive(Clone)]
 pub struct LinkTemplate {
     pub node_id: String,
-    pub identity: Identity,
-    pub psk: [u8; 32],
-    pub ice_urls: Vec<String>,
-    pub exclude_ifaces: Vec<String>,
-    pub signaling: Signaling,
-    pub events: mpsc::Sender<LinkEvent>,
+    pub shared: LinkShared,
 }
 
 struct Peer {
@@ -83,12 +77,7 @@ impl Peers {
             peer_node: member.node_id.clone(),
             remote_key: key,
             controlling: t.node_id < member.node_id,
-            identity: t.identity.clone(),
-            psk: t.psk,
-            ice_urls: t.ice_urls.clone(),
-            exclude_ifaces: t.exclude_ifaces.clone(),
-            signaling: t.signaling.clone(),
-            events: t.events.clone(),
+            shared: t.shared.clone(),
         });
         info!(node = %member.node_id, peer = id, "peer known: setting up the link");
         self.names.insert(id, member.node_id.clone());

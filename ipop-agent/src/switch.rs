@@ -150,14 +150,17 @@ impl Switch {
     pub fn peer_down(&mut self, peer: PeerId) -> Vec<Output> {
         self.peers.remove(&peer);
         self.macs.retain(|_, (p, _)| *p != peer);
-        let mut gone: Vec<Ipv4Addr> = self.remote.iter().filter(|(_, r)| r.peer == peer).map(|(ip, _)| *ip).collect();
-        gone.sort();
-        gone.into_iter()
-            .map(|ip| {
-                self.remote.remove(&ip);
-                Output::ArpRemove { ip }
-            })
-            .collect()
+        self.forget_remote(|r| r.peer == peer)
+    }
+
+    /// Drops the remote entries that match; returns their removals from `arp_table`, by IP.
+    fn forget_remote(&mut self, gone: impl Fn(&Remote) -> bool) -> Vec<Output> {
+        let mut ips: Vec<Ipv4Addr> = self.remote.iter().filter(|(_, r)| gone(r)).map(|(ip, _)| *ip).collect();
+        ips.sort();
+        for ip in &ips {
+            self.remote.remove(ip);
+        }
+        ips.into_iter().map(|ip| Output::ArpRemove { ip }).collect()
     }
 
     /// Decides what an ARP event from the kernel means, at monotonic time `now_ns`.
@@ -344,15 +347,7 @@ impl Switch {
         let old = |t: u64| now_ns.saturating_sub(t) > max_age;
         self.local.retain(|_, n| n.permanent || !old(n.seen_ns));
         self.macs.retain(|_, (_, t)| !old(*t));
-        let mut gone: Vec<Ipv4Addr> =
-            self.remote.iter().filter(|(_, r)| old(r.updated_ns)).map(|(ip, _)| *ip).collect();
-        gone.sort();
-        gone.into_iter()
-            .map(|ip| {
-                self.remote.remove(&ip);
-                Output::ArpRemove { ip }
-            })
-            .collect()
+        self.forget_remote(|r| old(r.updated_ns))
     }
 }
 

@@ -73,15 +73,6 @@ fn ping(host: &Host, c: usize, ip: &str, extra: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn arping(host: &Host, c: usize, ip: &str, count: u32) -> Vec<String> {
-    let out = host.in_container(c, &["arping", "-c", &count.to_string(), "-w", "3", "-I", "eth0", ip]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(" bytes from "))
-        .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// Longer than a link takes to declare its peer dead.
 fn support_link_dead_time() -> Duration {
     Duration::from_secs(6)
@@ -117,11 +108,11 @@ fn three_hosts_are_one_ethernet_segment() {
     // arping across: the first resolution may travel as RPC; the second is answered in the
     // kernel on host 0, and no RPC leaves host 0.
     let h2_mac = o.hosts[2].container_mac(1);
-    assert_eq!(arping(&o.hosts[0], 1, IPS[2][1], 1), vec![h2_mac.clone()]);
+    assert_eq!(o.hosts[0].arping(1, IPS[2][1], 1), vec![h2_mac.clone()]);
     let pins0 = o.hosts[0].pin_dir("lxcbr0");
     let answered = stats(&o.hosts[0], &pins0)["answered"].as_u64().unwrap();
     let sent = status(&o.hosts[0], &pins0)["switch"]["rpc_sent"].as_u64().unwrap();
-    assert_eq!(arping(&o.hosts[0], 1, IPS[2][1], 2), vec![h2_mac.clone(); 2]);
+    assert_eq!(o.hosts[0].arping(1, IPS[2][1], 2), vec![h2_mac.clone(); 2]);
     assert_eq!(stats(&o.hosts[0], &pins0)["answered"].as_u64().unwrap(), answered + 2, "answered in the kernel");
     assert_eq!(status(&o.hosts[0], &pins0)["switch"]["rpc_sent"].as_u64().unwrap(), sent, "no RPC sent");
 
@@ -157,7 +148,7 @@ fn three_hosts_are_one_ethernet_segment() {
                 .into_owned();
         !list.contains(IPS[2][0]) && !list.contains(IPS[2][1])
     });
-    assert!(arping(&o.hosts[0], 1, IPS[2][1], 1).is_empty(), "nothing answers for a host behind a dead link");
+    assert!(o.hosts[0].arping(1, IPS[2][1], 1).is_empty(), "nothing answers for a host behind a dead link");
     // Restarting it brings the segment back.
     let _ = pins2;
     o.agents[2] = start_agent(&mut o.hosts[2], "h2");
@@ -206,7 +197,7 @@ fn two_hosts_claiming_one_ip_are_a_conflict_and_the_first_owner_stands() {
     let table = |h: &Host| {
         String::from_utf8_lossy(&h.agent(&["arp", "--pin-dir", pins0.to_str().unwrap(), "list"]).stdout).into_owned()
     };
-    arping(&hosts[0], 0, "10.0.3.50", 1);
+    hosts[0].arping(0, "10.0.3.50", 1);
     eventually_within(5, "a conflict is counted", || {
         status(&hosts[0], &pins0)["switch"]["conflicts"].as_u64().unwrap() >= 1
     });

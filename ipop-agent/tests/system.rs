@@ -25,16 +25,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Replies received by `arping -c count` from container `i` for `ip`, as (MAC, count).
-fn arping(host: &Host, i: usize, ip: &str, count: u32) -> Vec<String> {
-    let out = host.in_container(i, &["arping", "-c", &count.to_string(), "-w", "3", "-I", "eth0", ip]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(" bytes from "))
-        .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_owned())
-        .collect()
-}
-
 fn pin_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -56,13 +46,13 @@ fn arp_for_a_static_entry_is_answered_in_the_kernel_and_local_arp_is_untouched()
     assert_eq!(names, ["bridge_ingress", "tap_egress"]);
 
     // Without an entry, nobody answers for the remote IP.
-    assert!(arping(&host, 0, REMOTE_IP, 1).is_empty());
+    assert!(host.arping(0, REMOTE_IP, 1).is_empty());
 
     let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "add", REMOTE_IP, REMOTE_MAC]);
     assert!(out.status.success(), "{}", stderr(&out));
     let answered_before = stats(&host, &pins)["answered"].as_u64().unwrap();
 
-    let replies = arping(&host, 0, REMOTE_IP, 3);
+    let replies = host.arping(0, REMOTE_IP, 3);
     assert_eq!(replies, vec![REMOTE_MAC; 3], "every request answered once, with the entry's MAC");
     let answered_after = stats(&host, &pins)["answered"].as_u64().unwrap();
     assert_eq!(answered_after - answered_before, 3, "the in-kernel counter rises by the number of replies");
@@ -80,14 +70,14 @@ fn arp_for_a_static_entry_is_answered_in_the_kernel_and_local_arp_is_untouched()
 
     // Local ARP between the containers still works, answered by the container itself.
     let c1_mac = host.container_mac(1);
-    assert_eq!(arping(&host, 0, "10.0.3.6", 2), vec![c1_mac; 2]);
+    assert_eq!(host.arping(0, "10.0.3.6", 2), vec![c1_mac; 2]);
     assert_eq!(stats(&host, &pins)["answered"].as_u64().unwrap(), answered_after, "the kernel left local ARP alone");
     assert!(host.in_container(0, &["ping", "-c", "2", "-W", "2", "10.0.3.6"]).status.success());
 
     // After `arp del` the kernel stops answering.
     let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "del", REMOTE_IP]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(arping(&host, 0, REMOTE_IP, 1).is_empty());
+    assert!(host.arping(0, REMOTE_IP, 1).is_empty());
     let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "del", REMOTE_IP]);
     assert!(!out.status.success() && stderr(&out).contains("not in the ARP table"), "{}", stderr(&out));
 
@@ -117,12 +107,12 @@ fn a_killed_agent_leaves_no_program_and_the_next_one_takes_over() {
     // The kernel detached the programs with the agent's links, and removed the TAP with its fd.
     support::eventually("no TCX link survives a killed agent", || tcx_links() == links_before);
     assert!(!host.has_link("ipop"));
-    assert!(arping(&host, 0, REMOTE_IP, 1).is_empty(), "nothing answers while no agent runs");
+    assert!(host.arping(0, REMOTE_IP, 1).is_empty(), "nothing answers while no agent runs");
 
     // The pins stay (the kernel cannot remove files); the next agent takes the table back.
     let second = host.start_agent(&["--pin-dir", pin_str(&pins)]);
     assert!(host.agent_log(second).contains("taking back the ARP table"), "{}", host.agent_log(second));
-    assert_eq!(arping(&host, 0, REMOTE_IP, 2), vec![REMOTE_MAC; 2], "static entries survive a crash");
+    assert_eq!(host.arping(0, REMOTE_IP, 2), vec![REMOTE_MAC; 2], "static entries survive a crash");
     assert_eq!(host.stop_agent(second, libc::SIGINT), Some(0));
     assert!(!pins.exists());
 }
@@ -192,7 +182,7 @@ fn bad_setups_are_refused_clearly_and_leave_nothing_behind() {
     // The first agent is unharmed.
     let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "add", REMOTE_IP, REMOTE_MAC]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(arping(&host, 0, REMOTE_IP, 1), vec![REMOTE_MAC]);
+    assert_eq!(host.arping(0, REMOTE_IP, 1), vec![REMOTE_MAC]);
     assert_eq!(host.stop_agent(first, libc::SIGTERM), Some(0));
     assert!(!other_pins.exists());
 }

@@ -12,7 +12,7 @@ use std::{fs, path::Path, process::Command, thread, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::lab::{Host, Lab, UNDERLAY_IP, sh, wait_for};
+use crate::lab::{Host, Lab, UNDERLAY_IP, sh, wait_for, wait_links_up};
 
 const SECRET: &str = "bench secret 0123";
 
@@ -314,12 +314,7 @@ fn ipop_up(lab: &mut Lab, hosts: &[Host], agent: &str) -> Result<(Vec<usize>, Ve
         )?);
         pins.push(pin);
     }
-    for pin in &pins {
-        wait_for("ipop links up", 30, || {
-            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
-            Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
-        })?;
-    }
+    wait_links_up(agent, &pins)?;
     Ok((procs, pins))
 }
 

@@ -3,11 +3,11 @@
 //! embedded default config. Shows a ping across hosts, ARP answered in the kernel the second
 //! time, and the maps; then removes everything, also when a step fails.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path};
 
 use anyhow::Result;
 
-use crate::lab::{Lab, UNDERLAY_IP, sh, wait_for};
+use crate::lab::{Lab, UNDERLAY_IP, sh, wait_links_up};
 
 /// The configuration each agent runs with: the seed's keys plus ours.
 const DEFAULT_CONFIG: &str = r#"{
@@ -66,12 +66,7 @@ pub fn run(agent: &Path) -> Result<()> {
         lab.spawn(&host.ns, &[agent, "run", "--config", config.to_str().unwrap()], &format!("h{i}.log"))?;
         pins.push(pin);
     }
-    for pin in &pins {
-        wait_for("the link between the hosts", 30, || {
-            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
-            Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
-        })?;
-    }
+    wait_links_up(agent, &pins)?;
     show("host 0's agent: its peer and counters", &[agent, "status", "--pin-dir", &pins[0]])?;
 
     let c00 = hosts[0].containers[0].clone();

@@ -36,6 +36,17 @@ pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> Result<bool>) -
     Ok(())
 }
 
+/// Waits until every agent (by pin directory) reports a link up.
+pub fn wait_links_up(agent: &str, pins: &[String]) -> Result<()> {
+    for pin in pins {
+        wait_for("the agents' links", 30, || {
+            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
+        })?;
+    }
+    Ok(())
+}
+
 pub struct Host {
     pub ns: String,
     pub underlay_ip: String,

@@ -212,6 +212,16 @@ impl Host {
         cmd(&["ip", "-n", &self.ns, "link", "show", name]).status.success()
     }
 
+    /// The MACs in the replies `arping -c count` from container `i` gets for `ip`.
+    pub fn arping(&self, i: usize, ip: &str, count: u32) -> Vec<String> {
+        let out = self.in_container(i, &["arping", "-c", &count.to_string(), "-w", "3", "-I", "eth0", ip]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" bytes from "))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// The MAC of eth0 in container `i`.
     pub fn container_mac(&self, i: usize) -> String {
         let out = ok(&["ip", "-n", &self.containers[i], "-j", "link", "show", "eth0"]);
