@@ -16,19 +16,21 @@ use tracing::{debug, info, warn};
 
 use crate::{
     addr::Mac,
+    chunk::{self, Reassembly},
     config::AgentConfig,
     control::ControlSocket,
     datapath::Datapath,
     link::{LinkEvent, LinkShared},
     lock,
-    netif::{Netlink, Tap},
+    netif::Netlink,
     peers::{LinkTemplate, Peers},
     preflight, rpc,
     session::{self, Identity},
     signaling::{self, SignalEvent},
     switch::{Output, Owner, PeerId, Route, Switch},
     tables::monotonic_ns,
-    wire::{self, Inner},
+    tap::{self, Tap},
+    wire::Inner,
 };
 
 /// How often the shell checks its devices and ages the core's tables.
@@ -61,6 +63,11 @@ struct Shell {
     tap_write_errors: u64,
     /// Link datagrams refused: failed authentication, replays, handshakes from other keys.
     datagrams_refused: u64,
+    /// The frame in progress from each peer.
+    reassembly: std::collections::HashMap<PeerId, Reassembly>,
+    /// Frames from peers dropped: a chunk lost, or a malformed chunk or virtio header.
+    frames_dropped: u64,
+    next_frame_id: u32,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything it attached or created is removed
@@ -139,14 +146,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     drop(link_tx);
     let tap = Arc::new(watch(tap)?);
-    let mut shell = Shell { switch, arp_table, tap: tap.clone(), peers, tap_write_errors: 0, datagrams_refused: 0 };
+    let mut shell = Shell {
+        switch,
+        arp_table,
+        tap: tap.clone(),
+        peers,
+        tap_write_errors: 0,
+        datagrams_refused: 0,
+        reassembly: Default::default(),
+        frames_dropped: 0,
+        next_frame_id: 0,
+    };
 
     let control = ControlSocket::bind(&cfg.pin_dir)?;
     let node_id = cfg.overlay.as_ref().map(|o| o.node_id.clone());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
-    let mut frame = vec![0u8; wire::MAX_PAYLOAD];
+    let mut frame = vec![0u8; chunk::MAX_WHOLE];
 
     info!(bridge = %cfg.bridge, tap = %cfg.tap, pin_dir = %datapath.pin_dir().display(), "ipop-agent ready");
     let result: Result<()> = loop {
@@ -235,6 +252,7 @@ impl Shell {
             "queue_drops": self.peers.as_ref().map_or(0, |p| p.queue_drops),
             "tap_write_errors": self.tap_write_errors,
             "datagrams_refused": self.datagrams_refused,
+            "frames_dropped": self.frames_dropped,
         })
     }
 
@@ -244,15 +262,41 @@ impl Shell {
         }
     }
 
-    /// A frame the bridge sent toward the overlay.
-    fn frame_from_bridge(&mut self, frame: &[u8]) {
-        let Some(peers) = self.peers.as_mut() else {
+    /// A frame the bridge sent toward the overlay, with its virtio header (`whole`).
+    fn frame_from_bridge(&mut self, whole: &[u8]) {
+        let Some(peers) = self.peers.as_mut() else { return };
+        let Some(frame) = whole.get(tap::VNET_HDR_LEN..) else { return };
+        let route = self.switch.route_from_bridge(frame);
+        if route == Route::Drop {
             return;
+        }
+        self.next_frame_id = self.next_frame_id.wrapping_add(1);
+        for chunk in chunk::split(self.next_frame_id, whole) {
+            match route {
+                Route::Drop => {}
+                Route::Peer(id) => peers.send(id, Inner::Ethernet, chunk),
+                Route::AllPeers => peers.broadcast(Inner::Ethernet, &chunk),
+            }
+        }
+    }
+
+    /// A chunk of a frame from `id`; a whole frame goes into the TAP if the switch accepts it.
+    fn chunk_from_peer(&mut self, now: u64, id: PeerId, chunk: &[u8]) {
+        let whole = match self.reassembly.entry(id).or_default().push(chunk) {
+            Ok(Some(whole)) => whole,
+            Ok(None) => return,
+            Err(_) => {
+                self.frames_dropped += 1;
+                return;
+            }
         };
-        match self.switch.route_from_bridge(frame) {
-            Route::Drop => {}
-            Route::Peer(id) => peers.send(id, Inner::Ethernet, bytes::Bytes::copy_from_slice(frame)),
-            Route::AllPeers => peers.broadcast(Inner::Ethernet, frame),
+        let Some((hdr, frame)) = whole.split_first_chunk::<{ tap::VNET_HDR_LEN }>() else { return };
+        if !tap::vnet_hdr_ok(hdr, frame.len()) {
+            self.frames_dropped += 1;
+            return;
+        }
+        if self.switch.accept_from_peer(now, id, frame) && self.tap.get_ref().send_with(hdr, frame).is_err() {
+            self.tap_write_errors += 1;
         }
     }
 
@@ -270,14 +314,11 @@ impl Shell {
                     info!(peer = %p.name(id), "link down: its entries are no longer answered");
                     p.set_up(id, false);
                 }
+                self.reassembly.remove(&id);
                 let out = self.switch.peer_down(id);
                 self.apply(out);
             }
-            LinkEvent::Received(id, Inner::Ethernet, frame) => {
-                if self.switch.accept_from_peer(now, id, &frame) {
-                    self.write_tap(&frame);
-                }
-            }
+            LinkEvent::Received(id, Inner::Ethernet, chunk) => self.chunk_from_peer(now, id, &chunk),
             LinkEvent::Received(id, Inner::Rpc, bytes) => self.rpc(now, id, &bytes),
             LinkEvent::Received(_, Inner::Keepalive, _) => {}
             LinkEvent::Dropped(id, e) => {

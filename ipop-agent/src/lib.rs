@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod agent;
+pub mod chunk;
 pub mod config;
 pub mod control;
 pub mod datapath;
@@ -22,4 +23,5 @@ pub mod session;
 pub mod signaling;
 pub mod switch;
 pub mod tables;
+pub mod tap;
 pub mod wire;

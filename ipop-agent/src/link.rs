@@ -306,6 +306,7 @@ async fn connect_and_serve(
         }
     };
     debug!(peer = %p.peer_node, "ICE connected; handshaking");
+    enlarge_udp_buffers();
 
     // Datagrams from the connection, read by their own task.
     let (dg_tx, mut dg_rx) = mpsc::channel::<Vec<u8>>(4096);
@@ -324,6 +325,43 @@ async fn connect_and_serve(
     reader.abort();
     let _ = conn.close().await;
     result
+}
+
+/// Socket buffer size for the links' UDP sockets: room for bursts of 64 KiB super-frames.
+const UDP_BUFFER: libc::c_int = 4 << 20;
+
+/// Gives every UDP socket of this process `UDP_BUFFER` bytes of send and receive buffer.
+/// webrtc-ice opens its sockets itself and does not expose them, and the kernel's default
+/// (about 200 KiB) overflows under a burst of super-frames, so the sockets are found through
+/// /proc/self/fd. `SO_*BUFFORCE` (CAP_NET_ADMIN, which the agent has) ignores rmem_max.
+fn enlarge_udp_buffers() {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+    for entry in fds.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<libc::c_int>().ok()) else { continue };
+        let mut kind: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an fd number with out-parameters we own; non-sockets fail.
+        let is_udp = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len)
+        } == 0
+            && kind == libc::SOCK_DGRAM
+            && std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_udp {
+            continue;
+        }
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            // SAFETY: setsockopt with a pointer to an int that outlives the call.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&UDP_BUFFER as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+    }
 }
 
 fn add_candidate(agent: &Arc<Agent>, c: &str) {

@@ -1,11 +1,5 @@
-//! The network devices: the bridge the agent joins (looked up and changed over rtnetlink)
-//! and the TAP it owns (tun-tap). The TAP is not persistent: the kernel deletes it when the
-//! agent's file descriptor closes, so even a crashed agent leaves no TAP behind.
-
-use std::{
-    io,
-    os::fd::{AsRawFd, RawFd},
-};
+//! The bridge the agent joins, looked up and changed over rtnetlink (the TAP itself is in
+//! `tap`).
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures_util::TryStreamExt as _;
@@ -123,40 +117,5 @@ impl Netlink {
     pub async fn join_bridge(&self, port: u32, bridge: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(port).controller(bridge).up().build();
         self.handle.link().set(msg).execute().await.map_err(|e| anyhow!(e)).context("adding the TAP to the bridge")
-    }
-}
-
-/// The agent's TAP device: an Ethernet port of the bridge whose other side is the agent.
-pub struct Tap {
-    iface: tun_tap::Iface,
-}
-
-impl Tap {
-    /// Creates the TAP `name` (no packet-info header), non-blocking for the async shell.
-    pub fn create(name: &str) -> Result<Self> {
-        let iface = tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tap)
-            .with_context(|| format!("creating TAP device {name}"))?;
-        iface.set_non_blocking().context("making the TAP non-blocking")?;
-        Ok(Self { iface })
-    }
-
-    pub fn name(&self) -> &str {
-        self.iface.name()
-    }
-
-    /// Reads one frame; `WouldBlock` when none is queued.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.iface.recv(buf)
-    }
-
-    /// Writes one frame into the bridge (it enters at the TAP's ingress).
-    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        self.iface.send(frame)
-    }
-}
-
-impl AsRawFd for Tap {
-    fn as_raw_fd(&self) -> RawFd {
-        self.iface.as_raw_fd()
     }
 }

@@ -5,7 +5,7 @@
 //!   HANDSHAKE_INIT / HANDSHAKE_RESP: body = Noise handshake message
 //!   TRANSPORT: body = counter (8, big endian) | AEAD(inner) (ciphertext + 16-byte tag)
 //! inner:  type (1) | payload
-//!   ETHERNET: an Ethernet frame   RPC: a JSON-RPC 2.0 message   KEEPALIVE: empty
+//!   ETHERNET: a chunk of a frame (`chunk`)   RPC: a JSON-RPC 2.0 message   KEEPALIVE: empty
 //! ```
 //! Kinds have their top two bits set, so no datagram ever looks like STUN (whose first
 //! two bits are zero): webrtc-ice refuses to send payloads that do.
@@ -18,10 +18,11 @@ pub const COUNTER_LEN: usize = 8;
 pub const TAG_LEN: usize = 16;
 /// Bytes a transport datagram adds to its payload: kind, counter, inner type, tag.
 pub const OVERHEAD: usize = 1 + COUNTER_LEN + 1 + TAG_LEN;
-/// Largest inner payload: a 1500-byte IP packet in an Ethernet frame with a VLAN tag.
-pub const MAX_PAYLOAD: usize = 1522;
-/// Largest datagram a link sends or accepts.
-pub const MAX_DATAGRAM: usize = MAX_PAYLOAD + OVERHEAD;
+/// Largest datagram a link sends or accepts: webrtc-ice reads at most 8192 bytes a datagram.
+/// (On a 1500-byte underlay the kernel sends it as IP fragments.)
+pub const MAX_DATAGRAM: usize = 8192;
+/// Largest inner payload.
+pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD;
 
 /// What an authenticated datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
