@@ -303,16 +303,16 @@ impl Shell {
     fn link_event(&mut self, ev: LinkEvent) {
         let now = monotonic_ns();
         match ev {
-            LinkEvent::Up(id) => {
+            LinkEvent::Up(id, data) => {
                 if let Some(p) = self.peers.as_mut() {
-                    p.set_up(id, true);
+                    p.set_up(id, Some(data));
                 }
                 self.switch.peer_up(id);
             }
             LinkEvent::Down(id) => {
                 if let Some(p) = self.peers.as_mut() {
                     info!(peer = %p.name(id), "link down: its entries are no longer answered");
-                    p.set_up(id, false);
+                    p.set_up(id, None);
                 }
                 self.reassembly.remove(&id);
                 let out = self.switch.peer_down(id);

@@ -7,7 +7,10 @@
 //! `{"t":"offer"|"answer","s":N,"ufrag":..,"pwd":..}` and `{"t":"cand","s":N,"c":"candidate:..."}`.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,7 +28,7 @@ use webrtc_ice::{
 use webrtc_util::Conn;
 
 use crate::{
-    session::{self, Identity, Session, SessionError},
+    session::{self, Identity, Opener, Sealer, Session, SessionError},
     signaling::Signaling,
     switch::PeerId,
     wire::{self, Datagram, Inner},
@@ -73,10 +76,38 @@ pub enum LinkCmd {
     Send(Inner, bytes::Bytes),
 }
 
+/// The agent's direct line to a peer once a link is up: it seals and sends on the ICE
+/// connection itself, without a hop through the link task.
+#[derive(Clone)]
+pub struct DataTx {
+    sealer: Sealer,
+    conn: Arc<dyn Conn + Send + Sync>,
+}
+
+impl std::fmt::Debug for DataTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataTx")
+    }
+}
+
+impl DataTx {
+    /// Seals and sends `payload` now if the socket takes it at once (it almost always does);
+    /// false if it would have to wait, so the caller queues it to the link task instead.
+    pub fn try_send(&self, inner: Inner, payload: &[u8], scratch: &mut Vec<u8>) -> bool {
+        use futures_util::FutureExt as _;
+        scratch.clear();
+        if self.sealer.seal(inner, payload, scratch).is_err() {
+            return true; // too long: nothing to queue either
+        }
+        matches!(self.conn.send(scratch).now_or_never(), Some(Ok(_)))
+    }
+}
+
 /// What a link tells the agent.
 #[derive(Debug)]
 pub enum LinkEvent {
-    Up(PeerId),
+    /// The link is up (again, after a new handshake): send through `DataTx` from now on.
+    Up(PeerId, DataTx),
     Down(PeerId),
     Received(PeerId, Inner, Vec<u8>),
     /// A datagram failed authentication, was replayed, or a handshake was refused.
@@ -308,23 +339,69 @@ async fn connect_and_serve(
     debug!(peer = %p.peer_node, "ICE connected; handshaking");
     enlarge_udp_buffers();
 
-    // Datagrams from the connection, read by their own task.
-    let (dg_tx, mut dg_rx) = mpsc::channel::<Vec<u8>>(4096);
-    let reader = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; wire::MAX_DATAGRAM + 64];
-            while let Ok(n) = conn.recv(&mut buf).await {
-                if dg_tx.send(buf[..n].to_vec()).await.is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    let result = serve(p, cmds, &conn, &mut dg_rx, session_id, last_handshake).await;
+    // Datagrams from the connection, read by their own task: once a session is up it opens
+    // them and hands them straight to the agent; handshakes go to the link task.
+    let (dg_tx, mut dg_rx) = mpsc::channel::<Vec<u8>>(64);
+    let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Opener>();
+    let last_rx = Arc::new(AtomicU64::new(0));
+    let reader =
+        tokio::spawn(read_datagrams(p.peer, conn.clone(), p.shared.events.clone(), dg_tx, opener_rx, last_rx.clone()));
+    let result = serve(p, cmds, &conn, &mut dg_rx, opener_tx, &last_rx, session_id, last_handshake).await;
     reader.abort();
     let _ = conn.close().await;
     result
+}
+
+/// Milliseconds since the process's first call: a clock the reader and the link share.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+async fn read_datagrams(
+    peer: PeerId,
+    conn: Arc<dyn Conn + Send + Sync>,
+    events: mpsc::Sender<LinkEvent>,
+    handshakes: mpsc::Sender<Vec<u8>>,
+    mut openers: mpsc::UnboundedReceiver<Opener>,
+    last_rx: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; wire::MAX_DATAGRAM + 64];
+    let mut opener: Option<Opener> = None;
+    let mut plain = Vec::with_capacity(wire::MAX_DATAGRAM);
+    loop {
+        let n = tokio::select! {
+            o = openers.recv() => match o {
+                Some(o) => { opener = Some(o); continue }
+                None => return,
+            },
+            n = conn.recv(&mut buf) => match n { Ok(n) => n, Err(_) => return },
+        };
+        match Datagram::parse(&buf[..n]) {
+            Ok(Datagram::Transport { counter, sealed }) => {
+                let Some(o) = opener.as_mut() else { continue };
+                match o.open(counter, sealed, &mut plain) {
+                    Ok(inner) => {
+                        last_rx.store(clock_ms(), Ordering::Relaxed);
+                        if inner != Inner::Keepalive
+                            && events.send(LinkEvent::Received(peer, inner, std::mem::take(&mut plain))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = events.try_send(LinkEvent::Dropped(peer, e));
+                    }
+                }
+            }
+            Ok(_) => {
+                if handshakes.send(buf[..n].to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => debug!(peer, "bad datagram: {e}"),
+        }
+    }
 }
 
 /// Socket buffer size for the links' UDP sockets: room for bursts of 64 KiB super-frames.
@@ -376,16 +453,20 @@ fn add_candidate(agent: &Arc<Agent>, c: &str) {
     }
 }
 
-/// Handshake, then datagrams until death, closure or a new offer.
+/// Handshake, then keepalives until death, closure or a new offer. Data bypasses this task:
+/// the reader delivers, and the agent sends through the `DataTx` it got with `Up`.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     p: &LinkParams,
     cmds: &mut mpsc::Receiver<LinkCmd>,
     conn: &Arc<dyn Conn + Send + Sync>,
     dg_rx: &mut mpsc::Receiver<Vec<u8>>,
+    openers: mpsc::UnboundedSender<Opener>,
+    last_rx: &AtomicU64,
     session_id: u64,
     last_handshake: &mut Option<u64>,
 ) -> Result<(Ended, bool)> {
-    let mut session: Option<Session> = None;
+    let mut sealer: Option<Sealer> = None;
     let mut initiator = None;
     let mut init_msg = Vec::new();
     if p.controlling {
@@ -395,29 +476,32 @@ async fn serve(
         conn.send(&init_msg).await?;
     }
     let started = Instant::now();
-    let mut last_rx = Instant::now();
     let mut last_tx = Instant::now();
     let mut tick = tokio::time::interval(if p.controlling { HANDSHAKE_RETRY } else { KEEPALIVE / 2 });
     let mut out = Vec::with_capacity(wire::MAX_DATAGRAM);
-    let mut plain = Vec::with_capacity(wire::MAX_DATAGRAM);
-    let mut up = false;
+    // Hands a new session to the reader and the agent.
+    let established = |s: Session, sealer: &mut Option<Sealer>| {
+        let (tx, rx) = s.split();
+        let _ = openers.send(rx);
+        last_rx.store(clock_ms(), Ordering::Relaxed);
+        *sealer = Some(tx.clone());
+        DataTx { sealer: tx, conn: conn.clone() }
+    };
     loop {
         tokio::select! {
             dg = dg_rx.recv() => {
-                let Some(dg) = dg else { return Ok((Ended::Retry, up)) };
+                let Some(dg) = dg else { return Ok((Ended::Retry, sealer.is_some())) };
                 match Datagram::parse(&dg) {
                     Ok(Datagram::HandshakeInit(body)) if !p.controlling => {
                         match session::respond(&p.shared.identity, &p.remote_key, &p.shared.psk, body, *last_handshake) {
                             Ok((s, reply, ts)) => {
                                 *last_handshake = Some(ts);
-                                session = Some(s);
-                                conn.send(&reply).await?;
-                                last_rx = Instant::now();
-                                if !up {
-                                    up = true;
+                                if sealer.is_none() {
                                     info!(peer = %p.peer_node, "link up");
-                                    p.shared.events.send(LinkEvent::Up(p.peer)).await?;
                                 }
+                                let data = established(s, &mut sealer);
+                                conn.send(&reply).await?;
+                                p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
                             }
                             Err(e) => { let _ = p.shared.events.send(LinkEvent::Dropped(p.peer, e)).await; }
                         }
@@ -425,12 +509,10 @@ async fn serve(
                     Ok(Datagram::HandshakeResp(body)) if p.controlling && initiator.is_some() => {
                         match initiator.take().unwrap().finish(body) {
                             Ok(s) => {
-                                session = Some(s);
-                                last_rx = Instant::now();
-                                up = true;
+                                let data = established(s, &mut sealer);
                                 tick = tokio::time::interval(KEEPALIVE / 2);
                                 info!(peer = %p.peer_node, "link up");
-                                p.shared.events.send(LinkEvent::Up(p.peer)).await?;
+                                p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
                             }
                             Err(e) => {
                                 let _ = p.shared.events.try_send(LinkEvent::Dropped(p.peer, e.clone()));
@@ -438,26 +520,13 @@ async fn serve(
                             }
                         }
                     }
-                    Ok(Datagram::Transport { counter, sealed }) => {
-                        let Some(s) = session.as_mut() else { continue };
-                        match s.open(counter, sealed, &mut plain) {
-                            Ok(inner) => {
-                                last_rx = Instant::now();
-                                if inner != Inner::Keepalive {
-                                    p.shared.events.send(LinkEvent::Received(p.peer, inner, std::mem::take(&mut plain))).await?;
-                                }
-                            }
-                            Err(e) => { let _ = p.shared.events.try_send(LinkEvent::Dropped(p.peer, e)); }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => debug!(peer = %p.peer_node, "bad datagram: {e}"),
+                    _ => {}
                 }
             }
             cmd = cmds.recv() => match cmd {
-                None => return Ok((Ended::Closed, up)),
+                None => return Ok((Ended::Closed, sealer.is_some())),
                 Some(LinkCmd::Send(inner, payload)) => {
-                    if let Some(s) = session.as_mut() {
+                    if let Some(s) = &sealer {
                         out.clear();
                         if s.seal(inner, &payload, &mut out).is_ok() {
                             if let Err(e) = conn.send(&out).await {
@@ -473,12 +542,12 @@ async fn serve(
                         && o.session != session_id
                     {
                         info!(peer = %p.peer_node, "peer restarted the link");
-                        return Ok((Ended::NewOffer(o), up));
+                        return Ok((Ended::NewOffer(o), sealer.is_some()));
                     }
                 }
             },
             _ = tick.tick() => {
-                if !up {
+                let Some(s) = &sealer else {
                     if started.elapsed() > HANDSHAKE_TIMEOUT {
                         bail!("no handshake with {} within {HANDSHAKE_TIMEOUT:?}", p.peer_node);
                     }
@@ -486,14 +555,14 @@ async fn serve(
                         conn.send(&init_msg).await?; // the first one may have been lost
                     }
                     continue;
-                }
-                if last_rx.elapsed() > DEAD_AFTER {
+                };
+                if clock_ms().saturating_sub(last_rx.load(Ordering::Relaxed)) > DEAD_AFTER.as_millis() as u64 {
                     warn!(peer = %p.peer_node, "link down: nothing received for {DEAD_AFTER:?}");
-                    return Ok((Ended::Retry, up));
+                    return Ok((Ended::Retry, true));
                 }
-                if last_tx.elapsed() >= KEEPALIVE
-                    && let Some(s) = session.as_mut()
-                {
+                // Keepalives go out regardless of data sent by the agent directly: one a second
+                // is nothing, and the link task cannot see those sends.
+                if last_tx.elapsed() >= KEEPALIVE {
                     out.clear();
                     s.seal(Inner::Keepalive, &[], &mut out)?;
                     let _ = conn.send(&out).await;

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    link::{self, LinkCmd, LinkParams, LinkShared},
+    link::{self, DataTx, LinkCmd, LinkParams, LinkShared},
     rendezvous::Member,
     session::unhex,
     switch::PeerId,
@@ -27,6 +27,8 @@ struct Peer {
     id: PeerId,
     key: [u8; 32],
     cmd: mpsc::Sender<LinkCmd>,
+    /// Present while the link is up: the direct way to send.
+    data: Option<DataTx>,
     up: bool,
     /// The rendezvous said it left; the link stays while it is up (the rendezvous going
     /// away must not break links), and is closed when it goes down.
@@ -40,11 +42,19 @@ pub struct Peers {
     next_id: PeerId,
     /// Datagrams not queued because a link's queue was full.
     pub queue_drops: u64,
+    scratch: Vec<u8>,
 }
 
 impl Peers {
     pub fn new(template: LinkTemplate) -> Self {
-        Self { template, by_node: HashMap::new(), names: HashMap::new(), next_id: 1, queue_drops: 0 }
+        Self {
+            template,
+            by_node: HashMap::new(),
+            names: HashMap::new(),
+            next_id: 1,
+            queue_drops: 0,
+            scratch: Vec::with_capacity(crate::wire::MAX_DATAGRAM),
+        }
     }
 
     pub fn name(&self, id: PeerId) -> &str {
@@ -81,7 +91,7 @@ impl Peers {
         });
         info!(node = %member.node_id, peer = id, "peer known: setting up the link");
         self.names.insert(id, member.node_id.clone());
-        self.by_node.insert(member.node_id.clone(), Peer { id, key, cmd, up: false, left: false });
+        self.by_node.insert(member.node_id.clone(), Peer { id, key, cmd, data: None, up: false, left: false });
         old
     }
 
@@ -96,16 +106,16 @@ impl Peers {
         }
     }
 
-    /// Records a link state change; closes links of departed peers when they go down.
-    pub fn set_up(&mut self, id: PeerId, up: bool) {
-        let Some(node) = self.names.get(&id) else {
-            return;
-        };
+    /// Records a link state change (with the direct sender when up); closes links of
+    /// departed peers when they go down.
+    pub fn set_up(&mut self, id: PeerId, data: Option<DataTx>) {
+        let Some(node) = self.names.get(&id) else { return };
         if let Some(p) = self.by_node.get_mut(node)
             && p.id == id
         {
-            p.up = up;
-            if !up && p.left {
+            p.up = data.is_some();
+            p.data = data;
+            if !p.up && p.left {
                 self.by_node.remove(node);
             }
         }
@@ -128,10 +138,8 @@ impl Peers {
 
     /// Sends to one peer (if its link is up).
     pub fn send(&mut self, id: PeerId, inner: Inner, payload: impl Into<Bytes>) {
-        let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else {
-            return;
-        };
-        if p.id == id && p.up && p.cmd.try_send(LinkCmd::Send(inner, payload.into())).is_err() {
+        let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else { return };
+        if p.id == id && p.up && !deliver(p, inner, payload.into(), &mut self.scratch) {
             self.queue_drops += 1;
         }
     }
@@ -141,10 +149,21 @@ impl Peers {
         let payload = Bytes::copy_from_slice(payload);
         let mut drops = 0;
         for p in self.by_node.values().filter(|p| p.up) {
-            if p.cmd.try_send(LinkCmd::Send(inner, payload.clone())).is_err() {
+            if !deliver(p, inner, payload.clone(), &mut self.scratch) {
                 drops += 1;
             }
         }
         self.queue_drops += drops;
     }
+}
+
+/// Sends directly if the socket takes it now, else queues it to the link task; false if
+/// even the queue is full.
+fn deliver(p: &Peer, inner: Inner, payload: Bytes, scratch: &mut Vec<u8>) -> bool {
+    if let Some(data) = &p.data
+        && data.try_send(inner, &payload, scratch)
+    {
+        return true;
+    }
+    p.cmd.try_send(LinkCmd::Send(inner, payload)).is_ok()
 }

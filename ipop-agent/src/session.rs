@@ -2,11 +2,16 @@
 //! every datagram with explicit counters and a replay window. Pure: no sockets, no clock
 //! (the caller passes the handshake timestamp).
 //!
-//! Pattern `Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s`: both agents know each other's static key
+//! Pattern `Noise_KKpsk0_25519_AESGCM_BLAKE2s`: both agents know each other's static key
 //! from the rendezvous, which only admits members holding the overlay secret; the secret
 //! also keys the PSK, so a link needs both a member's key and the secret. A handshake from
 //! any other key fails. The initiator's timestamp (inside the encrypted first message) must
 //! grow, so a replayed first message cannot reset a live link (WireGuard's TAI64N idea).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -17,7 +22,7 @@ use crate::{
     wire::{self, Inner},
 };
 
-const PARAMS: &str = "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s";
+const PARAMS: &str = "Noise_KKpsk0_25519_AESGCM_BLAKE2s";
 pub const KEY_LEN: usize = 32;
 
 /// Why a handshake or datagram was refused.
@@ -173,45 +178,72 @@ pub fn respond(
     Ok((Session::new(state)?, out, timestamp))
 }
 
-/// An established session: seals outgoing and opens incoming transport datagrams.
+/// An established session: seals outgoing and opens incoming transport datagrams. It splits
+/// into a [`Sealer`] (shared by whoever sends: the counter is atomic) and an [`Opener`] (owned
+/// by the one reader: it keeps the replay window), so sending and receiving need no lock.
 pub struct Session {
-    transport: StatelessTransportState,
-    next_counter: u64,
+    sealer: Sealer,
+    opener: Opener,
+}
+
+/// The sending half of a session. Clones share the counter, so no nonce is ever reused.
+#[derive(Clone)]
+pub struct Sealer {
+    transport: Arc<StatelessTransportState>,
+    next_counter: Arc<AtomicU64>,
+}
+
+/// The receiving half of a session.
+pub struct Opener {
+    transport: Arc<StatelessTransportState>,
     replay: ReplayWindow,
 }
 
 impl Session {
     fn new(state: HandshakeState) -> Result<Self, SessionError> {
+        let transport = Arc::new(state.into_stateless_transport_mode().map_err(noise)?);
         Ok(Self {
-            transport: state.into_stateless_transport_mode().map_err(noise)?,
-            next_counter: 0,
-            replay: ReplayWindow::new(),
+            sealer: Sealer { transport: transport.clone(), next_counter: Arc::new(AtomicU64::new(0)) },
+            opener: Opener { transport, replay: ReplayWindow::new() },
         })
     }
 
-    /// Appends to `out` the transport datagram carrying `payload` of type `inner`.
+    pub fn split(self) -> (Sealer, Opener) {
+        (self.sealer, self.opener)
+    }
+
     pub fn seal(&mut self, inner: Inner, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
+        self.sealer.seal(inner, payload, out)
+    }
+
+    pub fn open(&mut self, counter: u64, sealed: &[u8], out: &mut Vec<u8>) -> Result<Inner, SessionError> {
+        self.opener.open(counter, sealed, out)
+    }
+}
+
+impl Sealer {
+    /// Appends to `out` the transport datagram carrying `payload` of type `inner`.
+    pub fn seal(&self, inner: Inner, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
         if payload.len() > wire::MAX_PAYLOAD {
             return Err(SessionError::Malformed);
         }
-        let counter = self.next_counter;
-        self.next_counter += 1;
+        let counter = self.next_counter.fetch_add(1, Ordering::Relaxed);
         let mut plain = Vec::with_capacity(1 + payload.len());
         plain.push(inner.to_byte());
         plain.extend_from_slice(payload);
-        let start = out.len();
         out.push(wire::TRANSPORT);
         out.extend_from_slice(&counter.to_be_bytes());
         let body = out.len();
         out.resize(body + plain.len() + wire::TAG_LEN, 0);
         let n = self.transport.write_message(counter, &plain, &mut out[body..]).map_err(|_| SessionError::Auth)?;
         out.truncate(body + n);
-        debug_assert_eq!(out.len() - start, plain.len() + 9 + wire::TAG_LEN);
         Ok(())
     }
+}
 
+impl Opener {
     /// Authenticates and decrypts a transport datagram's body into `out`; returns its type.
-    /// Replays and forgeries are refused without changing the session.
+    /// Replays and forgeries are refused without changing the window.
     pub fn open(&mut self, counter: u64, sealed: &[u8], out: &mut Vec<u8>) -> Result<Inner, SessionError> {
         if !self.replay.check(counter) {
             return Err(SessionError::Replay);
@@ -221,9 +253,7 @@ impl Session {
         let n = self.transport.read_message(counter, sealed, out).map_err(|_| SessionError::Auth)?;
         out.truncate(n);
         self.replay.accept(counter);
-        let Some((&kind, _)) = out.split_first() else {
-            return Err(SessionError::Malformed);
-        };
+        let Some((&kind, _)) = out.split_first() else { return Err(SessionError::Malformed) };
         let inner = Inner::from_byte(kind).ok_or(SessionError::Malformed)?;
         out.remove(0);
         Ok(inner)
@@ -265,6 +295,24 @@ mod tests {
         let mut d = Vec::new();
         sb.seal(Inner::Rpc, br#"{"jsonrpc":"2.0"}"#, &mut d).unwrap();
         assert_eq!(open(&mut sa, &d).unwrap().0, Inner::Rpc);
+    }
+
+    #[test]
+    fn split_halves_talk_and_clones_never_reuse_a_counter() {
+        let (a, b, psk) = pair();
+        let (sa, sb) = handshake(&a, &b, &psk);
+        let (sealer, _) = sa.split();
+        let (_, mut opener) = sb.split();
+        let other = sealer.clone();
+        let (mut d1, mut d2) = (Vec::new(), Vec::new());
+        sealer.seal(Inner::Ethernet, b"one", &mut d1).unwrap();
+        other.seal(Inner::Ethernet, b"two", &mut d2).unwrap();
+        for (d, want) in [(&d1, b"one"), (&d2, b"two")] {
+            let Datagram::Transport { counter, sealed } = Datagram::parse(d).unwrap() else { panic!() };
+            let mut out = Vec::new();
+            assert_eq!(opener.open(counter, sealed, &mut out), Ok(Inner::Ethernet));
+            assert_eq!(&out, want);
+        }
     }
 
     #[test]
