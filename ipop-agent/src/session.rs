@@ -2,7 +2,7 @@
 //! every datagram with explicit counters and a replay window. Pure: no sockets, no clock
 //! (the caller passes the handshake timestamp).
 //!
-//! Pattern `Noise_KKpsk0_25519_AESGCM_BLAKE2s`: both agents know each other's static key
+//! Pattern `Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s`: both agents know each other's static key
 //! from the rendezvous, which only admits members holding the overlay secret; the secret
 //! also keys the PSK, so a link needs both a member's key and the secret. A handshake from
 //! any other key fails. The initiator's timestamp (inside the encrypted first message) must
@@ -22,7 +22,7 @@ use crate::{
     wire::{self, Inner},
 };
 
-const PARAMS: &str = "Noise_KKpsk0_25519_AESGCM_BLAKE2s";
+const PARAMS: &str = "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s";
 pub const KEY_LEN: usize = 32;
 
 /// Why a handshake or datagram was refused.
