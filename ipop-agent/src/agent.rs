@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     addr::Mac,
-    chunk::{self, Reassembly},
+    chunk,
     config::AgentConfig,
     control::ControlSocket,
     datapath::Datapath,
@@ -63,8 +63,6 @@ struct Shell {
     tap_write_errors: u64,
     /// Link datagrams refused: failed authentication, replays, handshakes from other keys.
     datagrams_refused: u64,
-    /// The frame in progress from each peer.
-    reassembly: std::collections::HashMap<PeerId, Reassembly>,
     /// Frames from peers dropped: a chunk lost, or a malformed chunk or virtio header.
     frames_dropped: u64,
     next_frame_id: u32,
@@ -153,7 +151,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         peers,
         tap_write_errors: 0,
         datagrams_refused: 0,
-        reassembly: Default::default(),
         frames_dropped: 0,
         next_frame_id: 0,
     };
@@ -280,16 +277,8 @@ impl Shell {
         }
     }
 
-    /// A chunk of a frame from `id`; a whole frame goes into the TAP if the switch accepts it.
-    fn chunk_from_peer(&mut self, now: u64, id: PeerId, chunk: &[u8]) {
-        let whole = match self.reassembly.entry(id).or_default().push(chunk) {
-            Ok(Some(whole)) => whole,
-            Ok(None) => return,
-            Err(_) => {
-                self.frames_dropped += 1;
-                return;
-            }
-        };
+    /// A whole frame (virtio header and frame) from `id`: into the TAP if the switch accepts it.
+    fn frame_from_peer(&mut self, now: u64, id: PeerId, whole: &[u8]) {
         let Some((hdr, frame)) = whole.split_first_chunk::<{ tap::VNET_HDR_LEN }>() else { return };
         if !tap::vnet_hdr_ok(hdr, frame.len()) {
             self.frames_dropped += 1;
@@ -314,11 +303,11 @@ impl Shell {
                     info!(peer = %p.name(id), "link down: its entries are no longer answered");
                     p.set_up(id, None);
                 }
-                self.reassembly.remove(&id);
                 let out = self.switch.peer_down(id);
                 self.apply(out);
             }
-            LinkEvent::Received(id, Inner::Ethernet, chunk) => self.chunk_from_peer(now, id, &chunk),
+            LinkEvent::Received(id, Inner::Ethernet, whole) => self.frame_from_peer(now, id, &whole),
+            LinkEvent::FrameLost(_) => self.frames_dropped += 1,
             LinkEvent::Received(id, Inner::Rpc, bytes) => self.rpc(now, id, &bytes),
             LinkEvent::Received(_, Inner::Keepalive, _) => {}
             LinkEvent::Dropped(id, e) => {

@@ -53,8 +53,9 @@ pub struct Reassembly {
 }
 
 impl Reassembly {
-    /// Adds a chunk; returns the whole (virtio header + frame) when it is complete.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<&[u8]>, ChunkError> {
+    /// Adds a chunk; returns the whole (virtio header + frame) when it is complete, handing
+    /// over the buffer rather than copying it.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<Vec<u8>>, ChunkError> {
         if chunk.len() <= HEADER {
             return Err(ChunkError::Malformed);
         }
@@ -81,7 +82,7 @@ impl Reassembly {
         self.next = index + 1;
         if self.next == count {
             self.count = 0;
-            return Ok(Some(&self.buf));
+            return Ok(Some(std::mem::take(&mut self.buf)));
         }
         Ok(None)
     }
@@ -105,7 +106,7 @@ mod tests {
             let mut r = Reassembly::default();
             let mut out = None;
             for c in &chunks {
-                out = r.push(c).unwrap().map(<[u8]>::to_vec);
+                out = r.push(c).unwrap();
             }
             assert_eq!(out.as_deref(), Some(&w[..]), "length {len}");
         }
@@ -120,7 +121,7 @@ mod tests {
         assert_eq!(r.push(&a[2]), Err(ChunkError::Gap));
         assert_eq!(r.push(&a[1]), Err(ChunkError::Gap), "the broken frame stays broken");
         assert_eq!(r.push(&b[0]), Ok(None));
-        assert_eq!(r.push(&b[1]).unwrap().map(<[u8]>::len), Some(2 * DATA));
+        assert_eq!(r.push(&b[1]).unwrap().map(|w| w.len()), Some(2 * DATA));
     }
 
     #[test]

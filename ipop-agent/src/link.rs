@@ -109,7 +109,11 @@ pub enum LinkEvent {
     /// The link is up (again, after a new handshake): send through `DataTx` from now on.
     Up(PeerId, DataTx),
     Down(PeerId),
+    /// An RPC message, or a whole frame (virtio header and frame, put back together from
+    /// its chunks by the reader).
     Received(PeerId, Inner, Vec<u8>),
+    /// A frame lost on the way (a chunk missing or malformed).
+    FrameLost(PeerId),
     /// A datagram failed authentication, was replayed, or a handshake was refused.
     Dropped(PeerId, SessionError),
 }
@@ -369,6 +373,7 @@ async fn read_datagrams(
     let mut buf = vec![0u8; wire::MAX_DATAGRAM + 64];
     let mut opener: Option<Opener> = None;
     let mut plain = Vec::with_capacity(wire::MAX_DATAGRAM);
+    let mut frames = crate::chunk::Reassembly::default();
     loop {
         let n = tokio::select! {
             o = openers.recv() => match o {
@@ -383,9 +388,16 @@ async fn read_datagrams(
                 match o.open(counter, sealed, &mut plain) {
                     Ok(inner) => {
                         last_rx.store(clock_ms(), Ordering::Relaxed);
-                        if inner != Inner::Keepalive
-                            && events.send(LinkEvent::Received(peer, inner, std::mem::take(&mut plain))).await.is_err()
-                        {
+                        let event = match inner {
+                            Inner::Keepalive => continue,
+                            Inner::Rpc => LinkEvent::Received(peer, inner, std::mem::take(&mut plain)),
+                            Inner::Ethernet => match frames.push(&plain) {
+                                Ok(Some(whole)) => LinkEvent::Received(peer, inner, whole),
+                                Ok(None) => continue,
+                                Err(_) => LinkEvent::FrameLost(peer),
+                            },
+                        };
+                        if events.send(event).await.is_err() {
                             return;
                         }
                     }
