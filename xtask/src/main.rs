@@ -37,6 +37,14 @@ enum Cmd {
     /// Build a host with a bridge and two containers in network namespaces, run the agent on
     /// an embedded default config, show an ARP request answered in the kernel, then clean up.
     Demo,
+    /// Fuzz the decoders of hostile input (cargo fuzz, nightly): each target for `--seconds`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Targets to run [default: all].
+        targets: Vec<String>,
+    },
     /// Measure ipop beside tinc (switch mode), kernel VXLAN and the bare underlay (needs root).
     Bench {
         /// Runs per figure (the median is reported).
@@ -90,6 +98,26 @@ fn run(cmd: Cmd) -> Result<()> {
                 &root().join("target/release/ipop-agent"),
                 bench::Options { runs: runs.max(1), seconds: seconds.max(1) },
             )
+        }
+        Cmd::Fuzz { seconds, targets } => {
+            setup::all()?;
+            setup::cargo_fuzz()?;
+            let all = ["arp_frame", "link_datagram", "json_rpc", "config", "rendezvous", "chunks"];
+            let targets: Vec<&str> =
+                if targets.is_empty() { all.to_vec() } else { targets.iter().map(String::as_str).collect() };
+            for t in targets {
+                eprintln!("xtask fuzz: {t} for {seconds} s");
+                let status = Command::new("cargo")
+                    .args(["+nightly", "fuzz", "run", t, "--", &format!("-max_total_time={seconds}")])
+                    .current_dir(root().join("fuzz"))
+                    .status()?;
+                if !status.success() {
+                    bail!(
+                        "fuzz target {t} failed ({status}): the crashing input is in fuzz/artifacts/{t}/; add it to the target's regression test"
+                    );
+                }
+            }
+            Ok(())
         }
         Cmd::Demo => {
             setup::all()?;

@@ -37,6 +37,15 @@ pub fn bench_packages() -> Result<()> {
     install(&["tinc", "python3"])
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz` only.
+pub fn cargo_fuzz() -> Result<()> {
+    if quiet(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-fuzz");
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
 fn packages() -> Result<()> {
     install(PACKAGES)
 }
