@@ -35,6 +35,8 @@ use crate::{
 
 /// How often the shell checks its devices and ages the core's tables.
 const TICK: Duration = Duration::from_secs(2);
+/// Refused RPCs are logged at most this often per peer (the rest are counted).
+const REFUSAL_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 /// Frames read from the TAP per wake-up before other work gets a turn.
 const TAP_BATCH: usize = 64;
 
@@ -65,6 +67,10 @@ struct Shell {
     datagrams_refused: u64,
     /// Frames from peers dropped: a chunk lost, or a malformed chunk or virtio header.
     frames_dropped: u64,
+    /// RPC messages from peers refused (malformed, unknown method, bad params).
+    rpc_refused: u64,
+    /// Per peer: when a refusal was last logged, and how many since.
+    rpc_refused_logged: std::collections::HashMap<PeerId, (u64, u64)>,
     next_frame_id: u32,
 }
 
@@ -152,6 +158,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         tap_write_errors: 0,
         datagrams_refused: 0,
         frames_dropped: 0,
+        rpc_refused: 0,
+        rpc_refused_logged: Default::default(),
         next_frame_id: 0,
     };
 
@@ -215,10 +223,19 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             _ = tick.tick() => {
                 let out = shell.switch.expire(monotonic_ns());
                 shell.apply(out);
+                // Devices deleted under the agent: say so and stop (the TAP's fd does not
+                // always wake the loop when its device goes).
                 match nl.link(&cfg.bridge).await? {
                     Some(link) if link.index == bridge.index => {}
                     _ => break Err(io::Error::other("the bridge was deleted"))
                         .with_context(|| format!("bridge {} is gone", cfg.bridge)),
+                }
+                match nl.link(&cfg.tap).await? {
+                    Some(link) if link.index == tap_link.index && link.controller == Some(bridge.index) => {}
+                    Some(_) => break Err(io::Error::other("the TAP left the bridge"))
+                        .with_context(|| format!("TAP {} is no longer a port of {}", cfg.tap, cfg.bridge)),
+                    None => break Err(io::Error::other("the TAP was deleted"))
+                        .with_context(|| format!("TAP {} is gone", cfg.tap)),
                 }
                 debug!(counters = ?shell.switch.counters(), "tick");
             }
@@ -250,6 +267,7 @@ impl Shell {
             "tap_write_errors": self.tap_write_errors,
             "datagrams_refused": self.datagrams_refused,
             "frames_dropped": self.frames_dropped,
+            "rpc_refused": self.rpc_refused,
         })
     }
 
@@ -303,6 +321,7 @@ impl Shell {
                     info!(peer = %p.name(id), "link down: its entries are no longer answered");
                     p.set_up(id, None);
                 }
+                self.rpc_refused_logged.remove(&id);
                 let out = self.switch.peer_down(id);
                 self.apply(out);
             }
@@ -337,8 +356,15 @@ impl Shell {
                 }
             }
             Err(rejection) => {
-                let name = self.peers.as_ref().map(|p| p.name(id).to_owned()).unwrap_or_default();
-                warn!(peer = %name, code = rejection.code, "refused RPC: {}", rejection.message);
+                self.rpc_refused += 1;
+                // Once per peer per interval: a hostile peer must not flood the log.
+                let last = self.rpc_refused_logged.entry(id).or_insert((0, 0));
+                last.1 += 1;
+                if last.0 == 0 || now.saturating_sub(last.0) >= REFUSAL_LOG_INTERVAL_NS {
+                    let name = self.peers.as_ref().map(|p| p.name(id).to_owned()).unwrap_or_default();
+                    warn!(peer = %name, code = rejection.code, refused = last.1, "refused RPC: {}", rejection.message);
+                    *last = (now.max(1), 0);
+                }
                 if let (Some(answer), Some(p)) = (rejection.answer, self.peers.as_mut()) {
                     p.send(id, Inner::Rpc, answer);
                 }

@@ -226,3 +226,30 @@ fn the_cli_refuses_bad_addresses_and_missing_agents() {
         assert!(stderr(&out).contains("no ipop agent is running"), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn a_deleted_bridge_or_tap_stops_the_agent_cleanly() {
+    let _serial = serial();
+    let mut host = Host::new(&["10.0.3.5"]);
+    let pins = host.pin_dir("lxcbr0");
+    let links_before = tcx_links();
+
+    // The TAP deleted under the agent: a clear error, exit 1, nothing left behind.
+    let agent = host.start_agent(&["--pin-dir", pin_str(&pins)]);
+    host.ip(&["link", "del", "ipop"]);
+    assert_eq!(host.stop_agent_wait(agent), Some(1), "{}", host.agent_log(agent));
+    let log = host.agent_log(agent);
+    assert!(log.contains("TAP"), "the log says what happened:\n{log}");
+    assert!(!pins.exists(), "pins removed");
+    support::eventually("no program left attached", || tcx_links() == links_before);
+
+    // The bridge deleted under the agent: the same.
+    let agent = host.start_agent(&["--pin-dir", pin_str(&pins)]);
+    host.ip(&["link", "del", "lxcbr0"]);
+    assert_eq!(host.stop_agent_wait(agent), Some(1), "{}", host.agent_log(agent));
+    let log = host.agent_log(agent);
+    assert!(log.contains("bridge lxcbr0 is gone"), "{log}");
+    assert!(!host.has_link("ipop"));
+    assert!(!pins.exists());
+    support::eventually("no program left attached", || tcx_links() == links_before);
+}

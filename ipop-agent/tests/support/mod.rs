@@ -207,6 +207,19 @@ impl Host {
         }
     }
 
+    /// Waits (up to 10 s) for agent `idx` to exit by itself; returns its exit code.
+    pub fn stop_agent_wait(&mut self, idx: usize) -> Option<i32> {
+        let child = &mut self.agents[idx];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "agent did not exit by itself within 10 s");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether a device called `name` exists in the host namespace.
     pub fn has_link(&self, name: &str) -> bool {
         cmd(&["ip", "-n", &self.ns, "link", "show", name]).status.success()
