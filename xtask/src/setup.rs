@@ -9,7 +9,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: eBPF inspection, namespaces and veth, and the tools the tests drive.
-const PACKAGES: &[&str] = &["bpftool", "iproute2", "iputils-ping", "arping", "iperf3", "tcpdump", "util-linux"];
+const PACKAGES: &[&str] =
+    &["bpftool", "iproute2", "iputils-ping", "arping", "iperf3", "tcpdump", "util-linux", "nftables"];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13";
 

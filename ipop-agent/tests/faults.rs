@@ -1,0 +1,93 @@
+//! Faults on the underlay between two hosts: a link taken down and up again, and a share of
+//! the overlay's packets dropped by an nftables rule. The links recover, TCP completes, ARP
+//! still resolves. Needs root.
+
+mod support;
+
+use std::{thread, time::Duration};
+
+use support::{Host, RENDEZVOUS, Underlay, eventually_within, ok, status};
+
+const SECRET: &str = "correct horse battery";
+
+fn start(host: &mut Host, node: &str) {
+    let pins = host.pin_dir("lxcbr0");
+    host.start_agent(&[
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "--node-id",
+        node,
+        "--rendezvous",
+        RENDEZVOUS,
+        "--secret",
+        SECRET,
+    ]);
+}
+
+fn link_up(host: &Host) -> bool {
+    let s = status(host, &host.pin_dir("lxcbr0"));
+    s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["up"] == true))
+}
+
+fn pings(host: &Host, ip: &str) -> bool {
+    host.in_container(0, &["ping", "-c", "1", "-W", "1", ip]).status.success()
+}
+
+fn tcp_completes(server: &Host, client: &Host, ip: &str) -> f64 {
+    assert!(server.in_container(0, &["iperf3", "-s", "-D", "-1"]).status.success());
+    thread::sleep(Duration::from_millis(300));
+    let out = client.in_container(0, &["iperf3", "-c", ip, "-t", "3", "-J"]);
+    assert!(out.status.success(), "iperf3 failed: {}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0)
+}
+
+fn two_hosts() -> (Underlay, Host, Host) {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut a = Host::new(&["10.0.3.10"]);
+    a.join_underlay(&underlay, 1);
+    let mut b = Host::new(&["10.0.3.20"]);
+    b.join_underlay(&underlay, 2);
+    start(&mut a, "a");
+    start(&mut b, "b");
+    for h in [&a, &b] {
+        eventually_within(30, "link up", || link_up(h));
+    }
+    assert!(pings(&a, "10.0.3.20"));
+    (underlay, a, b)
+}
+
+#[test]
+fn the_overlay_recovers_when_the_underlay_comes_back() {
+    let (_underlay, a, b) = two_hosts();
+    b.ip(&["link", "set", "wan0", "down"]);
+    // Longer than a link takes to declare its peer dead: both sides notice.
+    eventually_within(15, "the link goes down", || !link_up(&a));
+    assert!(!pings(&a, "10.0.3.20"));
+    b.ip(&["link", "set", "wan0", "up"]);
+    eventually_within(45, "the link comes back", || link_up(&a) && link_up(&b));
+    eventually_within(15, "containers reach each other again", || pings(&a, "10.0.3.20"));
+    assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0);
+    // ARP resolves again (through RPCs: the dead link's entries were withdrawn).
+    let mac = b.container_mac(0);
+    eventually_within(10, "ARP resolves", || a.arping(0, "10.0.3.20", 1) == vec![mac.clone()]);
+}
+
+#[test]
+fn the_overlay_works_through_underlay_loss() {
+    let (_underlay, a, b) = two_hosts();
+    // Drop one UDP datagram in ten arriving at host b (links and rendezvous alike see loss).
+    let nft = |args: &str| ok(&["ip", "netns", "exec", &b.ns, "nft", args]);
+    nft("add table inet ipoptest");
+    nft("add chain inet ipoptest input { type filter hook input priority 0; }");
+    nft("add rule inet ipoptest input meta l4proto udp numgen random mod 10 0 drop");
+    assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0, "TCP completes through 10% loss");
+    let mac = b.container_mac(0);
+    // ARP through RPCs with loss: forget the learned entry first, retry like a host would.
+    let pins = a.pin_dir("lxcbr0");
+    let _ = a.agent(&["arp", "--pin-dir", pins.to_str().unwrap(), "del", "10.0.3.20"]);
+    eventually_within(10, "ARP resolves through loss", || a.arping(0, "10.0.3.20", 1) == vec![mac.clone()]);
+    thread::sleep(Duration::from_secs(6));
+    assert!(link_up(&a) && link_up(&b), "10% loss does not kill the link (keepalives every second, dead after 5 s)");
+}
