@@ -34,7 +34,10 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Members per overlay.
 pub const MAX_MEMBERS: usize = 1024;
 /// Connections not yet admitted, at most (bounds the work unauthenticated clients cause).
-pub const MAX_PENDING: usize = 64;
+pub const MAX_PENDING: usize = 256;
+/// Connections not yet admitted from one IP address, at most: one flooding host cannot take
+/// every pending slot and keep members out.
+pub const MAX_PENDING_PER_IP: usize = 8;
 /// Messages queued toward one member before it is considered stuck and dropped.
 const QUEUE: usize = 256;
 
@@ -108,6 +111,7 @@ struct Overlay {
     secret: String,
     members: Mutex<HashMap<String, Seat>>,
     pending: Semaphore,
+    pending_by_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 /// Serves one overlay on `listener` until dropped (which closes every connection).
@@ -117,6 +121,7 @@ pub async fn serve(listener: TcpListener, overlay: String, secret: String) -> Re
         secret,
         members: Mutex::new(HashMap::new()),
         pending: Semaphore::new(MAX_PENDING),
+        pending_by_ip: std::sync::Mutex::new(HashMap::new()),
     });
     info!(addr = %listener.local_addr()?, overlay = %state.name, "rendezvous listening");
     let mut next_conn = 0u64;
@@ -139,7 +144,32 @@ pub async fn serve(listener: TcpListener, overlay: String, secret: String) -> Re
     }
 }
 
+/// A pending slot of one IP address, given back on drop.
+struct PerIp<'a>(&'a Overlay, std::net::IpAddr);
+
+impl Drop for PerIp<'_> {
+    fn drop(&mut self) {
+        let mut map = self.0.pending_by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
 async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: u64) -> Result<()> {
+    let per_ip = {
+        let mut map = state.pending_by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(peer.ip()).or_insert(0);
+        if *n >= MAX_PENDING_PER_IP {
+            debug!(%peer, "too many connections waiting to join from this address: closing");
+            return Ok(());
+        }
+        *n += 1;
+        PerIp(&state, peer.ip())
+    };
     let Ok(permit) = state.pending.try_acquire() else {
         warn!(%peer, "too many connections waiting to join: closing");
         return Ok(());
@@ -179,7 +209,7 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
             return Ok(());
         }
     };
-    drop(permit);
+    drop((permit, per_ip));
 
     let (tx, mut rx) = mpsc::channel::<ServerMsg>(QUEUE);
     {
@@ -344,6 +374,36 @@ mod tests {
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(2), r.read_to_end(&mut rest)).await.unwrap();
         assert!(!String::from_utf8_lossy(&rest).contains("welcome"));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_idle_and_bogus_clients_does_not_keep_members_out() {
+        let addr = start("s3cret").await;
+        let (mut a, _) = Client::join(addr, "s3cret", "a").await;
+        // One host opens more connections than there are pending slots and never joins;
+        // another sends bogus joins.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_PENDING + 44 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            if let Ok(c) = s.connect(addr).await {
+                idle.push(c);
+            }
+        }
+        for i in 0..100 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+            let (r, mut w) = s.connect(addr).await.unwrap().into_split();
+            let mut r = BufReader::new(r);
+            let _ = join(&mut r, &mut w, "lab", "guess", &format!("m{i}"), &hex(&[9; 32])).await;
+        }
+        // A member from elsewhere still joins, and signals still flow.
+        let (mut b, members) = Client::join(addr, "s3cret", "bb").await;
+        assert_eq!(members.unwrap().len(), 1);
+        assert!(matches!(a.next().await, ServerMsg::Joined(m) if m.node_id == "bb"));
+        write_msg(&mut a.w, &ClientMsg::Signal { to: "bb".into(), data: serde_json::json!(1) }).await.unwrap();
+        assert_eq!(b.next().await, ServerMsg::Signal { from: "a".into(), data: serde_json::json!(1) });
+        drop(idle);
     }
 
     #[test]
