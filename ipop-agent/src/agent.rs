@@ -109,7 +109,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         debug!(icc_port = port, "icc_port noted (links use ICE-chosen ports)");
     }
 
-    let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64);
+    let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64).with_limits(cfg.limits);
     if let Some(mac) = bridge.mac {
         for ip in nl.ipv4_addresses(bridge.index).await? {
             switch.add_local_address(ip, Mac(mac));
@@ -281,7 +281,7 @@ impl Shell {
     fn frame_from_bridge(&mut self, whole: &[u8]) {
         let Some(peers) = self.peers.as_mut() else { return };
         let Some(frame) = whole.get(tap::VNET_HDR_LEN..) else { return };
-        let route = self.switch.route_from_bridge(frame);
+        let route = self.switch.route_from_bridge(monotonic_ns(), frame);
         if route == Route::Drop {
             return;
         }

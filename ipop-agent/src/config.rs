@@ -5,6 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+use crate::limit::Rate;
+
 /// Defaults, as documented in README.md.
 pub const DEFAULT_BRIDGE: &str = "lxcbr0";
 pub const DEFAULT_TAP: &str = "ipop";
@@ -41,6 +43,10 @@ pub struct Settings {
     pub stun: Option<Vec<String>>,
     /// TURN servers (`turn:host:port?transport=udp`, with credentials in the url) for relays.
     pub turn: Option<Vec<String>>,
+    /// ARP RPCs a second one local source may cause (0: unlimited).
+    pub arp_rpc_rate: Option<u32>,
+    /// Broadcast and multicast frames a second flooded to the peers (0: unlimited).
+    pub broadcast_rate: Option<u32>,
 }
 
 impl Settings {
@@ -65,6 +71,8 @@ impl Settings {
             rendezvous: over.rendezvous.or(self.rendezvous),
             stun: over.stun.or(self.stun),
             turn: over.turn.or(self.turn),
+            arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
+            broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
         }
     }
 
@@ -144,6 +152,12 @@ impl Settings {
             arp_max_age: Duration::from_secs(max_age),
             icc_port: if self.icc == Some(false) { None } else { self.icc_port },
             overlay,
+            limits: crate::switch::Limits {
+                arp_per_source: self
+                    .arp_rpc_rate
+                    .map_or(crate::switch::Limits::default().arp_per_source, Rate::per_second),
+                broadcast: self.broadcast_rate.map_or(Rate::UNLIMITED, Rate::per_second),
+            },
         })
     }
 }
@@ -158,6 +172,7 @@ pub struct AgentConfig {
     pub icc_port: Option<u16>,
     /// Where and how to meet peers; `None`: this agent runs alone.
     pub overlay: Option<OverlayConfig>,
+    pub limits: crate::switch::Limits,
 }
 
 /// How the agent joins an overlay.
@@ -220,6 +235,16 @@ mod tests {
         assert_eq!(cfg.pin_dir, PathBuf::from("/sys/fs/bpf/ipop/lxcbr0"));
         assert_eq!(cfg.icc_port, Some(30000));
         assert_eq!(cfg.arp_max_age, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn rates_default_to_limited_arp_and_unlimited_broadcast() {
+        let cfg = Settings::default().resolve().unwrap();
+        assert_eq!(cfg.limits.arp_per_source, Rate::per_second(10_000));
+        assert_eq!(cfg.limits.broadcast, Rate::UNLIMITED);
+        let cfg = Settings::from_json(r#"{"arp_rpc_rate": 0, "broadcast_rate": 500}"#).unwrap().resolve().unwrap();
+        assert_eq!(cfg.limits.arp_per_source, Rate::UNLIMITED);
+        assert_eq!(cfg.limits.broadcast, Rate::per_second(500));
     }
 
     #[test]

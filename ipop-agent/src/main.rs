@@ -94,6 +94,12 @@ struct RunArgs {
     /// TURN server url (repeatable).
     #[arg(long)]
     turn: Vec<String>,
+    /// ARP RPCs a second one local source may cause (0: unlimited) [default: 10000].
+    #[arg(long)]
+    arp_rpc_rate: Option<u32>,
+    /// Broadcast/multicast frames a second flooded to peers (0: unlimited) [default: 0].
+    #[arg(long)]
+    broadcast_rate: Option<u32>,
 }
 
 #[derive(Args)]
@@ -227,6 +233,8 @@ fn run(args: RunArgs) -> Result<()> {
         rendezvous: args.rendezvous,
         stun: (!args.stun.is_empty()).then_some(args.stun),
         turn: (!args.turn.is_empty()).then_some(args.turn),
+        arp_rpc_rate: args.arp_rpc_rate,
+        broadcast_rate: args.broadcast_rate,
     };
     let cfg = file.overridden_by(cli).resolve().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

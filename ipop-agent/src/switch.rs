@@ -18,8 +18,31 @@ use ipop_common::{
 
 use crate::{
     addr::Mac,
+    limit::{Bucket, Rate},
     rpc::{ArpReply, ArpRequest, Method},
 };
+
+/// Rate limits the switch applies (configurable; see README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// ARP RPCs caused by one local source MAC.
+    pub arp_per_source: Rate,
+    /// Broadcast and multicast frames flooded to the peers (storm control).
+    pub broadcast: Rate,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { arp_per_source: Rate::per_second(10_000), broadcast: Rate::UNLIMITED }
+    }
+}
+
+/// Local hosts remembered at most (a flood of made-up senders must not grow memory).
+pub const MAX_LOCAL: usize = 16_384;
+/// A source's bucket is forgotten after this long without ARP (it would be full again anyway).
+const SOURCE_IDLE_NS: u64 = 10_000_000_000;
+/// Sources with a bucket of their own at most; the rest share one.
+pub const MAX_SOURCES: usize = 4_096;
 
 /// A peer, as the shell numbers them.
 pub type PeerId = u32;
@@ -95,6 +118,12 @@ pub struct Counters {
     pub frames_refused: u64,
     /// Events the programs should never send (unknown hook or operation).
     pub unexpected: u64,
+    /// ARP RPCs not sent: their source exceeded its rate.
+    pub rpc_limited: u64,
+    /// Broadcast or multicast frames not flooded: storm control.
+    pub storm_dropped: u64,
+    /// Local hosts not learned: the table was full.
+    pub local_full: u64,
 }
 
 #[derive(Debug)]
@@ -105,6 +134,11 @@ pub struct Switch {
     peers: HashSet<PeerId>,
     max_age_ns: u64,
     counters: Counters,
+    limits: Limits,
+    sources: HashMap<Mac, Bucket>,
+    /// The bucket shared by sources beyond `MAX_SOURCES`.
+    overflow: Option<Bucket>,
+    broadcast: Option<Bucket>,
 }
 
 fn is_host_mac(mac: &[u8; 6]) -> bool {
@@ -121,7 +155,31 @@ impl Switch {
             peers: HashSet::new(),
             max_age_ns,
             counters: Counters::default(),
+            limits: Limits::default(),
+            sources: HashMap::new(),
+            overflow: None,
+            broadcast: None,
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Whether `source` may cause one more ARP RPC at `now_ns`.
+    fn allow_arp(&mut self, now_ns: u64, source: Mac) -> bool {
+        let rate = self.limits.arp_per_source;
+        if rate.per_sec == 0 {
+            return true;
+        }
+        let full = self.sources.len() >= MAX_SOURCES;
+        let bucket = match self.sources.get_mut(&source) {
+            Some(b) => b,
+            None if full => self.overflow.get_or_insert_with(|| Bucket::full(rate, now_ns)),
+            None => self.sources.entry(source).or_insert_with(|| Bucket::full(rate, now_ns)),
+        };
+        bucket.take(rate, now_ns)
     }
 
     pub fn counters(&self) -> Counters {
@@ -209,6 +267,8 @@ impl Switch {
         };
         if self.peers.is_empty() {
             self.counters.unresolved += 1;
+        } else if !self.allow_arp(now_ns, Mac(arp.sender_mac)) {
+            self.counters.rpc_limited += 1;
         } else {
             self.counters.rpc_sent += 1;
             out.push(Output::Broadcast(method));
@@ -265,7 +325,7 @@ impl Switch {
 
     /// Where a frame the bridge sent to the TAP goes. ARP never travels as a frame (the
     /// kernel reported it already), and no frame goes anywhere without a peer.
-    pub fn route_from_bridge(&mut self, frame: &[u8]) -> Route {
+    pub fn route_from_bridge(&mut self, now_ns: u64, frame: &[u8]) -> Route {
         if frame.len() < arp::ETH_HLEN || self.peers.is_empty() {
             return Route::Drop;
         }
@@ -273,6 +333,13 @@ impl Switch {
             return Route::Drop;
         }
         let dst: [u8; 6] = frame[..6].try_into().unwrap();
+        if dst[0] & 1 != 0 {
+            let rate = self.limits.broadcast;
+            if !self.broadcast.get_or_insert_with(|| Bucket::full(rate, now_ns)).take(rate, now_ns) {
+                self.counters.storm_dropped += 1;
+                return Route::Drop;
+            }
+        }
         self.counters.frames_to_peers += 1;
         match self.macs.get(&Mac(dst)) {
             Some((peer, _)) if is_host_mac(&dst) => Route::Peer(*peer),
@@ -309,6 +376,10 @@ impl Switch {
             return Vec::new();
         }
         let mut out = Vec::new();
+        if self.local.len() >= MAX_LOCAL && !self.local.contains_key(&ip) {
+            self.counters.local_full += 1;
+            return out;
+        }
         if let Some(r) = self.remote.remove(&ip) {
             self.counters.conflicts += 1;
             out.push(Output::ArpRemove { ip });
@@ -346,6 +417,7 @@ impl Switch {
         let max_age = self.max_age_ns;
         let old = |t: u64| now_ns.saturating_sub(t) > max_age;
         self.local.retain(|_, n| n.permanent || !old(n.seen_ns));
+        self.sources.retain(|_, b| !b.idle_since(now_ns, SOURCE_IDLE_NS));
         self.macs.retain(|_, (_, t)| !old(*t));
         self.forget_remote(|r| old(r.updated_ns))
     }
@@ -432,7 +504,7 @@ mod tests {
         let mut sw = with_peers(&[]);
         assert!(!sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP)).iter().any(|o| matches!(o, Output::Broadcast(_))));
         assert_eq!(sw.counters().unresolved, 1);
-        assert_eq!(sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)), Route::Drop);
+        assert_eq!(sw.route_from_bridge(0, &frame(BROADCAST, A, 0x0800)), Route::Drop);
     }
 
     #[test]
@@ -560,15 +632,55 @@ mod tests {
     }
 
     #[test]
+    fn one_source_flooding_arp_is_limited_others_are_not() {
+        let mut sw = with_peers(&[P1])
+            .with_limits(Limits { arp_per_source: Rate { per_sec: 100, burst: 10 }, broadcast: Rate::UNLIMITED });
+        let flood = |sw: &mut Switch, now: u64, n: u8| {
+            let ev = event(HOOK_TAP_EGRESS, OP_REQUEST, (A, A_IP), ([0; 6], [10, 0, 4, n]));
+            sw.handle_arp(now, &ev).iter().any(|o| matches!(o, Output::Broadcast(_)))
+        };
+        let sent = (0..50).filter(|n| flood(&mut sw, 0, *n)).count();
+        assert_eq!(sent, 10, "the burst, then nothing");
+        assert_eq!(sw.counters().rpc_limited, 40);
+        assert!(flood(&mut sw, SEC / 100, 99), "one more after 10 ms at 100/s");
+        let other = event(HOOK_TAP_EGRESS, OP_REQUEST, (B, B_IP), ([0; 6], R_IP));
+        assert!(
+            sw.handle_arp(0, &other).iter().any(|o| matches!(o, Output::Broadcast(_))),
+            "another source is not affected"
+        );
+    }
+
+    #[test]
+    fn storm_control_limits_flooded_broadcasts_only() {
+        let mut sw = with_peers(&[P1, P2])
+            .with_limits(Limits { arp_per_source: Rate::UNLIMITED, broadcast: Rate { per_sec: 10, burst: 2 } });
+        let routes: Vec<Route> = (0..4).map(|_| sw.route_from_bridge(0, &frame(BROADCAST, A, 0x0800))).collect();
+        assert_eq!(routes, [Route::AllPeers, Route::AllPeers, Route::Drop, Route::Drop]);
+        assert_eq!(sw.counters().storm_dropped, 2);
+        assert_eq!(sw.route_from_bridge(0, &frame(R, A, 0x0800)), Route::AllPeers, "unknown unicast is not a storm");
+        assert_eq!(sw.route_from_bridge(SEC, &frame(BROADCAST, A, 0x0800)), Route::AllPeers, "refilled");
+    }
+
+    #[test]
+    fn the_local_table_is_bounded() {
+        let mut sw = with_peers(&[]);
+        for i in 0..MAX_LOCAL as u32 + 10 {
+            let ip = (0x0a00_0000 + i).to_be_bytes();
+            sw.handle_arp(0, &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (A, ip), ([0; 6], B_IP)));
+        }
+        assert_eq!(sw.counters().local_full, 10);
+    }
+
+    #[test]
     fn frames_follow_learned_macs_and_flood_otherwise() {
         let mut sw = with_peers(&[P1, P2]);
-        assert_eq!(sw.route_from_bridge(&frame(R, A, 0x0800)), Route::AllPeers, "unknown unicast floods");
+        assert_eq!(sw.route_from_bridge(0, &frame(R, A, 0x0800)), Route::AllPeers, "unknown unicast floods");
         assert!(sw.accept_from_peer(0, P2, &frame(A, R, 0x0800)));
-        assert_eq!(sw.route_from_bridge(&frame(R, A, 0x0800)), Route::Peer(P2));
-        assert_eq!(sw.route_from_bridge(&frame(BROADCAST, A, 0x0800)), Route::AllPeers);
-        assert_eq!(sw.route_from_bridge(&frame([0x01, 0, 0x5e, 0, 0, 1], A, 0x0800)), Route::AllPeers);
-        assert_eq!(sw.route_from_bridge(&frame(BROADCAST, A, ETHERTYPE_ARP)), Route::Drop, "ARP only as RPC");
-        assert_eq!(sw.route_from_bridge(&[0u8; 10]), Route::Drop);
+        assert_eq!(sw.route_from_bridge(0, &frame(R, A, 0x0800)), Route::Peer(P2));
+        assert_eq!(sw.route_from_bridge(0, &frame(BROADCAST, A, 0x0800)), Route::AllPeers);
+        assert_eq!(sw.route_from_bridge(0, &frame([0x01, 0, 0x5e, 0, 0, 1], A, 0x0800)), Route::AllPeers);
+        assert_eq!(sw.route_from_bridge(0, &frame(BROADCAST, A, ETHERTYPE_ARP)), Route::Drop, "ARP only as RPC");
+        assert_eq!(sw.route_from_bridge(0, &[0u8; 10]), Route::Drop);
     }
 
     #[test]
@@ -589,7 +701,7 @@ mod tests {
         assert_eq!(sw.peer_down(P2), vec![]);
         assert_eq!(sw.peer_down(P1), vec![Output::ArpRemove { ip: R_IP.into() }]);
         assert_eq!(sw.remote(R_IP.into()), None);
-        assert_eq!(sw.route_from_bridge(&frame(R, A, 0x0800)), Route::Drop, "no peer left");
+        assert_eq!(sw.route_from_bridge(0, &frame(R, A, 0x0800)), Route::Drop, "no peer left");
     }
 
     #[test]

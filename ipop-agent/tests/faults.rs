@@ -10,18 +10,12 @@ use support::{Host, RENDEZVOUS, Underlay, eventually_within, ok, status};
 
 const SECRET: &str = "correct horse battery";
 
-fn start(host: &mut Host, node: &str) {
+fn start(host: &mut Host, node: &str, extra: &[&str]) {
     let pins = host.pin_dir("lxcbr0");
-    host.start_agent(&[
-        "--pin-dir",
-        pins.to_str().unwrap(),
-        "--node-id",
-        node,
-        "--rendezvous",
-        RENDEZVOUS,
-        "--secret",
-        SECRET,
-    ]);
+    let mut args = vec!["--pin-dir", pins.to_str().unwrap(), "--node-id", node];
+    args.extend_from_slice(&["--rendezvous", RENDEZVOUS, "--secret", SECRET]);
+    args.extend_from_slice(extra);
+    host.start_agent(&args);
 }
 
 fn link_up(host: &Host) -> bool {
@@ -43,14 +37,19 @@ fn tcp_completes(server: &Host, client: &Host, ip: &str) -> f64 {
 }
 
 fn two_hosts() -> (Underlay, Host, Host) {
+    two_hosts_with(&[])
+}
+
+/// Two hosts with one container each; `a_args` go to host a's agent.
+fn two_hosts_with(a_args: &[&str]) -> (Underlay, Host, Host) {
     let mut underlay = Underlay::new();
     underlay.start_rendezvous(SECRET);
     let mut a = Host::new(&["10.0.3.10"]);
     a.join_underlay(&underlay, 1);
     let mut b = Host::new(&["10.0.3.20"]);
     b.join_underlay(&underlay, 2);
-    start(&mut a, "a");
-    start(&mut b, "b");
+    start(&mut a, "a", a_args);
+    start(&mut b, "b", &[]);
     for h in [&a, &b] {
         eventually_within(30, "link up", || link_up(h));
     }
@@ -90,4 +89,35 @@ fn the_overlay_works_through_underlay_loss() {
     eventually_within(10, "ARP resolves through loss", || a.arping(0, "10.0.3.20", 1) == vec![mac.clone()]);
     thread::sleep(Duration::from_secs(6));
     assert!(link_up(&a) && link_up(&b), "10% loss does not kill the link (keepalives every second, dead after 5 s)");
+}
+
+#[test]
+fn a_container_flooding_arp_is_rate_limited_and_the_overlay_stays_responsive() {
+    // A limit of 1,000 ARP RPCs a second per source, and a flood of 5,000 a second for 2 s.
+    let (_underlay, a, b) = two_hosts_with(&["--arp-rpc-rate", "1000"]);
+    let pins = a.pin_dir("lxcbr0");
+    let before = status(&a, &pins)["switch"].clone();
+    let flood = concat!(env!("CARGO_MANIFEST_DIR"), "/../xtask/arpflood.py");
+    let out = a.in_container(0, &["python3", flood, "eth0", "5000", "2"]);
+    assert!(out.status.success(), "arpflood: {}", String::from_utf8_lossy(&out.stderr));
+    let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let after = status(&a, &pins)["switch"].clone();
+    let d = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert!(d("rpc_limited") > 0, "the flood was limited: {after}");
+    // At most the burst (1,000) plus 1,000 a second of the flood's 2-3 s reached the peers.
+    assert!(d("rpc_sent") <= 1_000 + 3 * 1_000 + 10, "rpc_sent grew by {} for {sent} requests", d("rpc_sent"));
+    let k = support::stats(&a, &pins);
+    eprintln!(
+        "flood: {sent} requests, {} RPCs sent, {} limited, {} lost in the ring buffer",
+        d("rpc_sent"),
+        d("rpc_limited"),
+        k["events_lost"]
+    );
+    // Still responsive: the link is up, and traffic and ARP across work.
+    assert!(link_up(&a) && link_up(&b));
+    assert!(pings(&a, "10.0.3.20"));
+    let mac = b.container_mac(0);
+    let _ = a.agent(&["arp", "--pin-dir", pins.to_str().unwrap(), "del", "10.0.3.20"]);
+    eventually_within(10, "ARP across resolves after the flood", || a.arping(0, "10.0.3.20", 1) == vec![mac.clone()]);
 }
