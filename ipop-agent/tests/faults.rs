@@ -4,7 +4,10 @@
 
 mod support;
 
-use std::{thread, time::Duration};
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 use support::{Host, RENDEZVOUS, Underlay, eventually_within, ok, status};
 
@@ -60,13 +63,17 @@ fn two_hosts_with(a_args: &[&str]) -> (Underlay, Host, Host) {
 #[test]
 fn the_overlay_recovers_when_the_underlay_comes_back() {
     let (_underlay, a, b) = two_hosts();
+    let t = Instant::now();
     b.ip(&["link", "set", "wan0", "down"]);
     // Longer than a link takes to declare its peer dead: both sides notice.
     eventually_within(15, "the link goes down", || !link_up(&a));
+    eprintln!("figure: link declared down {:.1} s after the underlay went down", t.elapsed().as_secs_f64());
     assert!(!pings(&a, "10.0.3.20"));
+    let t = Instant::now();
     b.ip(&["link", "set", "wan0", "up"]);
     eventually_within(45, "the link comes back", || link_up(&a) && link_up(&b));
     eventually_within(15, "containers reach each other again", || pings(&a, "10.0.3.20"));
+    eprintln!("figure: containers reach each other {:.1} s after the underlay came back", t.elapsed().as_secs_f64());
     assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0);
     // ARP resolves again (through RPCs: the dead link's entries were withdrawn).
     let mac = b.container_mac(0);
