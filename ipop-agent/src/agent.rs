@@ -117,7 +117,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     let mut events = watch(datapath.take_events()?)?;
     let mut logger = watch(datapath.take_logger()?)?;
-    let arp_table = datapath.take_arp_table()?;
+    let mut arp_table = datapath.take_arp_table()?;
+    forget_learned(&mut arp_table);
 
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
     let (peers, mut signals) = match &cfg.overlay {
@@ -243,6 +244,20 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     drop((events, logger, shell, tap, control));
     finish(result, datapath)
+}
+
+/// Drops learned entries from a table taken back from a dead agent: this agent does not know
+/// which peer each came from, so it could not withdraw them if that peer never returns. They
+/// are learned again, by RPC, the next time a container asks. Static entries stay.
+fn forget_learned(table: &mut BpfHashMap<MapData, ArpKey, ArpEntry>) {
+    let learned: Vec<ArpKey> =
+        table.iter().filter_map(Result::ok).filter(|(_, e)| e.flags & m::ENTRY_STATIC == 0).map(|(k, _)| k).collect();
+    for key in &learned {
+        let _ = table.remove(key);
+    }
+    if !learned.is_empty() {
+        info!(dropped = learned.len(), "learned ARP entries of the previous agent dropped (relearned on demand)");
+    }
 }
 
 /// Logs how the agent stops and removes the datapath (programs, pins) last.

@@ -155,6 +155,11 @@ fn three_hosts_are_one_ethernet_segment() {
     let _ = pins2;
     let t = std::time::Instant::now();
     o.agents[2] = start_agent(&mut o.hosts[2], "h2");
+    let log = o.hosts[2].agent_log(o.agents[2]);
+    assert!(
+        log.contains("learned ARP entries of the previous agent dropped"),
+        "a restarted agent drops learned entries it cannot vouch for:\n{log}"
+    );
     eventually_within(30, "host 2 reachable again", || ping(&o.hosts[0], 0, IPS[2][0], &[]).0);
     eprintln!("figure: host 2 reachable {:.1} s after its agent was started again", t.elapsed().as_secs_f64());
     drop(o.underlay);
