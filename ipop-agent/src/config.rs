@@ -101,7 +101,7 @@ impl Settings {
                 return Err(format!("pin_dir {} must be an absolute path", dir.display()));
             }
             Some(dir) => dir,
-            None => PathBuf::from(DEFAULT_PIN_ROOT).join(&bridge),
+            None => default_pin_dir(&bridge),
         };
         let max_age = self.arp_max_age_secs.unwrap_or(DEFAULT_ARP_MAX_AGE_SECS);
         let overlay = match self.rendezvous {

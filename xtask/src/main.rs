@@ -136,10 +136,14 @@ fn agent_binary() -> std::path::PathBuf {
     root().join("target/debug/ipop-agent")
 }
 
+/// The cargo that runs xtask (so the same toolchain builds everything).
+fn cargo_command() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
 /// Runs cargo in the workspace root; fails with the command on a non-zero exit.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let status = cargo_command()
         .args(args)
         .current_dir(root())
         .status()
@@ -154,8 +158,7 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 /// binary's result (cargo's own last line is whichever binary ran last, often doc-tests).
 fn cargo_test(args: &[&str]) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(&cargo)
+    let mut child = cargo_command()
         .args(args)
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
