@@ -27,8 +27,11 @@ fuzz_target!(|data: &[u8]| {
     let (sealer, opener) = &mut *pair().lock().unwrap();
     let mut out = Vec::new();
     // Arbitrary bytes as a datagram: parse, and try to open; random bytes never authenticate.
-    if let Ok(Datagram::Transport { counter, sealed }) = Datagram::parse(data) {
-        assert!(opener.open(counter, sealed, &mut out).is_err(), "a forged datagram authenticated");
+    match Datagram::parse(data) {
+        Ok(Datagram::Transport { counter, sealed } | Datagram::Indexed { counter, sealed, .. }) => {
+            assert!(opener.open(counter, sealed, &mut out).is_err(), "a forged datagram authenticated");
+        }
+        _ => {}
     }
     // Arbitrary bytes as a payload: seal, open, compare, and a replay is refused.
     let mut dg = Vec::new();
@@ -39,5 +42,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(opener.open(counter, sealed, &mut out), Ok(Inner::Rpc));
         assert_eq!(out, data);
         assert!(opener.open(counter, sealed, &mut out).is_err(), "replay accepted");
+    }
+    // The same through the data socket's indexed form, the payload split in two parts.
+    dg.clear();
+    let (head, tail) = data.split_at(data.len() / 2);
+    if sealer.seal_indexed(9, Inner::Ethernet, &[head, tail], &mut dg).is_ok() {
+        let Ok(Datagram::Indexed { index: 9, counter, sealed }) = Datagram::parse(&dg) else {
+            panic!("sealed indexed datagram does not parse")
+        };
+        assert_eq!(opener.open(counter, sealed, &mut out), Ok(Inner::Ethernet));
+        assert_eq!(out, data);
     }
 });

@@ -20,21 +20,25 @@ use crate::{
     config::AgentConfig,
     control::ControlSocket,
     datapath::Datapath,
-    link::{LinkEvent, LinkShared},
+    link::{DataSocket, LinkEvent, LinkShared},
     lock,
     netif::Netlink,
     peers::{LinkTemplate, Peers},
     preflight, rpc,
     session::{self, Identity},
     signaling::{self, SignalEvent},
-    switch::{Output, Owner, PeerId, Route, Switch},
+    switch::{Orphan, Output, Owner, PeerId, Route, Switch},
     tables::monotonic_ns,
     tap::{self, Tap},
+    underlay::{self, Underlay},
     wire::Inner,
 };
 
 /// How often the shell checks its devices and ages the core's tables.
 const TICK: Duration = Duration::from_secs(2);
+/// How long learned entries left by a crashed agent stay answered while their peers' links
+/// come back (they take a few seconds; a link attempt times out after 20 s).
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// Refused RPCs are logged at most this often per peer (the rest are counted).
 const REFUSAL_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 /// Frames read from the TAP per wake-up before other work gets a turn.
@@ -105,9 +109,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         _reserved: 0,
     })?;
     datapath.attach(&cfg.bridge, tap.name())?;
-    if let Some(port) = cfg.icc_port {
-        debug!(icc_port = port, "icc_port noted (links use ICE-chosen ports)");
-    }
 
     let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64).with_limits(cfg.limits);
     if let Some(mac) = bridge.mac {
@@ -118,7 +119,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut events = watch(datapath.take_events()?)?;
     let mut logger = watch(datapath.take_logger()?)?;
     let mut arp_table = datapath.take_arp_table()?;
-    forget_learned(&mut arp_table);
+    let left = take_learned(&mut arp_table, cfg.overlay.is_some());
+    if !left.is_empty() {
+        info!(
+            kept = left.len(),
+            "learned ARP entries of the previous agent kept until their peers' links return (at most {ORPHAN_GRACE:?})"
+        );
+    }
+    let removals = switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left);
 
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
     let (peers, mut signals) = match &cfg.overlay {
@@ -134,6 +142,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     public_key: session::hex(&identity.public),
                 },
             );
+            let data = match cfg.data_port {
+                None => None,
+                Some(port) => {
+                    let underlay = Arc::new(Underlay::bind(port)?);
+                    let (registrations, registered) = mpsc::unbounded_channel();
+                    tokio::spawn(underlay::read(underlay.clone(), registered, link_tx.clone()));
+                    info!(port = underlay.port(), "data socket bound");
+                    Some(DataSocket { underlay, registrations })
+                }
+            };
             let template = LinkTemplate {
                 node_id: o.node_id.clone(),
                 shared: LinkShared {
@@ -143,6 +161,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
                     signaling,
                     events: link_tx.clone(),
+                    data,
                 },
             };
             info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
@@ -163,6 +182,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         rpc_refused_logged: Default::default(),
         next_frame_id: 0,
     };
+    shell.apply(removals);
 
     let control = ControlSocket::bind(&cfg.pin_dir)?;
     let node_id = cfg.overlay.as_ref().map(|o| o.node_id.clone());
@@ -249,15 +269,25 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 /// Drops learned entries from a table taken back from a dead agent: this agent does not know
 /// which peer each came from, so it could not withdraw them if that peer never returns. They
 /// are learned again, by RPC, the next time a container asks. Static entries stay.
-fn forget_learned(table: &mut BpfHashMap<MapData, ArpKey, ArpEntry>) {
-    let learned: Vec<ArpKey> =
-        table.iter().filter_map(Result::ok).filter(|(_, e)| e.flags & m::ENTRY_STATIC == 0).map(|(k, _)| k).collect();
-    for key in &learned {
+/// The learned entries a previous agent left in the taken-back `arp_table`, to restore in
+/// the switch. Without an overlay no peer can vouch for them again: they are dropped.
+fn take_learned(table: &mut BpfHashMap<MapData, ArpKey, ArpEntry>, overlay: bool) -> Vec<(Ipv4Addr, Orphan)> {
+    let learned: Vec<(ArpKey, ArpEntry)> =
+        table.iter().filter_map(Result::ok).filter(|(_, e)| e.flags & m::ENTRY_STATIC == 0).collect();
+    if overlay {
+        let orphan = |e: &ArpEntry| Orphan { mac: Mac(e.mac), tag: e.peer_tag, updated_ns: e.updated_ns };
+        return learned.iter().map(|(k, e)| (Ipv4Addr::from(k.ip), orphan(e))).collect();
+    }
+    for (key, _) in &learned {
         let _ = table.remove(key);
     }
     if !learned.is_empty() {
-        info!(dropped = learned.len(), "learned ARP entries of the previous agent dropped (relearned on demand)");
+        info!(
+            dropped = learned.len(),
+            "learned ARP entries of the previous agent dropped (no overlay to vouch for them)"
+        );
     }
+    Vec::new()
 }
 
 /// Logs how the agent stops and removes the datapath (programs, pins) last.
@@ -277,11 +307,14 @@ impl Shell {
         serde_json::json!({
             "node_id": node_id,
             "peers": self.peers.as_ref().map(Peers::status).unwrap_or_default(),
+            "data_port": self.peers.as_ref().and_then(Peers::data_port),
             "switch": self.switch.counters(),
             "queue_drops": self.peers.as_ref().map_or(0, |p| p.queue_drops),
             "tap_write_errors": self.tap_write_errors,
             "datagrams_refused": self.datagrams_refused,
+            "datagrams_unknown": self.peers.as_ref().map_or(0, Peers::datagrams_unknown),
             "frames_dropped": self.frames_dropped,
+            "orphans": self.switch.orphans(),
             "rpc_refused": self.rpc_refused,
         })
     }
@@ -301,12 +334,10 @@ impl Shell {
             return;
         }
         self.next_frame_id = self.next_frame_id.wrapping_add(1);
-        for chunk in chunk::split(self.next_frame_id, whole) {
-            match route {
-                Route::Drop => {}
-                Route::Peer(id) => peers.send(id, Inner::Ethernet, chunk),
-                Route::AllPeers => peers.broadcast(Inner::Ethernet, &chunk),
-            }
+        match route {
+            Route::Drop => {}
+            Route::Peer(id) => peers.send_frame(id, self.next_frame_id, whole),
+            Route::AllPeers => peers.broadcast_frame(self.next_frame_id, whole),
         }
     }
 
@@ -330,6 +361,9 @@ impl Shell {
                     p.set_up(id, Some(data));
                 }
                 self.switch.peer_up(id);
+                if let Some(p) = self.peers.as_ref() {
+                    self.switch.adopt(p.tag(id), id);
+                }
             }
             LinkEvent::Down(id) => {
                 if let Some(p) = self.peers.as_mut() {
@@ -343,7 +377,7 @@ impl Shell {
             LinkEvent::Received(id, Inner::Ethernet, whole) => self.frame_from_peer(now, id, &whole),
             LinkEvent::FrameLost(_) => self.frames_dropped += 1,
             LinkEvent::Received(id, Inner::Rpc, bytes) => self.rpc(now, id, &bytes),
-            LinkEvent::Received(_, Inner::Keepalive, _) => {}
+            LinkEvent::Received(_, Inner::Keepalive | Inner::Probe | Inner::ProbeAck, _) => {}
             LinkEvent::Dropped(id, e) => {
                 self.datagrams_refused += 1;
                 let name = self.peers.as_ref().map(|p| p.name(id).to_owned()).unwrap_or_default();
@@ -431,7 +465,7 @@ impl Shell {
                     }
                 }
                 Output::WriteTap(frame) => self.write_tap(&frame),
-                Output::ArpInstall { ip, mac } => self.install(ip, mac),
+                Output::ArpInstall { ip, mac, peer } => self.install(ip, mac, peer),
                 Output::ArpRemove { ip } => self.remove(ip),
                 Output::LocalOverridesRemote { ip, local, remote, peer } => {
                     let peer = self.peers.as_ref().map(|p| p.name(peer).to_owned()).unwrap_or_default();
@@ -452,12 +486,13 @@ impl Shell {
     }
 
     /// A learned entry; an operator's static entry for the same IP stays.
-    fn install(&mut self, ip: Ipv4Addr, mac: Mac) {
+    fn install(&mut self, ip: Ipv4Addr, mac: Mac, peer: PeerId) {
         let key = ArpKey { ip: ip.octets() };
         if self.arp_table.get(&key, 0).is_ok_and(|e| e.flags & m::ENTRY_STATIC != 0) {
             return;
         }
-        let entry = ArpEntry { mac: mac.0, flags: 0, updated_ns: monotonic_ns() };
+        let peer_tag = self.peers.as_ref().map_or(0, |p| p.tag(peer));
+        let entry = ArpEntry { mac: mac.0, flags: 0, updated_ns: monotonic_ns(), peer_tag, _reserved: 0 };
         if let Err(e) = self.arp_table.insert(key, entry, 0) {
             warn!(%ip, "could not install in arp_table: {e}");
         }

@@ -14,27 +14,39 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use crate::{tap, wire};
 
 pub const HEADER: usize = 6;
-/// Frame bytes per chunk.
+/// Frame bytes per chunk on the ICE path (datagrams up to `wire::MAX_DATAGRAM`).
 pub const DATA: usize = wire::MAX_PAYLOAD - HEADER;
+/// Frame bytes per chunk on the data socket, whose datagrams must fit a 1500-byte underlay
+/// MTU unfragmented (IPv6 and UDP headers: 48 bytes) because GSO cuts them at that size.
+pub const DIRECT_DATAGRAM: usize = 1452;
+pub const DIRECT_DATA: usize = DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN - HEADER;
 /// Largest whole (virtio header + frame) accepted.
 pub const MAX_WHOLE: usize = tap::VNET_HDR_LEN + tap::MAX_FRAME;
-const MAX_COUNT: usize = MAX_WHOLE.div_ceil(DATA);
+const MAX_COUNT: usize = MAX_WHOLE.div_ceil(DIRECT_DATA);
 
 /// The chunks carrying `whole` (virtio header followed by the frame) under `id`.
 pub fn split(id: u32, whole: &[u8]) -> impl Iterator<Item = Bytes> + '_ {
-    let count = whole.len().div_ceil(DATA).max(1);
-    debug_assert!(count <= MAX_COUNT);
-    whole.chunks(DATA).enumerate().map(move |(i, data)| {
+    pieces(id, whole, DATA).map(|(header, data)| {
         let mut b = BytesMut::with_capacity(HEADER + data.len());
-        b.put_u32(id);
-        b.put_u8(i as u8);
-        b.put_u8(count as u8);
+        b.put_slice(&header);
         b.put_slice(data);
         b.freeze()
     })
 }
 
-/// Why a chunk was dropped.
+/// The chunks of `whole` with `data` frame bytes each, as (header, data) without copying.
+pub fn pieces(id: u32, whole: &[u8], data: usize) -> impl Iterator<Item = ([u8; HEADER], &[u8])> + '_ {
+    let count = whole.len().div_ceil(data).max(1);
+    debug_assert!(count <= MAX_COUNT);
+    whole.chunks(data).enumerate().map(move |(i, data)| {
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&id.to_be_bytes());
+        header[4] = i as u8;
+        header[5] = count as u8;
+        (header, data)
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {
     Malformed,
@@ -110,6 +122,18 @@ mod tests {
             }
             assert_eq!(out.as_deref(), Some(&w[..]), "length {len}");
         }
+    }
+
+    #[test]
+    fn direct_pieces_fit_one_unfragmented_datagram_and_reassemble() {
+        let w = whole(MAX_WHOLE);
+        let mut r = Reassembly::default();
+        let mut out = None;
+        for (header, data) in pieces(9, &w, DIRECT_DATA) {
+            assert!(HEADER + data.len() + wire::OVERHEAD + wire::INDEX_LEN <= DIRECT_DATAGRAM);
+            out = r.push(&[&header[..], data].concat()).unwrap();
+        }
+        assert_eq!(out.as_deref(), Some(&w[..]));
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Settings {
             tap,
             pin_dir,
             arp_max_age: Duration::from_secs(max_age),
-            icc_port: if self.icc == Some(false) { None } else { self.icc_port },
+            data_port: if self.icc == Some(false) { None } else { Some(self.icc_port.unwrap_or(0)) },
             overlay,
             limits: crate::switch::Limits {
                 arp_per_source: self
@@ -169,7 +169,9 @@ pub struct AgentConfig {
     pub tap: String,
     pub pin_dir: PathBuf,
     pub arp_max_age: Duration,
-    pub icc_port: Option<u16>,
+    /// The data socket's UDP port (`icc_port`; 0: any free port), or `None` (`icc: false`):
+    /// no data socket, data goes over the ICE connections.
+    pub data_port: Option<u16>,
     /// Where and how to meet peers; `None`: this agent runs alone.
     pub overlay: Option<OverlayConfig>,
     pub limits: crate::switch::Limits,
@@ -233,8 +235,15 @@ mod tests {
         assert_eq!(cfg.bridge, "lxcbr0");
         assert_eq!(cfg.tap, "ipop");
         assert_eq!(cfg.pin_dir, PathBuf::from("/sys/fs/bpf/ipop/lxcbr0"));
-        assert_eq!(cfg.icc_port, Some(30000));
+        assert_eq!(cfg.data_port, Some(30000));
         assert_eq!(cfg.arp_max_age, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn icc_chooses_the_data_socket() {
+        let resolve = |json: &str| Settings::from_json(json).unwrap().resolve().unwrap().data_port;
+        assert_eq!(resolve("{}"), Some(0), "any free port by default");
+        assert_eq!(resolve(r#"{"icc": false}"#), None, "no data socket: data over ICE");
     }
 
     #[test]

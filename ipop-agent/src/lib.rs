@@ -25,4 +25,5 @@ pub mod signaling;
 pub mod switch;
 pub mod tables;
 pub mod tap;
+pub mod underlay;
 pub mod wire;

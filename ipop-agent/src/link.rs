@@ -7,8 +7,9 @@
 //! `{"t":"offer"|"answer","s":N,"ufrag":..,"pwd":..}` and `{"t":"cand","s":N,"c":"candidate:..."}`.
 
 use std::{
+    net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -31,6 +32,7 @@ use crate::{
     session::{self, Identity, Opener, Sealer, Session, SessionError},
     signaling::Signaling,
     switch::PeerId,
+    underlay::{Receiver, Registration, Underlay},
     wire::{self, Datagram, Inner},
 };
 
@@ -43,6 +45,15 @@ const HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// How often a link probes the data socket path until it answers...
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// ...for this long, then only every `PROBE_SLOW` (data meanwhile on the ICE path). Once up,
+/// a probe crosses it every second, and the data path is given up when none was answered for
+/// `DIRECT_QUIET`: answers, not just arrivals, so a path blocked one way is noticed on both
+/// sides.
+const PROBE_FOR: Duration = Duration::from_secs(5);
+const PROBE_SLOW: Duration = Duration::from_secs(5);
+const DIRECT_QUIET: Duration = Duration::from_millis(2500);
 
 /// What every link of an agent shares.
 #[derive(Clone)]
@@ -56,6 +67,16 @@ pub struct LinkShared {
     pub exclude_ifaces: Vec<String>,
     pub signaling: Signaling,
     pub events: mpsc::Sender<LinkEvent>,
+    /// The agent's data socket, if it has one: links probe it and move data there.
+    pub data: Option<DataSocket>,
+}
+
+/// The data socket as links see it: for sending, and for telling its reader which receiver
+/// index belongs to which session.
+#[derive(Clone)]
+pub struct DataSocket {
+    pub underlay: Arc<Underlay>,
+    pub registrations: mpsc::UnboundedSender<Registration>,
 }
 
 /// What a link needs to know.
@@ -76,30 +97,69 @@ pub enum LinkCmd {
     Send(Inner, bytes::Bytes),
 }
 
-/// The agent's direct line to a peer once a link is up: it seals and sends on the ICE
-/// connection itself, without a hop through the link task.
+/// The agent's direct line to a peer once a link is up: it seals and sends itself, on the
+/// data socket once the path there is proven, else on the ICE connection, without a hop
+/// through the link task.
 #[derive(Clone)]
 pub struct DataTx {
     sealer: Sealer,
     conn: Arc<dyn Conn + Send + Sync>,
+    direct: Option<Direct>,
+}
+
+/// A proven path on the data socket: where the peer's socket is, and its receiver index.
+#[derive(Clone)]
+struct Direct {
+    underlay: Arc<Underlay>,
+    to: SocketAddr,
+    index: u32,
 }
 
 impl std::fmt::Debug for DataTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataTx")
+        write!(f, "DataTx({})", if self.direct.is_some() { "direct" } else { "ice" })
     }
 }
 
 impl DataTx {
+    /// Whether data goes on the data socket (else on the ICE connection).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// Seals and sends `payload` now if the socket takes it at once (it almost always does);
     /// false if it would have to wait, so the caller queues it to the link task instead.
     pub fn try_send(&self, inner: Inner, payload: &[u8], scratch: &mut Vec<u8>) -> bool {
         use futures_util::FutureExt as _;
         scratch.clear();
+        if let Some(d) = &self.direct {
+            if self.sealer.seal_indexed(d.index, inner, &[payload], scratch).is_err() {
+                return true; // too long: nothing to queue either
+            }
+            return d.underlay.send(d.to, scratch, scratch.len()).is_ok();
+        }
         if self.sealer.seal(inner, payload, scratch).is_err() {
-            return true; // too long: nothing to queue either
+            return true;
         }
         matches!(self.conn.send(scratch).now_or_never(), Some(Ok(_)))
+    }
+
+    /// Sends a whole frame (virtio header and frame) on the data socket, cut into chunks
+    /// sealed end to end and handed to the kernel in one GSO send; `None` without a data
+    /// path (the caller chunks it for the ICE path), else whether the socket took it.
+    pub fn send_frame(&self, id: u32, whole: &[u8], scratch: &mut Vec<u8>) -> Option<bool> {
+        let d = self.direct.as_ref()?;
+        scratch.clear();
+        let mut segment = 0;
+        for (header, data) in crate::chunk::pieces(id, whole, crate::chunk::DIRECT_DATA) {
+            if self.sealer.seal_indexed(d.index, Inner::Ethernet, &[&header, data], scratch).is_err() {
+                return Some(true); // cannot happen for a whole the TAP gave: nothing to retry
+            }
+            if segment == 0 {
+                segment = scratch.len();
+            }
+        }
+        Some(d.underlay.send(d.to, scratch, segment).is_ok())
     }
 }
 
@@ -131,6 +191,8 @@ struct Creds {
     session: u64,
     ufrag: String,
     pwd: String,
+    /// The sender's data socket port and its receiver index for this session, if it has one.
+    data: Option<(u16, u32)>,
 }
 
 enum Signal {
@@ -142,9 +204,14 @@ enum Signal {
 fn parse_signal(v: &Value) -> Option<Signal> {
     let session = v.get("s")?.as_u64()?;
     let text = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| s.len() <= 512).map(str::to_owned);
+    let data = (|| {
+        let port = u16::try_from(v.get("dp")?.as_u64()?).ok().filter(|&p| p != 0)?;
+        Some((port, u32::try_from(v.get("ix")?.as_u64()?).ok()?))
+    })();
+    let creds = || Some(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")?, data });
     match v.get("t")?.as_str()? {
-        "offer" => Some(Signal::Offer(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")? })),
-        "answer" => Some(Signal::Answer(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")? })),
+        "offer" => Some(Signal::Offer(creds()?)),
+        "answer" => Some(Signal::Answer(creds()?)),
         "cand" => Some(Signal::Candidate(session, text("c")?)),
         _ => None,
     }
@@ -278,7 +345,13 @@ async fn connect_and_serve(
         }
     };
     let kind = if p.controlling { "offer" } else { "answer" };
-    p.shared.signaling.send(&p.peer_node, json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd}));
+    let mut creds = json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd});
+    let my_index = random_u32()?;
+    if let Some(d) = &p.shared.data {
+        creds["dp"] = d.underlay.port().into();
+        creds["ix"] = my_index.into();
+    }
+    p.shared.signaling.send(&p.peer_node, creds);
 
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<String>();
     agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
@@ -342,22 +415,61 @@ async fn connect_and_serve(
     };
     debug!(peer = %p.peer_node, "ICE connected; handshaking");
     enlarge_udp_buffers();
+    // The peer's data socket is tried at the address ICE found for it, with its own port: a
+    // NAT that keeps ports (as most do for a new mapping) lets it through, else the probe
+    // fails and data stays on ICE.
+    let plan = match (&p.shared.data, remote.as_ref().and_then(|r| r.data), agent.get_selected_candidate_pair()) {
+        (Some(_), Some((port, peer_index)), Some(pair)) => {
+            Some(Plan { my_index, peer_addr: SocketAddr::new(pair.remote.addr().ip(), port), peer_index })
+        }
+        _ => None,
+    };
 
     // Datagrams from the connection, read by their own task: once a session is up it opens
     // them and hands them straight to the agent; handshakes go to the link task.
-    let (dg_tx, mut dg_rx) = mpsc::channel::<Vec<u8>>(64);
-    let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Opener>();
+    let (dg_tx, dg_rx) = mpsc::channel::<Vec<u8>>(64);
+    let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Arc<Mutex<Opener>>>();
     let last_rx = Arc::new(AtomicU64::new(0));
     let reader =
         tokio::spawn(read_datagrams(p.peer, conn.clone(), p.shared.events.clone(), dg_tx, opener_rx, last_rx.clone()));
-    let result = serve(p, cmds, &conn, &mut dg_rx, opener_tx, &last_rx, session_id, last_handshake).await;
+    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan };
+    let result = serve(p, cmds, io, session_id, last_handshake).await;
+    if let Some(d) = &p.shared.data {
+        let _ = d.registrations.send(Registration::Remove(my_index));
+    }
     reader.abort();
     let _ = conn.close().await;
     result
 }
 
-/// Milliseconds since the process's first call: a clock the reader and the link share.
-fn clock_ms() -> u64 {
+/// How this link will try the data socket: its own receiver index, and the peer's.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    my_index: u32,
+    peer_addr: SocketAddr,
+    peer_index: u32,
+}
+
+/// What `serve` works with once ICE is connected.
+struct LinkIo {
+    conn: Arc<dyn Conn + Send + Sync>,
+    /// Handshake datagrams from the ICE reader.
+    dg_rx: mpsc::Receiver<Vec<u8>>,
+    /// Each new session's opener, for the ICE reader.
+    openers: mpsc::UnboundedSender<Arc<Mutex<Opener>>>,
+    /// When anything authentic last arrived on the ICE path (`clock_ms`).
+    last_rx: Arc<AtomicU64>,
+    plan: Option<Plan>,
+}
+
+fn random_u32() -> Result<u32> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("getrandom: {e}"))?;
+    Ok(u32::from_be_bytes(b))
+}
+
+/// Milliseconds since the process's first call: a clock the readers and the link share.
+pub fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
@@ -367,47 +479,48 @@ async fn read_datagrams(
     conn: Arc<dyn Conn + Send + Sync>,
     events: mpsc::Sender<LinkEvent>,
     handshakes: mpsc::Sender<Vec<u8>>,
-    mut openers: mpsc::UnboundedReceiver<Opener>,
+    mut openers: mpsc::UnboundedReceiver<Arc<Mutex<Opener>>>,
     last_rx: Arc<AtomicU64>,
 ) {
     let mut buf = vec![0u8; wire::MAX_DATAGRAM + 64];
-    let mut opener: Option<Opener> = None;
-    let mut plain = Vec::with_capacity(wire::MAX_DATAGRAM);
-    let mut frames = crate::chunk::Reassembly::default();
+    let mut rx = IceRx { peer, opener: None, plain: Vec::new(), frames: Default::default(), last_rx };
+    // The responder may send as soon as its side is up, before this side has finished the
+    // handshake: transport datagrams that arrive before the first session are held (a few).
+    let mut early: Vec<Vec<u8>> = Vec::new();
     loop {
         let n = tokio::select! {
             o = openers.recv() => match o {
-                Some(o) => { opener = Some(o); continue }
+                Some(o) => {
+                    rx.opener = Some(o);
+                    for dg in std::mem::take(&mut early) {
+                        if let Some(ev) = rx.open(&dg)
+                            && events.send(ev).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 None => return,
             },
             n = conn.recv(&mut buf) => match n { Ok(n) => n, Err(_) => return },
         };
-        match Datagram::parse(&buf[..n]) {
-            Ok(Datagram::Transport { counter, sealed }) => {
-                let Some(o) = opener.as_mut() else { continue };
-                match o.open(counter, sealed, &mut plain) {
-                    Ok(inner) => {
-                        last_rx.store(clock_ms(), Ordering::Relaxed);
-                        let event = match inner {
-                            Inner::Keepalive => continue,
-                            Inner::Rpc => LinkEvent::Received(peer, inner, std::mem::take(&mut plain)),
-                            Inner::Ethernet => match frames.push(&plain) {
-                                Ok(Some(whole)) => LinkEvent::Received(peer, inner, whole),
-                                Ok(None) => continue,
-                                Err(_) => LinkEvent::FrameLost(peer),
-                            },
-                        };
-                        if events.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = events.try_send(LinkEvent::Dropped(peer, e));
-                    }
+        let dg = &buf[..n];
+        match Datagram::parse(dg) {
+            Ok(Datagram::Transport { .. }) if rx.opener.is_none() => {
+                if early.len() < EARLY_MAX {
+                    early.push(dg.to_vec());
+                }
+            }
+            Ok(Datagram::Transport { .. }) => {
+                if let Some(ev) = rx.open(dg)
+                    && events.send(ev).await.is_err()
+                {
+                    return;
                 }
             }
             Ok(_) => {
-                if handshakes.send(buf[..n].to_vec()).await.is_err() {
+                if handshakes.send(dg.to_vec()).await.is_err() {
                     return;
                 }
             }
@@ -416,13 +529,46 @@ async fn read_datagrams(
     }
 }
 
-/// Socket buffer size for the links' UDP sockets: room for bursts of 64 KiB super-frames.
-const UDP_BUFFER: libc::c_int = 4 << 20;
+/// Transport datagrams held until the first session is known.
+const EARLY_MAX: usize = 256;
 
-/// Gives every UDP socket of this process `UDP_BUFFER` bytes of send and receive buffer.
-/// webrtc-ice opens its sockets itself and does not expose them, and the kernel's default
-/// (about 200 KiB) overflows under a burst of super-frames, so the sockets are found through
-/// /proc/self/fd. `SO_*BUFFORCE` (CAP_NET_ADMIN, which the agent has) ignores rmem_max.
+/// The ICE reader's side of a session.
+struct IceRx {
+    peer: PeerId,
+    opener: Option<Arc<Mutex<Opener>>>,
+    plain: Vec<u8>,
+    frames: crate::chunk::Reassembly,
+    last_rx: Arc<AtomicU64>,
+}
+
+impl IceRx {
+    /// Opens a transport datagram: what to tell the agent, if anything.
+    fn open(&mut self, dg: &[u8]) -> Option<LinkEvent> {
+        let (Ok(Datagram::Transport { counter, sealed }), Some(o)) = (Datagram::parse(dg), &self.opener) else {
+            return None;
+        };
+        let opened = o.lock().unwrap_or_else(|e| e.into_inner()).open(counter, sealed, &mut self.plain);
+        let inner = match opened {
+            Ok(inner) => inner,
+            Err(e) => return Some(LinkEvent::Dropped(self.peer, e)),
+        };
+        self.last_rx.store(clock_ms(), Ordering::Relaxed);
+        match inner {
+            // Probes belong on the data socket only.
+            Inner::Keepalive | Inner::Probe | Inner::ProbeAck => None,
+            Inner::Rpc => Some(LinkEvent::Received(self.peer, inner, std::mem::take(&mut self.plain))),
+            Inner::Ethernet => match self.frames.push(&self.plain) {
+                Ok(Some(whole)) => Some(LinkEvent::Received(self.peer, inner, whole)),
+                Ok(None) => None,
+                Err(_) => Some(LinkEvent::FrameLost(self.peer)),
+            },
+        }
+    }
+}
+
+/// Gives every UDP socket of this process bigger buffers (`underlay::force_buffers`).
+/// webrtc-ice opens its sockets itself and does not expose them, so they are found through
+/// /proc/self/fd.
 fn enlarge_udp_buffers() {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
     for entry in fds.flatten() {
@@ -438,18 +584,7 @@ fn enlarge_udp_buffers() {
         if !is_udp {
             continue;
         }
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            // SAFETY: setsockopt with a pointer to an int that outlives the call.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&UDP_BUFFER as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-        }
+        crate::underlay::force_buffers(fd);
     }
 }
 
@@ -465,19 +600,17 @@ fn add_candidate(agent: &Arc<Agent>, c: &str) {
     }
 }
 
-/// Handshake, then keepalives until death, closure or a new offer. Data bypasses this task:
-/// the reader delivers, and the agent sends through the `DataTx` it got with `Up`.
-#[allow(clippy::too_many_arguments)]
+/// Handshake, then keepalives until death, closure or a new offer; probes the data socket
+/// path and moves data there when it answers. Data bypasses this task: the readers deliver,
+/// and the agent sends through the `DataTx` it got with `Up`.
 async fn serve(
     p: &LinkParams,
     cmds: &mut mpsc::Receiver<LinkCmd>,
-    conn: &Arc<dyn Conn + Send + Sync>,
-    dg_rx: &mut mpsc::Receiver<Vec<u8>>,
-    openers: mpsc::UnboundedSender<Opener>,
-    last_rx: &AtomicU64,
+    mut io: LinkIo,
     session_id: u64,
     last_handshake: &mut Option<u64>,
 ) -> Result<(Ended, bool)> {
+    let conn = io.conn.clone();
     let mut sealer: Option<Sealer> = None;
     let mut initiator = None;
     let mut init_msg = Vec::new();
@@ -491,17 +624,42 @@ async fn serve(
     let mut last_tx = Instant::now();
     let mut tick = tokio::time::interval(if p.controlling { HANDSHAKE_RETRY } else { KEEPALIVE / 2 });
     let mut out = Vec::with_capacity(wire::MAX_DATAGRAM);
-    // Hands a new session to the reader and the agent.
-    let established = |s: Session, sealer: &mut Option<Sealer>| {
-        let (tx, rx) = s.split();
-        let _ = openers.send(rx);
-        last_rx.store(clock_ms(), Ordering::Relaxed);
-        *sealer = Some(tx.clone());
-        DataTx { sealer: tx, conn: conn.clone() }
+    // The data socket path: probed from each new session until it answers or PROBE_FOR
+    // passes; `direct` once it answered.
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(Inner, SocketAddr)>();
+    let direct_rx = Arc::new(AtomicU64::new(0));
+    let mut direct: Option<Direct> = None;
+    let mut probing_since: Option<Instant> = None;
+    let mut probe_tick = tokio::time::interval(PROBE_EVERY);
+    let mut last_probe = Instant::now();
+    let mut said_slow = false;
+    let mut last_ack = Instant::now();
+    // Hands a new session to the readers; the DataTx for the agent.
+    let established =
+        |s: Session, sealer: &mut Option<Sealer>, direct: &Option<Direct>, probing: &mut Option<Instant>| {
+            let (tx, rx) = s.split();
+            let rx = Arc::new(Mutex::new(rx));
+            let _ = io.openers.send(rx.clone());
+            if let (Some(d), Some(plan)) = (&p.shared.data, &io.plan) {
+                let receiver =
+                    Receiver { peer: p.peer, opener: rx, last_rx: direct_rx.clone(), probes: probe_tx.clone() };
+                let _ = d.registrations.send(Registration::Add(plan.my_index, receiver));
+                *probing = Some(Instant::now());
+            }
+            io.last_rx.store(clock_ms(), Ordering::Relaxed);
+            *sealer = Some(tx.clone());
+            DataTx { sealer: tx, conn: conn.clone(), direct: direct.clone() }
+        };
+    let send_direct = |sealer: &Sealer, inner: Inner, to: SocketAddr, out: &mut Vec<u8>| {
+        let (Some(d), Some(plan)) = (&p.shared.data, &io.plan) else { return };
+        out.clear();
+        if sealer.seal_indexed(plan.peer_index, inner, &[], out).is_ok() {
+            let _ = d.underlay.send(to, out, out.len());
+        }
     };
     loop {
         tokio::select! {
-            dg = dg_rx.recv() => {
+            dg = io.dg_rx.recv() => {
                 let Some(dg) = dg else { return Ok((Ended::Retry, sealer.is_some())) };
                 match Datagram::parse(&dg) {
                     Ok(Datagram::HandshakeInit(body)) if !p.controlling => {
@@ -511,7 +669,7 @@ async fn serve(
                                 if sealer.is_none() {
                                     info!(peer = %p.peer_node, "link up");
                                 }
-                                let data = established(s, &mut sealer);
+                                let data = established(s, &mut sealer, &direct, &mut probing_since);
                                 conn.send(&reply).await?;
                                 p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
                             }
@@ -521,7 +679,7 @@ async fn serve(
                     Ok(Datagram::HandshakeResp(body)) if p.controlling && initiator.is_some() => {
                         match initiator.take().unwrap().finish(body) {
                             Ok(s) => {
-                                let data = established(s, &mut sealer);
+                                let data = established(s, &mut sealer, &direct, &mut probing_since);
                                 tick = tokio::time::interval(KEEPALIVE / 2);
                                 info!(peer = %p.peer_node, "link up");
                                 p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
@@ -533,6 +691,38 @@ async fn serve(
                         }
                     }
                     _ => {}
+                }
+            }
+            Some((inner, from)) = probe_rx.recv() => {
+                let Some(s) = &sealer else { continue };
+                match inner {
+                    // The peer reached our socket from `from`: answer there (through its NAT).
+                    Inner::Probe => send_direct(s, Inner::ProbeAck, from, &mut out),
+                    Inner::ProbeAck if direct.is_some() => last_ack = Instant::now(),
+                    Inner::ProbeAck => {
+                        let (Some(d), Some(plan)) = (&p.shared.data, &io.plan) else { continue };
+                        last_ack = Instant::now();
+                        info!(peer = %p.peer_node, addr = %from, "data path up on the data socket");
+                        direct = Some(Direct { underlay: d.underlay.clone(), to: from, index: plan.peer_index });
+                        probing_since = None;
+                        said_slow = false;
+                        let data = DataTx { sealer: s.clone(), conn: conn.clone(), direct: direct.clone() };
+                        p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
+                    }
+                    _ => {}
+                }
+            }
+            _ = probe_tick.tick(), if probing_since.is_some() => {
+                let (Some(s), Some(plan), Some(since)) = (&sealer, &io.plan, probing_since) else { continue };
+                let slow = since.elapsed() > PROBE_FOR;
+                if slow && !said_slow {
+                    info!(peer = %p.peer_node, "the data socket path does not answer: data stays on ICE");
+                    said_slow = true;
+                }
+                let every = if slow { PROBE_SLOW } else { PROBE_EVERY };
+                if last_probe.elapsed() + PROBE_EVERY / 2 >= every {
+                    send_direct(s, Inner::Probe, plan.peer_addr, &mut out);
+                    last_probe = Instant::now();
                 }
             }
             cmd = cmds.recv() => match cmd {
@@ -568,9 +758,25 @@ async fn serve(
                     }
                     continue;
                 };
-                if clock_ms().saturating_sub(last_rx.load(Ordering::Relaxed)) > DEAD_AFTER.as_millis() as u64 {
+                let now = clock_ms();
+                let heard = io.last_rx.load(Ordering::Relaxed).max(direct_rx.load(Ordering::Relaxed));
+                if now.saturating_sub(heard) > DEAD_AFTER.as_millis() as u64 {
                     warn!(peer = %p.peer_node, "link down: nothing received for {DEAD_AFTER:?}");
                     return Ok((Ended::Retry, true));
+                }
+                if let Some(d) = &direct {
+                    if last_ack.elapsed() > DIRECT_QUIET {
+                        // The ICE path still lives (else the link would be down): data goes
+                        // back there, and the data socket is probed again.
+                        warn!(peer = %p.peer_node, "data socket path quiet: data back on ICE");
+                        direct = None;
+                        probing_since = Some(Instant::now());
+                        let data = DataTx { sealer: s.clone(), conn: conn.clone(), direct: None };
+                        p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
+                    } else {
+                        // Keeps the path checked (and any NAT mapping alive).
+                        send_direct(s, Inner::Probe, d.to, &mut out);
+                    }
                 }
                 // Keepalives go out regardless of data sent by the agent directly: one a second
                 // is nothing, and the link task cannot see those sends.

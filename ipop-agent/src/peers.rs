@@ -121,10 +121,25 @@ impl Peers {
         }
     }
 
+    /// The tag of `id`'s node id kept with the kernel entries it vouches for (0: unknown).
+    pub fn tag(&self, id: PeerId) -> u32 {
+        self.names.get(&id).map_or(0, |n| peer_tag(n))
+    }
+
+    /// The data socket's UDP port, if there is one.
+    pub fn data_port(&self) -> Option<u16> {
+        self.template.shared.data.as_ref().map(|d| d.underlay.port())
+    }
+
+    /// Datagrams the data socket dropped unread (not for any session).
+    pub fn datagrams_unknown(&self) -> u64 {
+        self.template.shared.data.as_ref().map_or(0, |d| d.underlay.unknown())
+    }
+
     /// Every peer with its link state, sorted by node id.
     pub fn status(&self) -> Vec<serde_json::Value> {
         let mut list: Vec<_> =
-            self.by_node.iter().map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up})).collect();
+            self.by_node.iter().map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up, "path": path(p)})).collect();
         list.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
         list
     }
@@ -144,6 +159,25 @@ impl Peers {
         }
     }
 
+    /// Sends a whole frame (virtio header and frame) to one peer, as chunks.
+    pub fn send_frame(&mut self, id: PeerId, frame_id: u32, whole: &[u8]) {
+        let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else { return };
+        if p.id == id && p.up && !deliver_frame(p, frame_id, whole, &mut self.scratch) {
+            self.queue_drops += 1;
+        }
+    }
+
+    /// Sends a whole frame to every peer whose link is up.
+    pub fn broadcast_frame(&mut self, frame_id: u32, whole: &[u8]) {
+        let mut drops = 0;
+        for p in self.by_node.values().filter(|p| p.up) {
+            if !deliver_frame(p, frame_id, whole, &mut self.scratch) {
+                drops += 1;
+            }
+        }
+        self.queue_drops += drops;
+    }
+
     /// Sends to every peer whose link is up.
     pub fn broadcast(&mut self, inner: Inner, payload: &[u8]) {
         let payload = Bytes::copy_from_slice(payload);
@@ -155,6 +189,29 @@ impl Peers {
         }
         self.queue_drops += drops;
     }
+}
+
+/// A 32-bit tag of a node id, stored with each learned kernel entry so that an agent
+/// restarted after a crash knows which peer vouched for it. Never 0 (static entries).
+pub fn peer_tag(node_id: &str) -> u32 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(node_id.as_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]]).max(1)
+}
+
+/// Which way data to `p` goes: "direct" (the data socket), "ice", or null while down.
+fn path(p: &Peer) -> Option<&'static str> {
+    p.data.as_ref().map(|d| if d.is_direct() { "direct" } else { "ice" })
+}
+
+/// Sends a frame on the data socket in one go, or else chunk by chunk (`deliver`); false if
+/// any of it could not go.
+fn deliver_frame(p: &Peer, frame_id: u32, whole: &[u8], scratch: &mut Vec<u8>) -> bool {
+    if let Some(sent) = p.data.as_ref().and_then(|d| d.send_frame(frame_id, whole, scratch)) {
+        return sent;
+    }
+    // A chunk that cannot go loses its frame: the rest need not follow.
+    crate::chunk::split(frame_id, whole).all(|c| deliver(p, Inner::Ethernet, c, scratch))
 }
 
 /// Sends directly if the socket takes it now, else queues it to the link task; false if

@@ -65,8 +65,8 @@ pub enum Output {
     Broadcast(Method),
     /// Write this frame into the TAP: the local bridge delivers it.
     WriteTap(Vec<u8>),
-    /// Put (or refresh) `ip` -> `mac` in the kernel's `arp_table`.
-    ArpInstall { ip: Ipv4Addr, mac: Mac },
+    /// Put (or refresh) `ip` -> `mac`, vouched for by `peer`, in the kernel's `arp_table`.
+    ArpInstall { ip: Ipv4Addr, mac: Mac, peer: PeerId },
     /// Take `ip` out of `arp_table`: it is no longer answered in the kernel.
     ArpRemove { ip: Ipv4Addr },
     /// A peer claimed an IP that someone else owns; the existing mapping stands.
@@ -95,6 +95,15 @@ pub struct Neighbour {
 pub struct Remote {
     pub mac: Mac,
     pub peer: PeerId,
+    pub updated_ns: u64,
+}
+
+/// A learned entry a previous agent (killed, then restarted) left in `arp_table`: kept and
+/// answered in the kernel while its peer, named by a tag of its node id, may come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orphan {
+    pub mac: Mac,
+    pub tag: u32,
     pub updated_ns: u64,
 }
 
@@ -138,6 +147,9 @@ pub struct Switch {
     sources: HashMap<Mac, Bucket>,
     /// The bucket shared by sources beyond `MAX_SOURCES`.
     overflow: Option<Bucket>,
+    orphans: HashMap<Ipv4Addr, Orphan>,
+    /// Orphans whose peer's link is not up by then are withdrawn.
+    orphans_until_ns: u64,
     broadcast: Option<Bucket>,
 }
 
@@ -159,6 +171,8 @@ impl Switch {
             sources: HashMap::new(),
             overflow: None,
             broadcast: None,
+            orphans: HashMap::new(),
+            orphans_until_ns: 0,
         }
     }
 
@@ -202,6 +216,43 @@ impl Switch {
     /// A link to `peer` is up: it receives broadcasts from now on.
     pub fn peer_up(&mut self, peer: PeerId) {
         self.peers.insert(peer);
+    }
+
+    /// Takes over the learned entries a previous agent left in `arp_table` (the shell read
+    /// them at start). They stay answered in the kernel until `now_ns + grace_ns`, by which
+    /// time their peer's link must be up (`adopt`) or they are withdrawn (`expire`). An
+    /// entry for a local IP is withdrawn at once: a local host always wins.
+    pub fn restore(
+        &mut self,
+        now_ns: u64,
+        grace_ns: u64,
+        entries: impl IntoIterator<Item = (Ipv4Addr, Orphan)>,
+    ) -> Vec<Output> {
+        self.orphans_until_ns = now_ns.saturating_add(grace_ns);
+        let mut out = Vec::new();
+        for (ip, orphan) in entries {
+            if self.local.contains_key(&ip) {
+                out.push(Output::ArpRemove { ip });
+            } else {
+                self.orphans.insert(ip, orphan);
+            }
+        }
+        out
+    }
+
+    /// `peer`, whose node id has tag `tag`, is up: the orphans it vouched for are its
+    /// entries again (aged from their last refresh, withdrawn if it goes down).
+    pub fn adopt(&mut self, tag: u32, peer: PeerId) {
+        let ips: Vec<Ipv4Addr> = self.orphans.iter().filter(|(_, o)| o.tag == tag).map(|(ip, _)| *ip).collect();
+        for ip in ips {
+            let o = self.orphans.remove(&ip).unwrap();
+            self.remote.entry(ip).or_insert(Remote { mac: o.mac, peer, updated_ns: o.updated_ns });
+        }
+    }
+
+    /// Entries restored from a previous agent and not yet adopted.
+    pub fn orphans(&self) -> usize {
+        self.orphans.len()
     }
 
     /// The link to `peer` is down: what it told us is no longer answered.
@@ -292,7 +343,7 @@ impl Switch {
         }
         // Installed before the frame is injected: the bridge ingress program recognises the
         // injected frame by this entry and does not report it back (no loop).
-        out.push(Output::ArpInstall { ip: sender_ip, mac: sender_mac });
+        out.push(Output::ArpInstall { ip: sender_ip, mac: sender_mac, peer });
         match method {
             Method::ArpRequest(r) => {
                 let frame = Arp {
@@ -380,6 +431,9 @@ impl Switch {
             self.counters.local_full += 1;
             return out;
         }
+        if self.orphans.remove(&ip).is_some() {
+            out.push(Output::ArpRemove { ip });
+        }
         if let Some(r) = self.remote.remove(&ip) {
             self.counters.conflicts += 1;
             out.push(Output::ArpRemove { ip });
@@ -392,6 +446,8 @@ impl Switch {
 
     /// Records that `peer` says `ip` is at `mac`, unless someone else owns `ip`.
     fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<(), Output> {
+        // A live peer's word supersedes what a previous agent left (the install overwrites it).
+        self.orphans.remove(&ip);
         if let Some(n) = self.local.get(&ip) {
             return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
         }
@@ -419,7 +475,13 @@ impl Switch {
         self.local.retain(|_, n| n.permanent || !old(n.seen_ns));
         self.sources.retain(|_, b| !b.idle_since(now_ns, SOURCE_IDLE_NS));
         self.macs.retain(|_, (_, t)| !old(*t));
-        self.forget_remote(|r| old(r.updated_ns))
+        let mut out = self.forget_remote(|r| old(r.updated_ns));
+        if now_ns >= self.orphans_until_ns && !self.orphans.is_empty() {
+            let mut ips: Vec<Ipv4Addr> = self.orphans.drain().map(|(ip, _)| ip).collect();
+            ips.sort();
+            out.extend(ips.into_iter().map(|ip| Output::ArpRemove { ip }));
+        }
+        out
     }
 }
 
@@ -554,7 +616,7 @@ mod tests {
         let out = sw.handle_rpc(0, P1, &remote_request());
         assert_eq!(
             out[0],
-            Output::ArpInstall { ip: R_IP.into(), mac: Mac(R) },
+            Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1 },
             "install first, so the injected frame is not reported back"
         );
         let Output::WriteTap(bytes) = &out[1] else { panic!("{out:?}") };
@@ -572,7 +634,7 @@ mod tests {
         let mut sw = with_peers(&[P1]);
         sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
         let out = sw.handle_rpc(1, P1, &remote_reply_to_a());
-        assert_eq!(out[0], Output::ArpInstall { ip: R_IP.into(), mac: Mac(R) });
+        assert_eq!(out[0], Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1 });
         let Output::WriteTap(bytes) = &out[1] else { panic!("{out:?}") };
         let f = ArpFrame::parse(bytes).unwrap();
         assert_eq!((f.eth_dst(), f.eth_src(), f.arp().op), (A, R, OP_REPLY));
@@ -716,6 +778,45 @@ mod tests {
         assert_eq!(sw.local(A_IP.into()), None, "the silent local host is forgotten");
         assert_eq!(sw.expire(19 * SEC), vec![Output::ArpRemove { ip: R_IP.into() }]);
         assert!(sw.local([10, 0, 3, 1].into()).is_some(), "the bridge's own address stays");
+    }
+
+    fn orphan(mac: [u8; 6], tag: u32) -> Orphan {
+        Orphan { mac: Mac(mac), tag, updated_ns: 0 }
+    }
+
+    #[test]
+    fn entries_left_by_a_crashed_agent_return_to_their_peer_or_go_after_the_grace() {
+        let mut sw = Switch::new(60 * SEC);
+        sw.add_local_address(B_IP.into(), Mac(B));
+        let kept = sw.restore(
+            SEC,
+            10 * SEC,
+            [(R_IP.into(), orphan(R, 0xaa)), ([10, 0, 3, 105].into(), orphan(A, 0xbb)), (B_IP.into(), orphan(A, 0xaa))],
+        );
+        assert_eq!(kept, vec![Output::ArpRemove { ip: B_IP.into() }], "a local IP is never answered for a peer");
+        assert_eq!(sw.orphans(), 2);
+        // Peer 0xaa's link comes back as P1: its entry is its own again, and goes with it.
+        sw.peer_up(P1);
+        sw.adopt(0xaa, P1);
+        assert_eq!(sw.remote(R_IP.into()), Some(Remote { mac: Mac(R), peer: P1, updated_ns: 0 }));
+        assert!(sw.expire(5 * SEC).is_empty(), "within the grace, the other orphan stays");
+        // Peer 0xbb never returns: its entry is withdrawn when the grace ends.
+        assert_eq!(sw.expire(11 * SEC), vec![Output::ArpRemove { ip: [10, 0, 3, 105].into() }]);
+        assert_eq!(sw.orphans(), 0);
+        assert_eq!(sw.peer_down(P1), vec![Output::ArpRemove { ip: R_IP.into() }]);
+    }
+
+    #[test]
+    fn a_live_claim_or_a_local_host_supersedes_an_orphan() {
+        let mut sw = with_peers(&[P2]);
+        sw.restore(0, 10 * SEC, [(R_IP.into(), orphan(A, 0xaa)), (A_IP.into(), orphan(R, 0xaa))]);
+        let out = sw.handle_rpc(SEC, P2, &remote_request());
+        assert_eq!(out[0], Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P2 }, "no conflict with an orphan");
+        let out = sw.handle_arp(SEC, &request(HOOK_BRIDGE_INGRESS, R_IP));
+        assert_eq!(out[0], Output::ArpRemove { ip: A_IP.into() }, "A lives here now");
+        assert_eq!(sw.orphans(), 0);
+        sw.adopt(0xaa, P1);
+        assert_eq!(sw.remote(R_IP.into()).map(|r| r.peer), Some(P2), "adoption never overrides a live claim");
     }
 
     #[test]

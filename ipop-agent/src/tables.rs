@@ -52,7 +52,8 @@ impl Pinned {
     /// Adds or replaces a static entry (answered in the kernel, never aged).
     pub fn arp_add(&self, ip: Ipv4Addr, mac: Mac) -> Result<()> {
         let mut table = self.arp_table()?;
-        let entry = ArpEntry { mac: mac.0, flags: m::ENTRY_STATIC, updated_ns: monotonic_ns() };
+        let entry =
+            ArpEntry { mac: mac.0, flags: m::ENTRY_STATIC, updated_ns: monotonic_ns(), peer_tag: 0, _reserved: 0 };
         table.insert(ArpKey { ip: ip.octets() }, entry, 0).with_context(|| format!("adding {ip} to the ARP table"))
     }
 

@@ -13,8 +13,12 @@
 pub const HANDSHAKE_INIT: u8 = 0xc1;
 pub const HANDSHAKE_RESP: u8 = 0xc2;
 pub const TRANSPORT: u8 = 0xc3;
+/// A transport datagram on the agent's own data socket: it names the receiver's index
+/// first, because one socket serves every peer and a NAT may change the source address.
+pub const INDEXED: u8 = 0xc4;
 
 pub const COUNTER_LEN: usize = 8;
+pub const INDEX_LEN: usize = 4;
 pub const TAG_LEN: usize = 16;
 /// Bytes a transport datagram adds to its payload: kind, counter, inner type, tag.
 pub const OVERHEAD: usize = 1 + COUNTER_LEN + 1 + TAG_LEN;
@@ -30,6 +34,10 @@ pub enum Inner {
     Ethernet,
     Rpc,
     Keepalive,
+    /// Asks whether the data socket path works (sent there, sealed).
+    Probe,
+    /// Says it does: the sender may move data to the data socket.
+    ProbeAck,
 }
 
 impl Inner {
@@ -38,6 +46,8 @@ impl Inner {
             Inner::Ethernet => 0x01,
             Inner::Rpc => 0x02,
             Inner::Keepalive => 0x03,
+            Inner::Probe => 0x04,
+            Inner::ProbeAck => 0x05,
         }
     }
 
@@ -46,6 +56,8 @@ impl Inner {
             0x01 => Some(Inner::Ethernet),
             0x02 => Some(Inner::Rpc),
             0x03 => Some(Inner::Keepalive),
+            0x04 => Some(Inner::Probe),
+            0x05 => Some(Inner::ProbeAck),
             _ => None,
         }
     }
@@ -57,6 +69,7 @@ pub enum Datagram<'a> {
     HandshakeInit(&'a [u8]),
     HandshakeResp(&'a [u8]),
     Transport { counter: u64, sealed: &'a [u8] },
+    Indexed { index: u32, counter: u64, sealed: &'a [u8] },
 }
 
 /// Why bytes are not a datagram.
@@ -92,7 +105,16 @@ impl<'a> Datagram<'a> {
                 let (counter, sealed) = body.split_at(COUNTER_LEN);
                 Ok(Datagram::Transport { counter: u64::from_be_bytes(counter.try_into().unwrap()), sealed })
             }
-            HANDSHAKE_INIT | HANDSHAKE_RESP | TRANSPORT => Err(WireError::Truncated),
+            INDEXED if body.len() > INDEX_LEN + COUNTER_LEN + TAG_LEN => {
+                let (index, rest) = body.split_at(INDEX_LEN);
+                let (counter, sealed) = rest.split_at(COUNTER_LEN);
+                Ok(Datagram::Indexed {
+                    index: u32::from_be_bytes(index.try_into().unwrap()),
+                    counter: u64::from_be_bytes(counter.try_into().unwrap()),
+                    sealed,
+                })
+            }
+            HANDSHAKE_INIT | HANDSHAKE_RESP | TRANSPORT | INDEXED => Err(WireError::Truncated),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -111,6 +133,16 @@ mod tests {
     }
 
     #[test]
+    fn indexed_datagrams_name_the_receiver_first() {
+        let mut d = vec![INDEXED];
+        d.extend_from_slice(&7u32.to_be_bytes());
+        d.extend_from_slice(&42u64.to_be_bytes());
+        d.extend_from_slice(&[9u8; 17]);
+        assert_eq!(Datagram::parse(&d).unwrap(), Datagram::Indexed { index: 7, counter: 42, sealed: &[9u8; 17] });
+        assert_eq!(Datagram::parse(&d[..d.len() - 1]), Err(WireError::Truncated));
+    }
+
+    #[test]
     fn malformed_datagrams_are_refused() {
         assert_eq!(Datagram::parse(&[]), Err(WireError::Empty));
         assert_eq!(Datagram::parse(&[0x00, 1, 2]), Err(WireError::UnknownKind(0)));
@@ -121,14 +153,14 @@ mod tests {
 
     #[test]
     fn no_kind_looks_like_stun() {
-        for kind in [HANDSHAKE_INIT, HANDSHAKE_RESP, TRANSPORT] {
+        for kind in [HANDSHAKE_INIT, HANDSHAKE_RESP, TRANSPORT, INDEXED] {
             assert_ne!(kind & 0xc0, 0, "STUN messages start with two zero bits");
         }
     }
 
     #[test]
     fn inner_types_round_trip() {
-        for t in [Inner::Ethernet, Inner::Rpc, Inner::Keepalive] {
+        for t in [Inner::Ethernet, Inner::Rpc, Inner::Keepalive, Inner::Probe, Inner::ProbeAck] {
             assert_eq!(Inner::from_byte(t.to_byte()), Some(t));
         }
         assert_eq!(Inner::from_byte(0), None);

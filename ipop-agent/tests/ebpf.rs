@@ -54,7 +54,11 @@ impl Progs {
             .unwrap();
         let mut table: HashMap<_, ArpKey, ArpEntry> = HashMap::try_from(ebpf.map_mut(m::ARP_TABLE).unwrap()).unwrap();
         table
-            .insert(ArpKey { ip: REMOTE_IP }, ArpEntry { mac: REMOTE_MAC, flags: entry_flags, updated_ns }, 0)
+            .insert(
+                ArpKey { ip: REMOTE_IP },
+                ArpEntry { mac: REMOTE_MAC, flags: entry_flags, updated_ns, peer_tag: 7, _reserved: 0 },
+                0,
+            )
             .unwrap();
         let events = RingBuf::try_from(ebpf.take_map(m::ARP_EVENTS).unwrap()).unwrap();
         Self { ebpf, events }
@@ -248,7 +252,11 @@ fn answering_waits_for_the_agent_configuration() {
     let mut ebpf = datapath::load_unpinned().unwrap();
     let mut table: HashMap<_, ArpKey, ArpEntry> = HashMap::try_from(ebpf.map_mut(m::ARP_TABLE).unwrap()).unwrap();
     table
-        .insert(ArpKey { ip: REMOTE_IP }, ArpEntry { mac: REMOTE_MAC, flags: m::ENTRY_STATIC, updated_ns: 0 }, 0)
+        .insert(
+            ArpKey { ip: REMOTE_IP },
+            ArpEntry { mac: REMOTE_MAC, flags: m::ENTRY_STATIC, updated_ns: 0, peer_tag: 0, _reserved: 0 },
+            0,
+        )
         .unwrap();
     let prog = datapath::program(&mut ebpf, PROG_TAP_EGRESS).unwrap();
     let req = request(A_IP, REMOTE_IP);

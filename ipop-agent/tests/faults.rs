@@ -157,3 +157,46 @@ fn storm_control_caps_broadcasts_flooded_to_peers() {
     assert!(pings(&a, "10.0.3.20"));
     assert!(link_up(&b));
 }
+
+fn paths(host: &Host) -> Vec<String> {
+    let s = status(host, &host.pin_dir("lxcbr0"));
+    s["peers"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap_or("down").to_owned()).collect()
+}
+
+#[test]
+fn data_falls_back_to_ice_when_the_data_socket_is_blocked_and_returns() {
+    let (_underlay, a, b) = two_hosts();
+    for h in [&a, &b] {
+        eventually_within(10, "data on the data socket", || paths(h) == ["direct"]);
+    }
+    // Block b's data socket: what a firewall or a port-changing NAT would do.
+    let port = status(&b, &b.pin_dir("lxcbr0"))["data_port"].as_u64().expect("b reports its data port");
+    let nft = |args: &str| ok(&["ip", "netns", "exec", &b.ns, "nft", args]);
+    nft("add table inet ipopdata");
+    nft("add chain inet ipopdata input { type filter hook input priority 0; }");
+    nft(&format!("add rule inet ipopdata input udp dport {port} drop"));
+    let t = Instant::now();
+    for h in [&a, &b] {
+        eventually_within(15, "data back on ICE", || paths(h) == ["ice"]);
+    }
+    eventually_within(10, "containers reach each other over ICE", || pings(&a, "10.0.3.20"));
+    eprintln!("figure: data back on the ICE path {:.1} s after the data socket was blocked", t.elapsed().as_secs_f64());
+    assert!(link_up(&a) && link_up(&b), "the link itself never went down");
+    assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0, "TCP over the ICE path");
+    nft("delete table inet ipopdata");
+    for h in [&a, &b] {
+        eventually_within(15, "data on the data socket again", || paths(h) == ["direct"]);
+    }
+    assert!(pings(&a, "10.0.3.20"));
+}
+
+#[test]
+fn without_a_data_socket_data_goes_over_ice() {
+    let (_underlay, a, b) = two_hosts_with(&["--icc", "false"]);
+    assert!(status(&a, &a.pin_dir("lxcbr0"))["data_port"].is_null(), "icc false: no data socket");
+    // b has a data socket, but a offered none: nothing to probe, both stay on ICE.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(paths(&a), ["ice"]);
+    assert_eq!(paths(&b), ["ice"]);
+    assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0, "TCP over the ICE path");
+}

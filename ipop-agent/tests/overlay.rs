@@ -61,8 +61,17 @@ fn overlay() -> Overlay {
     }
     for host in &hosts {
         eventually_within(30, "every link up", || peers_up(host) == 2);
+        // On this underlay every data socket is reachable: data leaves ICE for it.
+        eventually_within(10, "data on the data sockets", || {
+            let s = status(host, &host.pin_dir("lxcbr0"));
+            s["peers"].as_array().unwrap().iter().all(|p| p["path"] == "direct")
+        });
     }
     Overlay { hosts, agents, rendezvous, underlay }
+}
+
+fn arp_list(host: &Host, pins: &std::path::Path) -> String {
+    String::from_utf8_lossy(&host.agent(&["arp", "--pin-dir", pins.to_str().unwrap(), "list"]).stdout).into_owned()
 }
 
 fn ping(host: &Host, c: usize, ip: &str, extra: &[&str]) -> (bool, String) {
@@ -151,17 +160,25 @@ fn three_hosts_are_one_ethernet_segment() {
     });
     eprintln!("figure: a killed peer's entries withdrawn {:.1} s after the kill", t.elapsed().as_secs_f64());
     assert!(o.hosts[0].arping(1, IPS[2][1], 1).is_empty(), "nothing answers for a host behind a dead link");
-    // Restarting it brings the segment back.
-    let _ = pins2;
+    // Restarting it brings the segment back, and it keeps what it had learned: its kernel
+    // answers for host 0's containers again, without asking anyone.
+    let had = arp_list(&o.hosts[2], &pins2);
+    assert!(had.contains(IPS[0][1]), "host 2 had learned host 0's container:\n{had}");
     let t = std::time::Instant::now();
     o.agents[2] = start_agent(&mut o.hosts[2], "h2");
     let log = o.hosts[2].agent_log(o.agents[2]);
-    assert!(
-        log.contains("learned ARP entries of the previous agent dropped"),
-        "a restarted agent drops learned entries it cannot vouch for:\n{log}"
-    );
+    assert!(log.contains("learned ARP entries of the previous agent kept"), "{log}");
+    assert!(arp_list(&o.hosts[2], &pins2).contains(IPS[0][1]), "kept while the links come back");
     eventually_within(30, "host 2 reachable again", || ping(&o.hosts[0], 0, IPS[2][0], &[]).0);
     eprintln!("figure: host 2 reachable {:.1} s after its agent was started again", t.elapsed().as_secs_f64());
+    eventually_within(10, "host 2's kept entries are its peers' again", || {
+        status(&o.hosts[2], &pins2)["orphans"].as_u64() == Some(0) && peers_up(&o.hosts[2]) == 2
+    });
+    let answered = stats(&o.hosts[2], &pins2)["answered"].as_u64().unwrap();
+    let sent = status(&o.hosts[2], &pins2)["switch"]["rpc_sent"].as_u64().unwrap();
+    assert_eq!(o.hosts[2].arping(1, IPS[0][1], 1), vec![o.hosts[0].container_mac(1)]);
+    assert_eq!(stats(&o.hosts[2], &pins2)["answered"].as_u64().unwrap(), answered + 1, "answered in the kernel");
+    assert_eq!(status(&o.hosts[2], &pins2)["switch"]["rpc_sent"].as_u64().unwrap(), sent, "no RPC needed");
     drop(o.underlay);
 }
 

@@ -37,6 +37,10 @@ pub struct ArpEntry {
     pub flags: u16,
     /// `CLOCK_MONOTONIC` (`bpf_ktime_get_ns`) time of the last refresh, in ns.
     pub updated_ns: u64,
+    /// For a learned entry, a tag of the peer that vouched for it (`peer_tag` of its node
+    /// id), so that an agent restarted after a crash knows whose it is; 0 for static entries.
+    pub peer_tag: u32,
+    pub _reserved: u32,
 }
 
 impl ArpEntry {
@@ -158,7 +162,7 @@ mod pod {
 
 // No implicit padding: the sizes are the sums of the fields.
 const _: () = assert!(core::mem::size_of::<ArpKey>() == 4);
-const _: () = assert!(core::mem::size_of::<ArpEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<ArpEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<ArpEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<Stats>() == 56);
@@ -168,7 +172,7 @@ mod tests {
     use super::*;
 
     fn entry(flags: u16, updated_ns: u64) -> ArpEntry {
-        ArpEntry { mac: [2, 0, 0, 0, 0, 1], flags, updated_ns }
+        ArpEntry { mac: [2, 0, 0, 0, 0, 1], flags, updated_ns, peer_tag: 0, _reserved: 0 }
     }
 
     #[test]
