@@ -1,12 +1,5 @@
 //! The config parser and validation: never panics, whatever the text.
+//! The property lives in ipop_agent::fuzzing, so that tests/fuzz_regressions.rs replays the
+//! inputs kept under fuzz/regressions/config/.
 #![no_main]
-use ipop_agent::config::Settings;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(settings) = Settings::from_json(text)
-    {
-        let _ = settings.resolve();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ipop_agent::fuzzing::config(data));

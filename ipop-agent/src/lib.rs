@@ -11,6 +11,7 @@ pub mod chunk;
 pub mod config;
 pub mod control;
 pub mod datapath;
+pub mod fuzzing;
 pub mod limit;
 pub mod link;
 pub mod lock;

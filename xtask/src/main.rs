@@ -112,8 +112,10 @@ fn run(cmd: Cmd) -> Result<()> {
                     .current_dir(root().join("fuzz"))
                     .status()?;
                 if !status.success() {
+                    let kept = keep_crashes(t)?;
                     bail!(
-                        "fuzz target {t} failed ({status}): the crashing input is in fuzz/artifacts/{t}/; add it to the target's regression test"
+                        "fuzz target {t} failed ({status}): {kept} crashing input(s) copied to fuzz/regressions/{t}/, \
+                         which `cargo test --test fuzz_regressions` replays; fix the bug, then commit them"
                     );
                 }
             }
@@ -205,4 +207,20 @@ mod tests {
         assert_eq!(parse_test_result(failed), Some((3, 2)));
         assert_eq!(parse_test_result("running 3 tests"), None);
     }
+}
+
+/// Copies the crashes cargo-fuzz left for `target` into the regression inputs; how many.
+fn keep_crashes(target: &str) -> Result<usize> {
+    let from = root().join("fuzz/artifacts").join(target);
+    let to = root().join("fuzz/regressions").join(target);
+    std::fs::create_dir_all(&to)?;
+    let mut kept = 0;
+    for entry in std::fs::read_dir(&from)?.flatten() {
+        let name = entry.file_name();
+        if ["crash-", "oom-", "timeout-"].iter().any(|p| name.to_string_lossy().starts_with(p)) {
+            std::fs::copy(entry.path(), to.join(&name))?;
+            kept += 1;
+        }
+    }
+    Ok(kept)
 }
