@@ -194,21 +194,6 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
     Some((count(" passed")?, count(" failed")?))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_test_result;
-
-    #[test]
-    fn cargo_test_result_lines_are_totalled() {
-        let ok = "test result: ok. 20 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
-        assert_eq!(parse_test_result(ok), Some((20, 0)));
-        let failed =
-            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.24s";
-        assert_eq!(parse_test_result(failed), Some((3, 2)));
-        assert_eq!(parse_test_result("running 3 tests"), None);
-    }
-}
-
 /// Copies the crashes cargo-fuzz left for `target` into the regression inputs; how many.
 fn keep_crashes(target: &str) -> Result<usize> {
     let from = root().join("fuzz/artifacts").join(target);
@@ -223,4 +208,19 @@ fn keep_crashes(target: &str) -> Result<usize> {
         }
     }
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn cargo_test_result_lines_are_totalled() {
+        let ok = "test result: ok. 20 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(parse_test_result(ok), Some((20, 0)));
+        let failed =
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.24s";
+        assert_eq!(parse_test_result(failed), Some((3, 2)));
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
 }
