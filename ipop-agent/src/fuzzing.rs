@@ -17,8 +17,11 @@ use crate::{
     wire::{Datagram, Inner},
 };
 
+/// A property: panics if `data` breaks it.
+pub type Check = fn(&[u8]);
+
 /// Every target, by name (the fuzz crate's target names).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("arp_frame", arp_frame),
     ("link_datagram", link_datagram),
     ("json_rpc", json_rpc),
