@@ -48,7 +48,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// How often a link probes the data socket path until it answers...
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// ...for this long, then only every `PROBE_SLOW` (data meanwhile on the ICE path). Once up,
-/// a probe crosses it every second, and the data path is given up when none was answered for
+/// a probe crosses it every half second, and the data path is given up when none was answered for
 /// `DIRECT_QUIET`: answers, not just arrivals, so a path blocked one way is noticed on both
 /// sides.
 const PROBE_FOR: Duration = Duration::from_secs(5);
