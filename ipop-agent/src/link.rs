@@ -54,6 +54,9 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 const PROBE_FOR: Duration = Duration::from_secs(5);
 const PROBE_SLOW: Duration = Duration::from_secs(5);
 const DIRECT_QUIET: Duration = Duration::from_millis(2500);
+/// A probe's payload: it makes the probe exactly `chunk::DIRECT_DATAGRAM` bytes.
+const PROBE_PADDING: [u8; crate::chunk::DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN] =
+    [0; crate::chunk::DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN];
 
 /// What every link of an agent shares.
 #[derive(Clone)]
@@ -650,10 +653,12 @@ async fn serve(
             *sealer = Some(tx.clone());
             DataTx { sealer: tx, conn: conn.clone(), direct: direct.clone() }
         };
+    // Probes and their answers are as large as the largest data datagram: a path that drops
+    // full-size datagrams (a smaller MTU, DF set) must fail the probe, not black-hole data.
     let send_direct = |sealer: &Sealer, inner: Inner, to: SocketAddr, out: &mut Vec<u8>| {
         let (Some(d), Some(plan)) = (&p.shared.data, &io.plan) else { return };
         out.clear();
-        if sealer.seal_indexed(plan.peer_index, inner, &[], out).is_ok() {
+        if sealer.seal_indexed(plan.peer_index, inner, &[&PROBE_PADDING], out).is_ok() {
             let _ = d.underlay.send(to, out, out.len());
         }
     };

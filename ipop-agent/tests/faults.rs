@@ -200,3 +200,31 @@ fn without_a_data_socket_data_goes_over_ice() {
     assert_eq!(paths(&b), ["ice"]);
     assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0, "TCP over the ICE path");
 }
+
+#[test]
+fn an_underlay_too_small_for_full_datagrams_keeps_data_on_ice() {
+    // The underlay carries 1,400-byte packets: less than a data socket datagram (1,452 + 28
+    // bytes of headers), which never fragments. Probes are full-size, so they fail and data
+    // stays on ICE, whose datagrams fragment.
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut a = Host::new(&["10.0.3.10"]);
+    a.join_underlay(&underlay, 1);
+    let mut b = Host::new(&["10.0.3.20"]);
+    b.join_underlay(&underlay, 2);
+    for h in [&a, &b] {
+        h.ip(&["link", "set", "wan0", "mtu", "1400"]);
+    }
+    start(&mut a, "a", &[]);
+    start(&mut b, "b", &[]);
+    for h in [&a, &b] {
+        eventually_within(30, "link up", || link_up(h));
+    }
+    // Longer than the first round of probes (5 s).
+    thread::sleep(Duration::from_secs(6));
+    assert_eq!(paths(&a), ["ice"]);
+    assert_eq!(paths(&b), ["ice"]);
+    let big = a.in_container(0, &["ping", "-c", "2", "-s", "1472", "-M", "do", "10.0.3.20"]);
+    assert!(big.status.success(), "full-size frames cross: {}", String::from_utf8_lossy(&big.stdout));
+    assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0, "TCP over ICE with IP fragments");
+}
