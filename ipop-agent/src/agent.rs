@@ -162,6 +162,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     signaling,
                     events: link_tx.clone(),
                     data,
+                    aead: session::Aead::local(),
                 },
             };
             info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");

@@ -45,8 +45,8 @@ fn pair() -> &'static Mutex<(Sealer, Opener)> {
     PAIR.get_or_init(|| {
         let (a, b) = (Identity::generate(), Identity::generate());
         let psk = session::overlay_psk("fuzz", "fuzz secret");
-        let (init, m1) = session::initiate(&a, &b.public, &psk, 1).unwrap();
-        let (sb, m2, _) = session::respond(&b, &a.public, &psk, &m1[1..], None).unwrap();
+        let (init, m1) = session::initiate(&a, &b.public, &psk, 1, session::Aead::ChaChaPoly).unwrap();
+        let (sb, m2, _) = session::respond(&b, &a.public, &psk, &m1[1..], None, session::Aead::ChaChaPoly).unwrap();
         let sa = init.finish(&m2[1..]).unwrap();
         let (sealer, _) = sa.split();
         let (_, opener) = sb.split();

@@ -29,7 +29,7 @@ use webrtc_ice::{
 use webrtc_util::Conn;
 
 use crate::{
-    session::{self, Identity, Opener, Sealer, Session, SessionError},
+    session::{self, Aead, Identity, Opener, Sealer, Session, SessionError},
     signaling::Signaling,
     switch::PeerId,
     underlay::{Receiver, Registration, Underlay},
@@ -72,6 +72,8 @@ pub struct LinkShared {
     pub events: mpsc::Sender<LinkEvent>,
     /// The agent's data socket, if it has one: links probe it and move data there.
     pub data: Option<DataSocket>,
+    /// The AEAD this machine seals fastest (`Aead::local`); a pair agrees on one.
+    pub aead: Aead,
 }
 
 /// The data socket as links see it: for sending, and for telling its reader which receiver
@@ -196,6 +198,8 @@ struct Creds {
     pwd: String,
     /// The sender's data socket port and its receiver index for this session, if it has one.
     data: Option<(u16, u32)>,
+    /// The AEAD the sender seals fastest (ChaChaPoly if it does not say).
+    aead: Aead,
 }
 
 enum Signal {
@@ -211,7 +215,8 @@ fn parse_signal(v: &Value) -> Option<Signal> {
         let port = u16::try_from(v.get("dp")?.as_u64()?).ok().filter(|&p| p != 0)?;
         Some((port, u32::try_from(v.get("ix")?.as_u64()?).ok()?))
     })();
-    let creds = || Some(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")?, data });
+    let aead = v.get("aead").and_then(Value::as_str).and_then(Aead::from_name).unwrap_or(Aead::ChaChaPoly);
+    let creds = || Some(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")?, data, aead });
     match v.get("t")?.as_str()? {
         "offer" => Some(Signal::Offer(creds()?)),
         "answer" => Some(Signal::Answer(creds()?)),
@@ -348,7 +353,7 @@ async fn connect_and_serve(
         }
     };
     let kind = if p.controlling { "offer" } else { "answer" };
-    let mut creds = json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd});
+    let mut creds = json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd, "aead": p.shared.aead.name()});
     let my_index = random_u32()?;
     if let Some(d) = &p.shared.data {
         creds["dp"] = d.underlay.port().into();
@@ -435,7 +440,8 @@ async fn connect_and_serve(
     let last_rx = Arc::new(AtomicU64::new(0));
     let reader =
         tokio::spawn(read_datagrams(p.peer, conn.clone(), p.shared.events.clone(), dg_tx, opener_rx, last_rx.clone()));
-    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan };
+    let aead = p.shared.aead.agree(remote.as_ref().map_or(Aead::ChaChaPoly, |r| r.aead));
+    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead };
     let result = serve(p, cmds, io, session_id, last_handshake).await;
     if let Some(d) = &p.shared.data {
         let _ = d.registrations.send(Registration::Remove(my_index));
@@ -463,6 +469,8 @@ struct LinkIo {
     /// When anything authentic last arrived on the ICE path (`clock_ms`).
     last_rx: Arc<AtomicU64>,
     plan: Option<Plan>,
+    /// What the pair agreed on.
+    aead: Aead,
 }
 
 fn random_u32() -> Result<u32> {
@@ -618,7 +626,7 @@ async fn serve(
     let mut initiator = None;
     let mut init_msg = Vec::new();
     if p.controlling {
-        let (i, msg) = session::initiate(&p.shared.identity, &p.remote_key, &p.shared.psk, now_ns())?;
+        let (i, msg) = session::initiate(&p.shared.identity, &p.remote_key, &p.shared.psk, now_ns(), io.aead)?;
         initiator = Some(i);
         init_msg = msg;
         conn.send(&init_msg).await?;
@@ -668,11 +676,11 @@ async fn serve(
                 let Some(dg) = dg else { return Ok((Ended::Retry, sealer.is_some())) };
                 match Datagram::parse(&dg) {
                     Ok(Datagram::HandshakeInit(body)) if !p.controlling => {
-                        match session::respond(&p.shared.identity, &p.remote_key, &p.shared.psk, body, *last_handshake) {
+                        match session::respond(&p.shared.identity, &p.remote_key, &p.shared.psk, body, *last_handshake, io.aead) {
                             Ok((s, reply, ts)) => {
                                 *last_handshake = Some(ts);
                                 if sealer.is_none() {
-                                    info!(peer = %p.peer_node, "link up");
+                                    info!(peer = %p.peer_node, aead = io.aead.name(), "link up");
                                 }
                                 let data = established(s, &mut sealer, &direct, &mut probing_since);
                                 conn.send(&reply).await?;
@@ -686,7 +694,7 @@ async fn serve(
                             Ok(s) => {
                                 let data = established(s, &mut sealer, &direct, &mut probing_since);
                                 tick = tokio::time::interval(KEEPALIVE / 2);
-                                info!(peer = %p.peer_node, "link up");
+                                info!(peer = %p.peer_node, aead = io.aead.name(), "link up");
                                 p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
                             }
                             Err(e) => {

@@ -2,7 +2,7 @@
 //! every datagram with explicit counters and a replay window. Pure: no sockets, no clock
 //! (the caller passes the handshake timestamp).
 //!
-//! Pattern `Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s`: both agents know each other's static key
+//! Pattern `Noise_KKpsk0_25519_{AESGCM|ChaChaPoly}_BLAKE2s` (`Aead`): both agents know each other's static key
 //! from the rendezvous, which only admits members holding the overlay secret; the secret
 //! also keys the PSK, so a link needs both a member's key and the secret. A handshake from
 //! any other key fails. The initiator's timestamp (inside the encrypted first message) must
@@ -22,8 +22,53 @@ use crate::{
     wire::{self, Inner},
 };
 
-const PARAMS: &str = "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s";
 pub const KEY_LEN: usize = 32;
+
+/// The AEAD that seals a session's datagrams (both are ring's, through snow). AES-256-GCM
+/// where both ends have AES and carry-less multiply instructions (measured here: TCP 8.4
+/// against 5.6 Gbit/s), else ChaCha20-Poly1305, which is fast without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aead {
+    ChaChaPoly,
+    AesGcm,
+}
+
+impl Aead {
+    fn params(self) -> &'static str {
+        match self {
+            Aead::ChaChaPoly => "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s",
+            Aead::AesGcm => "Noise_KKpsk0_25519_AESGCM_BLAKE2s",
+        }
+    }
+
+    /// Its name in link signals.
+    pub fn name(self) -> &'static str {
+        match self {
+            Aead::ChaChaPoly => "chachapoly",
+            Aead::AesGcm => "aesgcm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Aead::ChaChaPoly, Aead::AesGcm].into_iter().find(|a| a.name() == name)
+    }
+
+    /// What this machine seals fastest.
+    pub fn local() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let fast_aes = std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq");
+        #[cfg(target_arch = "aarch64")]
+        let fast_aes = std::arch::is_aarch64_feature_detected!("aes");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let fast_aes = false;
+        if fast_aes { Aead::AesGcm } else { Aead::ChaChaPoly }
+    }
+
+    /// What a pair uses: AES-GCM only if both ends seal it fast.
+    pub fn agree(self, other: Self) -> Self {
+        if self == Aead::AesGcm && other == Aead::AesGcm { Aead::AesGcm } else { Aead::ChaChaPoly }
+    }
+}
 
 /// Why a handshake or datagram was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +112,8 @@ pub struct Identity {
 
 impl Identity {
     pub fn generate() -> Self {
-        let kp = Builder::new(PARAMS.parse().expect("valid Noise params")).generate_keypair().expect("keypair");
+        let params = Aead::ChaChaPoly.params().parse().expect("valid Noise params");
+        let kp = Builder::new(params).generate_keypair().expect("keypair");
         Self {
             private: kp.private.try_into().expect("32-byte key"),
             public: kp.public.try_into().expect("32-byte key"),
@@ -125,8 +171,9 @@ pub fn initiate(
     remote: &[u8; KEY_LEN],
     psk: &[u8; 32],
     timestamp: u64,
+    aead: Aead,
 ) -> Result<(Initiator, Vec<u8>), SessionError> {
-    let mut state = Builder::new(PARAMS.parse().unwrap())
+    let mut state = Builder::new(aead.params().parse().unwrap())
         .local_private_key(&id.private)
         .and_then(|b| b.remote_public_key(remote))
         .and_then(|b| b.psk(0, psk))
@@ -157,8 +204,9 @@ pub fn respond(
     psk: &[u8; 32],
     body: &[u8],
     last_timestamp: Option<u64>,
+    aead: Aead,
 ) -> Result<(Session, Vec<u8>, u64), SessionError> {
-    let mut state = Builder::new(PARAMS.parse().unwrap())
+    let mut state = Builder::new(aead.params().parse().unwrap())
         .local_private_key(&id.private)
         .and_then(|b| b.remote_public_key(remote))
         .and_then(|b| b.psk(0, psk))
@@ -296,9 +344,9 @@ mod tests {
     }
 
     fn handshake(a: &Identity, b: &Identity, psk: &[u8; 32]) -> (Session, Session) {
-        let (init, msg1) = initiate(a, &b.public, psk, 1).unwrap();
+        let (init, msg1) = initiate(a, &b.public, psk, 1, Aead::ChaChaPoly).unwrap();
         let Datagram::HandshakeInit(body) = Datagram::parse(&msg1).unwrap() else { panic!() };
-        let (sb, msg2, ts) = respond(b, &a.public, psk, body, None).unwrap();
+        let (sb, msg2, ts) = respond(b, &a.public, psk, body, None, Aead::ChaChaPoly).unwrap();
         assert_eq!(ts, 1);
         let Datagram::HandshakeResp(body) = Datagram::parse(&msg2).unwrap() else { panic!() };
         (init.finish(body).unwrap(), sb)
@@ -321,6 +369,35 @@ mod tests {
         let mut d = Vec::new();
         sb.seal(Inner::Rpc, br#"{"jsonrpc":"2.0"}"#, &mut d).unwrap();
         assert_eq!(open(&mut sa, &d).unwrap().0, Inner::Rpc);
+    }
+
+    #[test]
+    fn aes_gcm_sessions_talk_and_a_pair_must_agree_on_the_aead() {
+        let (a, b, psk) = pair();
+        let (init, msg1) = initiate(&a, &b.public, &psk, 1, Aead::AesGcm).unwrap();
+        let (mut sb, msg2, _) = respond(&b, &a.public, &psk, &msg1[1..], None, Aead::AesGcm).unwrap();
+        let mut sa = init.finish(&msg2[1..]).unwrap();
+        let mut d = Vec::new();
+        sa.seal(Inner::Ethernet, b"frame", &mut d).unwrap();
+        assert_eq!(open(&mut sb, &d).unwrap(), (Inner::Ethernet, b"frame".to_vec()));
+        // A responder that took the other AEAD cannot read the first message.
+        let (_, msg1) = initiate(&a, &b.public, &psk, 2, Aead::AesGcm).unwrap();
+        assert!(matches!(
+            respond(&b, &a.public, &psk, &msg1[1..], None, Aead::ChaChaPoly),
+            Err(SessionError::Handshake(_))
+        ));
+    }
+
+    #[test]
+    fn aes_gcm_only_when_both_ends_do_it_fast() {
+        use Aead::*;
+        assert_eq!(AesGcm.agree(AesGcm), AesGcm);
+        assert_eq!(AesGcm.agree(ChaChaPoly), ChaChaPoly);
+        assert_eq!(ChaChaPoly.agree(AesGcm), ChaChaPoly);
+        for a in [AesGcm, ChaChaPoly] {
+            assert_eq!(Aead::from_name(a.name()), Some(a));
+        }
+        assert_eq!(Aead::from_name("rot13"), None);
     }
 
     #[test]
@@ -378,19 +455,28 @@ mod tests {
     #[test]
     fn a_wrong_secret_or_an_unknown_key_fails_the_handshake() {
         let (a, b, psk) = pair();
-        let (_, msg1) = initiate(&a, &b.public, &overlay_psk("lab", "wrong"), 1).unwrap();
-        assert!(matches!(respond(&b, &a.public, &psk, &msg1[1..], None), Err(SessionError::Handshake(_))));
+        let (_, msg1) = initiate(&a, &b.public, &overlay_psk("lab", "wrong"), 1, Aead::ChaChaPoly).unwrap();
+        assert!(matches!(
+            respond(&b, &a.public, &psk, &msg1[1..], None, Aead::ChaChaPoly),
+            Err(SessionError::Handshake(_))
+        ));
         let stranger = Identity::generate();
-        let (_, msg1) = initiate(&stranger, &b.public, &psk, 1).unwrap();
-        assert!(matches!(respond(&b, &a.public, &psk, &msg1[1..], None), Err(SessionError::Handshake(_))));
+        let (_, msg1) = initiate(&stranger, &b.public, &psk, 1, Aead::ChaChaPoly).unwrap();
+        assert!(matches!(
+            respond(&b, &a.public, &psk, &msg1[1..], None, Aead::ChaChaPoly),
+            Err(SessionError::Handshake(_))
+        ));
     }
 
     #[test]
     fn a_replayed_first_message_is_refused() {
         let (a, b, psk) = pair();
-        let (_, msg1) = initiate(&a, &b.public, &psk, 10).unwrap();
-        let (_, _, ts) = respond(&b, &a.public, &psk, &msg1[1..], None).unwrap();
-        assert_eq!(respond(&b, &a.public, &psk, &msg1[1..], Some(ts)).err(), Some(SessionError::StaleHandshake));
+        let (_, msg1) = initiate(&a, &b.public, &psk, 10, Aead::ChaChaPoly).unwrap();
+        let (_, _, ts) = respond(&b, &a.public, &psk, &msg1[1..], None, Aead::ChaChaPoly).unwrap();
+        assert_eq!(
+            respond(&b, &a.public, &psk, &msg1[1..], Some(ts), Aead::ChaChaPoly).err(),
+            Some(SessionError::StaleHandshake)
+        );
     }
 
     #[test]
