@@ -645,6 +645,8 @@ async fn serve(
     let mut last_probe = Instant::now();
     let mut said_slow = false;
     let mut last_ack = Instant::now();
+    // The last first message answered, and the answer (the responder's side).
+    let mut answered: Option<(Vec<u8>, Vec<u8>)> = None;
     // Hands a new session to the readers; the DataTx for the agent.
     let established =
         |s: Session, sealer: &mut Option<Sealer>, direct: &Option<Direct>, probing: &mut Option<Instant>| {
@@ -675,6 +677,13 @@ async fn serve(
             dg = io.dg_rx.recv() => {
                 let Some(dg) = dg else { return Ok((Ended::Retry, sealer.is_some())) };
                 match Datagram::parse(&dg) {
+                    // The same first message again: our answer was lost (the initiator retries
+                    // every 500 ms). Answer it again; a new session would be refused as stale.
+                    Ok(Datagram::HandshakeInit(body)) if !p.controlling && answered.as_ref().is_some_and(|(m, _)| m == body) => {
+                        if let Some((_, reply)) = &answered {
+                            conn.send(reply).await?;
+                        }
+                    }
                     Ok(Datagram::HandshakeInit(body)) if !p.controlling => {
                         match session::respond(&p.shared.identity, &p.remote_key, &p.shared.psk, body, *last_handshake, io.aead) {
                             Ok((s, reply, ts)) => {
@@ -684,6 +693,7 @@ async fn serve(
                                 }
                                 let data = established(s, &mut sealer, &direct, &mut probing_since);
                                 conn.send(&reply).await?;
+                                answered = Some((body.to_vec(), reply));
                                 p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
                             }
                             Err(e) => { let _ = p.shared.events.send(LinkEvent::Dropped(p.peer, e)).await; }

@@ -228,3 +228,29 @@ fn an_underlay_too_small_for_full_datagrams_keeps_data_on_ice() {
     assert!(big.status.success(), "full-size frames cross: {}", String::from_utf8_lossy(&big.stdout));
     assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0, "TCP over ICE with IP fragments");
 }
+
+#[test]
+fn a_lost_handshake_answer_is_sent_again_not_refused() {
+    // Host a ("a" < "b") initiates; its first handshake answer from b is dropped on the way
+    // in (the UDP payload's first byte is HANDSHAKE_RESP, 0xc2; the limit lets one match).
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut a = Host::new(&["10.0.3.10"]);
+    a.join_underlay(&underlay, 1);
+    let mut b = Host::new(&["10.0.3.20"]);
+    b.join_underlay(&underlay, 2);
+    let nft = |args: &str| ok(&["ip", "netns", "exec", &a.ns, "nft", args]);
+    nft("add table inet ipophs");
+    nft("add chain inet ipophs input { type filter hook input priority 0; }");
+    nft("add rule inet ipophs input meta l4proto udp @th,64,8 0xc2 limit rate 1/hour burst 1 packets counter drop");
+    start(&mut a, "a", &[]);
+    start(&mut b, "b", &[]);
+    for h in [&a, &b] {
+        eventually_within(30, "link up", || link_up(h));
+    }
+    let dropped = ok(&["ip", "netns", "exec", &a.ns, "nft", "list", "chain", "inet", "ipophs", "input"]);
+    assert!(dropped.contains("packets 1 "), "the first answer was dropped: {dropped}");
+    // b answered the retried first message again instead of refusing it as a replay.
+    assert_eq!(status(&b, &b.pin_dir("lxcbr0"))["datagrams_refused"], 0);
+    assert!(pings(&a, "10.0.3.20"));
+}
