@@ -136,7 +136,7 @@ pub async fn read(
     events: mpsc::Sender<LinkEvent>,
 ) {
     let mut receivers: HashMap<u32, (Receiver, Reassembly)> = HashMap::new();
-    let mut bufs = vec![vec![0u8; RUN]; RUNS];
+    let mut bufs: [Vec<u8>; RUNS] = std::array::from_fn(|_| vec![0u8; RUN]);
     let mut meta = [RecvMeta::default(); RUNS];
     let mut plain = Vec::with_capacity(RUN);
     let mut out = Vec::new();
@@ -152,7 +152,8 @@ pub async fn read(
             }
             r = underlay.socket.readable() => {
                 if r.is_err() { return }
-                let mut slices: Vec<IoSliceMut> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                // On the stack: no allocation per read.
+                let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
                 match underlay.socket.try_io(Interest::READABLE, || {
                     underlay.state.recv((&underlay.socket).into(), &mut slices, &mut meta)
                 }) {

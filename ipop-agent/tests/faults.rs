@@ -45,19 +45,31 @@ fn two_hosts() -> (Underlay, Host, Host) {
 
 /// Two hosts with one container each; `a_args` go to host a's agent.
 fn two_hosts_with(a_args: &[&str]) -> (Underlay, Host, Host) {
-    let mut underlay = Underlay::new();
-    underlay.start_rendezvous(SECRET);
-    let mut a = Host::new(&["10.0.3.10"]);
-    a.join_underlay(&underlay, 1);
-    let mut b = Host::new(&["10.0.3.20"]);
-    b.join_underlay(&underlay, 2);
-    start(&mut a, "a", a_args);
-    start(&mut b, "b", &[]);
-    for h in [&a, &b] {
-        eventually_within(30, "link up", || link_up(h));
-    }
+    let (underlay, mut a, mut b) = two_idle_hosts();
+    start_both(&mut a, &mut b, a_args);
     assert!(pings(&a, "10.0.3.20"));
     (underlay, a, b)
+}
+
+/// Two hosts on an underlay with a rendezvous, agents not started yet (for a test to change
+/// the underlay first).
+fn two_idle_hosts() -> (Underlay, Host, Host) {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let a = Host::new(&["10.0.3.10"]);
+    a.join_underlay(&underlay, 1);
+    let b = Host::new(&["10.0.3.20"]);
+    b.join_underlay(&underlay, 2);
+    (underlay, a, b)
+}
+
+/// Starts agents "a" (with `a_args`) and "b", and waits for their link.
+fn start_both(a: &mut Host, b: &mut Host, a_args: &[&str]) {
+    start(a, "a", a_args);
+    start(b, "b", &[]);
+    for h in [&*a, &*b] {
+        eventually_within(30, "link up", || link_up(h));
+    }
 }
 
 #[test]
@@ -206,20 +218,11 @@ fn an_underlay_too_small_for_full_datagrams_keeps_data_on_ice() {
     // The underlay carries 1,400-byte packets: less than a data socket datagram (1,452 + 28
     // bytes of headers), which never fragments. Probes are full-size, so they fail and data
     // stays on ICE, whose datagrams fragment.
-    let mut underlay = Underlay::new();
-    underlay.start_rendezvous(SECRET);
-    let mut a = Host::new(&["10.0.3.10"]);
-    a.join_underlay(&underlay, 1);
-    let mut b = Host::new(&["10.0.3.20"]);
-    b.join_underlay(&underlay, 2);
+    let (_underlay, mut a, mut b) = two_idle_hosts();
     for h in [&a, &b] {
         h.ip(&["link", "set", "wan0", "mtu", "1400"]);
     }
-    start(&mut a, "a", &[]);
-    start(&mut b, "b", &[]);
-    for h in [&a, &b] {
-        eventually_within(30, "link up", || link_up(h));
-    }
+    start_both(&mut a, &mut b, &[]);
     // Longer than the first round of probes (5 s).
     thread::sleep(Duration::from_secs(6));
     assert_eq!(paths(&a), ["ice"]);
@@ -233,21 +236,12 @@ fn an_underlay_too_small_for_full_datagrams_keeps_data_on_ice() {
 fn a_lost_handshake_answer_is_sent_again_not_refused() {
     // Host a ("a" < "b") initiates; its first handshake answer from b is dropped on the way
     // in (the UDP payload's first byte is HANDSHAKE_RESP, 0xc2; the limit lets one match).
-    let mut underlay = Underlay::new();
-    underlay.start_rendezvous(SECRET);
-    let mut a = Host::new(&["10.0.3.10"]);
-    a.join_underlay(&underlay, 1);
-    let mut b = Host::new(&["10.0.3.20"]);
-    b.join_underlay(&underlay, 2);
+    let (_underlay, mut a, mut b) = two_idle_hosts();
     let nft = |args: &str| ok(&["ip", "netns", "exec", &a.ns, "nft", args]);
     nft("add table inet ipophs");
     nft("add chain inet ipophs input { type filter hook input priority 0; }");
     nft("add rule inet ipophs input meta l4proto udp @th,64,8 0xc2 limit rate 1/hour burst 1 packets counter drop");
-    start(&mut a, "a", &[]);
-    start(&mut b, "b", &[]);
-    for h in [&a, &b] {
-        eventually_within(30, "link up", || link_up(h));
-    }
+    start_both(&mut a, &mut b, &[]);
     let dropped = ok(&["ip", "netns", "exec", &a.ns, "nft", "list", "chain", "inet", "ipophs", "input"]);
     assert!(dropped.contains("packets 1 "), "the first answer was dropped: {dropped}");
     // b answered the retried first message again instead of refusing it as a replay.

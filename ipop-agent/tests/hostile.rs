@@ -137,8 +137,9 @@ fn rss_kib(host: &Host, idx: usize) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-#[test]
-fn a_member_sending_garbage_rpcs_is_refused_counted_and_logged_once() {
+/// Agents "a" and "b" with a container each, and host r (no agent) for the attacker, all on
+/// one underlay with a rendezvous.
+fn three_hosts() -> (Underlay, Host, Host, Host) {
     let mut underlay = Underlay::new();
     underlay.start_rendezvous(SECRET);
     let mut a = Host::new(&["10.0.3.10"]);
@@ -149,6 +150,12 @@ fn a_member_sending_garbage_rpcs_is_refused_counted_and_logged_once() {
     r.join_underlay(&underlay, 3);
     start(&mut a, "a");
     start(&mut b, "b");
+    (underlay, a, b, r)
+}
+
+#[test]
+fn a_member_sending_garbage_rpcs_is_refused_counted_and_logged_once() {
+    let (_underlay, a, _b, r) = three_hosts();
     let pins = a.pin_dir("lxcbr0");
     eventually_within(30, "a and b linked", || {
         status(&a, &pins)["peers"].as_array().unwrap().iter().any(|p| p["node_id"] == "b" && p["up"] == true)
@@ -189,16 +196,7 @@ fn a_member_sending_garbage_rpcs_is_refused_counted_and_logged_once() {
 
 #[test]
 fn a_stranger_throwing_datagrams_at_the_data_socket_reaches_nothing() {
-    let mut underlay = Underlay::new();
-    underlay.start_rendezvous(SECRET);
-    let mut a = Host::new(&["10.0.3.10"]);
-    a.join_underlay(&underlay, 1);
-    let mut b = Host::new(&["10.0.3.20"]);
-    b.join_underlay(&underlay, 2);
-    let r = Host::new(&[]);
-    r.join_underlay(&underlay, 3);
-    start(&mut a, "a");
-    start(&mut b, "b");
+    let (_underlay, a, _b, r) = three_hosts();
     let pins = a.pin_dir("lxcbr0");
     eventually_within(30, "a and b on their data sockets", || {
         status(&a, &pins)["peers"].as_array().unwrap().iter().any(|p| p["path"] == "direct")
