@@ -5,12 +5,14 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::limit::Rate;
+use crate::{
+    core::{limit::Rate, node_id::check_node_id, switch::Limits},
+    kernel::datapath::default_pin_dir,
+};
 
 /// Defaults, as documented in README.md.
 pub const DEFAULT_BRIDGE: &str = "lxcbr0";
 pub const DEFAULT_TAP: &str = "ipop";
-pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ipop";
 pub const DEFAULT_ARP_MAX_AGE_SECS: u64 = 300;
 pub const DEFAULT_OVERLAY: &str = "ipop";
 
@@ -111,39 +113,13 @@ impl Settings {
                 }
                 None
             }
-            Some(rendezvous) => {
-                if rendezvous
-                    .rsplit_once(':')
-                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-                {
-                    return Err(format!("rendezvous {rendezvous:?} must be host:port"));
-                }
-                let secret = self.secret.ok_or("a rendezvous needs the overlay's secret")?;
-                if secret.len() < 8 {
-                    return Err("the secret must be at least 8 characters".into());
-                }
-                let node_id = match self.node_id {
-                    Some(id) => id,
-                    None => hostname().ok_or("no node_id given and the host name is unusable")?,
-                };
-                crate::rendezvous::check_node_id(&node_id)?;
-                let name = self.overlay.unwrap_or_else(|| DEFAULT_OVERLAY.into());
-                if name.is_empty() || name.len() > 64 {
-                    return Err("overlay must be 1-64 characters".into());
-                }
-                let mut ice_urls = Vec::new();
-                for (scheme, urls) in
-                    [("stun:", self.stun.unwrap_or_default()), ("turn", self.turn.unwrap_or_default())]
-                {
-                    for url in urls {
-                        if !url.starts_with(scheme) {
-                            return Err(format!("{url:?} is not a {} url", scheme.trim_end_matches(':')));
-                        }
-                        ice_urls.push(url);
-                    }
-                }
-                Some(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls })
-            }
+            Some(rendezvous) => Some(overlay_config(
+                rendezvous,
+                self.secret,
+                self.node_id,
+                self.overlay,
+                [("stun:", self.stun.unwrap_or_default()), ("turn", self.turn.unwrap_or_default())],
+            )?),
         };
         Ok(AgentConfig {
             bridge,
@@ -152,14 +128,48 @@ impl Settings {
             arp_max_age: Duration::from_secs(max_age),
             data_port: if self.icc == Some(false) { None } else { Some(self.icc_port.unwrap_or(0)) },
             overlay,
-            limits: crate::switch::Limits {
-                arp_per_source: self
-                    .arp_rpc_rate
-                    .map_or(crate::switch::Limits::default().arp_per_source, Rate::per_second),
+            limits: Limits {
+                arp_per_source: self.arp_rpc_rate.map_or(Limits::default().arp_per_source, Rate::per_second),
                 broadcast: self.broadcast_rate.map_or(Rate::UNLIMITED, Rate::per_second),
             },
         })
     }
+}
+
+/// The overlay part of the settings, checked: what joining needs.
+fn overlay_config(
+    rendezvous: String,
+    secret: Option<String>,
+    node_id: Option<String>,
+    overlay: Option<String>,
+    urls: [(&str, Vec<String>); 2],
+) -> Result<OverlayConfig, String> {
+    if rendezvous.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        return Err(format!("rendezvous {rendezvous:?} must be host:port"));
+    }
+    let secret = secret.ok_or("a rendezvous needs the overlay's secret")?;
+    if secret.len() < 8 {
+        return Err("the secret must be at least 8 characters".into());
+    }
+    let node_id = match node_id {
+        Some(id) => id,
+        None => hostname().ok_or("no node_id given and the host name is unusable")?,
+    };
+    check_node_id(&node_id)?;
+    let name = overlay.unwrap_or_else(|| DEFAULT_OVERLAY.into());
+    if name.is_empty() || name.len() > 64 {
+        return Err("overlay must be 1-64 characters".into());
+    }
+    let mut ice_urls = Vec::new();
+    for (scheme, urls) in urls {
+        for url in urls {
+            if !url.starts_with(scheme) {
+                return Err(format!("{url:?} is not a {} url", scheme.trim_end_matches(':')));
+            }
+            ice_urls.push(url);
+        }
+    }
+    Ok(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls })
 }
 
 /// A checked, complete configuration.
@@ -174,7 +184,7 @@ pub struct AgentConfig {
     pub data_port: Option<u16>,
     /// Where and how to meet peers; `None`: this agent runs alone.
     pub overlay: Option<OverlayConfig>,
-    pub limits: crate::switch::Limits,
+    pub limits: Limits,
 }
 
 /// How the agent joins an overlay.
@@ -202,12 +212,7 @@ impl std::fmt::Debug for OverlayConfig {
 fn hostname() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim().to_owned();
-    crate::rendezvous::check_node_id(&name).ok().map(|_| name)
-}
-
-/// The pin directory an agent on `bridge` uses unless told otherwise.
-pub fn default_pin_dir(bridge: &str) -> PathBuf {
-    PathBuf::from(DEFAULT_PIN_ROOT).join(bridge)
+    check_node_id(&name).ok().map(|_| name)
 }
 
 /// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace, not "." or "..".

@@ -8,13 +8,16 @@ use std::sync::{Mutex, OnceLock};
 use ipop_common::arp::{ArpFrame, build};
 
 use crate::{
-    chunk::{MAX_WHOLE, Reassembly},
     config::Settings,
-    rendezvous::{ClientMsg, ServerMsg, check_node_id, join_proof},
-    rpc::{self, Incoming},
-    session::{self, Identity, Opener, Sealer},
-    tap::{VNET_HDR_LEN, vnet_hdr_ok},
-    wire::{Datagram, Inner},
+    core::{
+        chunk::{MAX_WHOLE, Reassembly},
+        node_id::check_node_id,
+        rpc::{self, Incoming},
+        vnet::{VNET_HDR_LEN, vnet_hdr_ok},
+        wire::{Datagram, Inner},
+    },
+    link::session::{self, Identity, Opener, Sealer},
+    signaling::rendezvous::{ClientMsg, ServerMsg, join_proof},
 };
 
 /// A property: panics if `data` breaks it.

@@ -1,30 +1,25 @@
 //! ipop-agent: joins Linux bridges on many hosts into one Ethernet segment.
 //!
-//! The decisions live in [`switch`], a sans-IO core with no sockets, clocks or files. The
-//! rest is the thin shell that drives it: [`datapath`] (eBPF programs and pinned maps),
-//! [`netif`] (TAP and bridge), [`agent`] (the tokio loop), [`tables`] (what the CLI reads and
-//! writes in the pinned maps of a running agent).
+//! The rooms, in the order a frame from a container walks through them:
+//!
+//! - [`kernel`]: the eBPF programs and pinned maps, the TAP, the bridge (rtnetlink), preflight.
+//! - [`agent`]: the thin async shell: one loop that feeds the core and carries out its outputs.
+//! - [`core`]: the sans-IO switch and what it decides with (tables, RPC, wire views, limits).
+//! - [`link`]: one encrypted link per peer: Noise sessions, ICE, the data socket, the link task.
+//! - [`signaling`]: how agents meet to set links up: the interface and the rendezvous.
+//! - [`ops`]: the control socket (`status`) and the locks.
+//! - [`config`] and [`cli`]: the JSON config and the command line that start it all.
+//!
+//! Dependencies point one way: `core` uses nothing of the agent's; `kernel` and `signaling`
+//! use `core`; `link` uses those; `ops` stands alone; `agent` wires them; `config` and `cli`
+//! sit on top ([`fuzzing`] is test support). `tests/module_graph.rs` checks it.
 
-pub mod addr;
 pub mod agent;
-pub mod chunk;
+pub mod cli;
 pub mod config;
-pub mod control;
-pub mod datapath;
+pub mod core;
 pub mod fuzzing;
-pub mod limit;
+pub mod kernel;
 pub mod link;
-pub mod lock;
-pub mod netif;
-pub mod peers;
-pub mod preflight;
-pub mod rendezvous;
-pub mod replay;
-pub mod rpc;
-pub mod session;
+pub mod ops;
 pub mod signaling;
-pub mod switch;
-pub mod tables;
-pub mod tap;
-pub mod underlay;
-pub mod wire;

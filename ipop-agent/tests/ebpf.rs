@@ -8,7 +8,7 @@ use aya::{
 };
 use ipop_agent::{
     agent::parse_event,
-    datapath::{self, PROG_BRIDGE_INGRESS, PROG_TAP_EGRESS},
+    kernel::datapath::{self, PROG_BRIDGE_INGRESS, PROG_TAP_EGRESS},
 };
 use ipop_common::{
     arp::{self, Arp, BROADCAST, ETHERTYPE_IPV4, OP_REPLY, OP_REQUEST},

@@ -12,11 +12,14 @@ use std::{
 };
 
 use ipop_agent::{
-    link::{LinkEvent, LinkShared},
-    peers::{LinkTemplate, Peers},
-    session::{self, Identity},
+    core::{digest::hex, wire::Inner},
+    link::{
+        event::LinkEvent,
+        params::LinkShared,
+        peers::{LinkTemplate, Peers},
+        session::{self, Identity},
+    },
     signaling::{self, Credentials, SignalEvent},
-    wire::Inner,
 };
 use support::{Host, RENDEZVOUS, Underlay, eventually_within, status};
 use tokio::sync::mpsc;
@@ -60,7 +63,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         overlay: OVERLAY.into(),
         secret: SECRET.into(),
         node_id: "rogue".into(),
-        public_key: session::hex(&identity.public),
+        public_key: hex(&identity.public),
     };
     let (signaling, mut signals) = signaling::connect_rendezvous(RENDEZVOUS.into(), creds);
     let (events_tx, mut events) = mpsc::channel(8192);

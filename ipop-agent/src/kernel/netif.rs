@@ -118,4 +118,11 @@ impl Netlink {
         let msg = LinkUnspec::new_with_index(port).controller(bridge).up().build();
         self.handle.link().set(msg).execute().await.map_err(|e| anyhow!(e)).context("adding the TAP to the bridge")
     }
+
+    /// Sets the MAC of device `index`; on a bridge this also fixes it (no longer the lowest of
+    /// its ports').
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        self.handle.link().set(msg).execute().await.map_err(|e| anyhow!(e)).context("setting a MAC address")
+    }
 }

@@ -13,11 +13,10 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
 use snow::{Builder, HandshakeState, StatelessTransportState};
 
-use crate::{
+use crate::core::{
+    digest::{hex, mac},
     replay::ReplayWindow,
     wire::{self, Inner},
 };
@@ -125,33 +124,6 @@ impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Identity({})", hex(&self.public))
     }
-}
-
-/// Lower-case hex, for keys in logs and on the rendezvous wire.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses lower- or upper-case hex of exactly `N` bytes.
-pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-/// HMAC-SHA256 of `parts` (length-prefixed, so no two part lists collide) under `key`.
-pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut m = <Hmac<Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
-    for p in parts {
-        m.update(&(p.len() as u32).to_be_bytes());
-        m.update(p);
-    }
-    m.finalize().into_bytes().into()
 }
 
 /// The overlay's pre-shared key for the Noise handshake.
@@ -337,7 +309,7 @@ impl Opener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Datagram;
+    use crate::core::wire::Datagram;
 
     fn pair() -> (Identity, Identity, [u8; 32]) {
         (Identity::generate(), Identity::generate(), overlay_psk("lab", "s3cret"))
@@ -480,17 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn hex_round_trips_and_rejects_bad_input() {
-        let key = Identity::generate().public;
-        assert_eq!(unhex::<32>(&hex(&key)), Some(key));
-        assert_eq!(unhex::<2>("0g00"), None);
-        assert_eq!(unhex::<2>("000"), None);
-        assert_eq!(unhex::<2>("é0"), None);
-    }
-
-    #[test]
-    fn macs_separate_their_parts() {
-        assert_ne!(mac(b"k", &[b"ab", b"c"]), mac(b"k", &[b"a", b"bc"]));
+    fn psks_separate_overlays() {
         assert_ne!(overlay_psk("lab", "x"), overlay_psk("lab2", "x"));
     }
 }

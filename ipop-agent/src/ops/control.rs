@@ -11,7 +11,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::lock::{LOCK_DIR, pin_dir_key};
+use crate::ops::lock::{LOCK_DIR, pin_dir_key};
 
 pub fn socket_path(pin_dir: &Path) -> PathBuf {
     Path::new(LOCK_DIR).join(format!("agent-{}.sock", pin_dir_key(pin_dir)))

@@ -8,7 +8,10 @@ use serde_json::Value;
 use tokio::{io::BufReader, net::TcpStream, sync::mpsc};
 use tracing::{info, warn};
 
-use crate::rendezvous::{self, ClientMsg, Member, ServerMsg};
+pub mod rendezvous;
+
+pub use rendezvous::Member;
+use rendezvous::{ClientMsg, ServerMsg};
 
 /// What the signaling service tells the agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,7 +130,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::session::hex;
+    use crate::core::digest::hex;
 
     fn creds(id: &str, secret: &str) -> Credentials {
         Credentials { overlay: "lab".into(), secret: secret.into(), node_id: id.into(), public_key: hex(&[7; 32]) }

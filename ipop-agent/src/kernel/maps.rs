@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use ipop_common::maps::{self as m, ArpEntry, ArpKey, Stats};
 
-use crate::addr::Mac;
+use crate::core::addr::Mac;
 
 /// The pinned maps of the agent whose pin directory is `dir`.
 pub struct Pinned {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::addr::{Mac, parse_host_ip, parse_host_mac};
+use crate::core::addr::{Mac, parse_host_ip, parse_host_mac};
 
 /// Largest message accepted or sent.
 pub const MAX_MESSAGE: usize = 4096;

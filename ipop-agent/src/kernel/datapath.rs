@@ -21,6 +21,14 @@ use tracing::{info, warn};
 /// The eBPF object built by build.rs from ipop-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipop"));
 
+/// Where agents pin their maps unless told otherwise: one directory per bridge.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ipop";
+
+/// The pin directory an agent on `bridge` uses unless told otherwise.
+pub fn default_pin_dir(bridge: &str) -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_ROOT).join(bridge)
+}
+
 /// The program at the TAP's egress (what the bridge sends toward the overlay).
 pub const PROG_TAP_EGRESS: &str = "tap_egress";
 /// The program at the bridge device's ingress (broadcasts reaching the host).
@@ -54,11 +62,17 @@ impl PinDir {
     /// compatible `arp_table`, which is taken back so its entries survive a crash.
     /// The caller holds the pin directory's lock, so whoever pinned these is gone.
     pub fn prepare(dir: &Path) -> Result<Self> {
-        let mut created: Vec<PathBuf> = dir.ancestors().take_while(|p| !p.exists()).map(Path::to_owned).collect();
-        created.reverse();
-        let pins = PinDir { dir: dir.to_owned(), created };
-        for d in &pins.created {
-            fs::create_dir(d).with_context(|| format!("creating pin directory {}", d.display()))?;
+        let mut missing: Vec<PathBuf> = dir.ancestors().take_while(|p| !p.exists()).map(Path::to_owned).collect();
+        missing.reverse();
+        let mut pins = PinDir { dir: dir.to_owned(), created: Vec::new() };
+        for d in missing {
+            match fs::create_dir(&d) {
+                Ok(()) => pins.created.push(d),
+                // Another agent made it since we looked (agents started together under one
+                // new parent): it is there, and it is not ours to remove.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("creating pin directory {}", d.display())),
+            }
         }
         for name in m::PINNED {
             let path = dir.join(name);
@@ -104,7 +118,7 @@ impl Drop for PinDir {
         for d in self.created.iter().rev() {
             let _ = fs::remove_dir(d);
         }
-        let root = Path::new(crate::config::DEFAULT_PIN_ROOT);
+        let root = Path::new(DEFAULT_PIN_ROOT);
         if self.dir.starts_with(root) {
             let _ = fs::remove_dir(root);
         }

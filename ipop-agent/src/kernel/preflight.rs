@@ -10,6 +10,8 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 /// `statfs.f_type` of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// `/sys` itself: what `/sys/fs/bpf` is when the mount namespace has no bpffs there.
+const SYSFS_MAGIC: i64 = 0x6265_6572;
 
 /// The capabilities the agent lacks, given the `CapEff` mask of /proc/self/status.
 /// CAP_SYS_ADMIN stands in for CAP_BPF, as it does in the kernel.
@@ -51,6 +53,15 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
     // SAFETY: a valid C string and a zeroed out-parameter.
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", existing.display()));
+    }
+    if st.f_type as i64 == SYSFS_MAGIC && existing.starts_with("/sys/fs/bpf") {
+        bail!(
+            "{} is on sysfs, not on bpffs: this mount namespace has its own /sys without bpffs, as under \
+             `ip netns exec`, which remounts /sys. Run the agent with only the network namespace entered \
+             (`nsenter --net=/run/netns/NAME ipop-agent ...`), or mount bpffs here (`mount -t bpf bpf /sys/fs/bpf`); \
+             the CLI finds a running agent's maps the same way",
+            existing.display()
+        );
     }
     if st.f_type as i64 != BPF_FS_MAGIC {
         bail!(

@@ -11,7 +11,7 @@
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
-use crate::{tap, wire};
+use crate::core::{vnet, wire};
 
 pub const HEADER: usize = 6;
 /// Frame bytes per chunk on the ICE path (datagrams up to `wire::MAX_DATAGRAM`).
@@ -21,7 +21,7 @@ pub const DATA: usize = wire::MAX_PAYLOAD - HEADER;
 pub const DIRECT_DATAGRAM: usize = 1452;
 pub const DIRECT_DATA: usize = DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN - HEADER;
 /// Largest whole (virtio header + frame) accepted.
-pub const MAX_WHOLE: usize = tap::VNET_HDR_LEN + tap::MAX_FRAME;
+pub const MAX_WHOLE: usize = vnet::VNET_HDR_LEN + vnet::MAX_FRAME;
 const MAX_COUNT: usize = MAX_WHOLE.div_ceil(DIRECT_DATA);
 
 /// The chunks carrying `whole` (virtio header followed by the frame) under `id`.
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn small_and_super_frames_survive_the_trip() {
-        for len in [tap::VNET_HDR_LEN + 60, DATA, DATA + 1, MAX_WHOLE] {
+        for len in [vnet::VNET_HDR_LEN + 60, DATA, DATA + 1, MAX_WHOLE] {
             let w = whole(len);
             let chunks: Vec<Bytes> = split(7, &w).collect();
             assert_eq!(chunks.len(), len.div_ceil(DATA));

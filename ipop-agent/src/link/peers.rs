@@ -9,11 +9,14 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    link::{self, DataTx, LinkCmd, LinkParams, LinkShared},
-    rendezvous::Member,
-    session::unhex,
-    switch::PeerId,
-    wire::Inner,
+    core::{digest::unhex, switch::PeerId, wire::Inner},
+    link::{
+        event::LinkCmd,
+        params::{LinkParams, LinkShared},
+        send::DataTx,
+        task,
+    },
+    signaling::Member,
 };
 
 /// What every link of this agent shares, and who this agent is.
@@ -53,7 +56,7 @@ impl Peers {
             names: HashMap::new(),
             next_id: 1,
             queue_drops: 0,
-            scratch: Vec::with_capacity(crate::wire::MAX_DATAGRAM),
+            scratch: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
         }
     }
 
@@ -82,7 +85,7 @@ impl Peers {
         let id = self.next_id;
         self.next_id += 1;
         let t = &self.template;
-        let (cmd, _task) = link::spawn(LinkParams {
+        let (cmd, _task) = task::spawn(LinkParams {
             peer: id,
             peer_node: member.node_id.clone(),
             remote_key: key,
@@ -211,7 +214,7 @@ fn deliver_frame(p: &Peer, frame_id: u32, whole: &[u8], scratch: &mut Vec<u8>) -
         return sent;
     }
     // A chunk that cannot go loses its frame: the rest need not follow.
-    crate::chunk::split(frame_id, whole).all(|c| deliver(p, Inner::Ethernet, c, scratch))
+    crate::core::chunk::split(frame_id, whole).all(|c| deliver(p, Inner::Ethernet, c, scratch))
 }
 
 /// Sends directly if the socket takes it now, else queues it to the link task; false if

@@ -1,0 +1,114 @@
+//! Link and signaling events, and the RPCs links carry, handed to the switch.
+
+use tracing::{debug, info, warn};
+
+use crate::{
+    agent::shell::Shell,
+    core::{rpc, switch::PeerId, wire::Inner},
+    kernel::maps::monotonic_ns,
+    link::event::LinkEvent,
+    signaling::SignalEvent,
+};
+
+/// Refused RPCs are logged at most this often per peer (the rest are counted).
+const REFUSAL_LOG_INTERVAL_NS: u64 = 10_000_000_000;
+
+impl Shell {
+    /// What a link reports: up (with the way to send), down, data, losses.
+    pub fn link_event(&mut self, ev: LinkEvent) {
+        let now = monotonic_ns();
+        match ev {
+            LinkEvent::Up(id, data) => {
+                if let Some(p) = self.peers.as_mut() {
+                    p.set_up(id, Some(data));
+                }
+                self.switch.peer_up(id);
+                if let Some(p) = self.peers.as_ref() {
+                    self.switch.adopt(p.tag(id), id);
+                }
+            }
+            LinkEvent::Down(id) => {
+                if let Some(p) = self.peers.as_mut() {
+                    info!(peer = %p.name(id), "link down: its entries are no longer answered");
+                    p.set_up(id, None);
+                }
+                self.rpc_refused_logged.remove(&id);
+                let out = self.switch.peer_down(id);
+                self.apply(out);
+            }
+            LinkEvent::Received(id, Inner::Ethernet, whole) => self.frame_from_peer(now, id, &whole),
+            LinkEvent::FrameLost(_) => self.frames_dropped += 1,
+            LinkEvent::Received(id, Inner::Rpc, bytes) => self.rpc(now, id, &bytes),
+            LinkEvent::Received(_, Inner::Keepalive | Inner::Probe | Inner::ProbeAck, _) => {}
+            LinkEvent::Dropped(id, e) => {
+                self.datagrams_refused += 1;
+                let name = self.peers.as_ref().map(|p| p.name(id).to_owned()).unwrap_or_default();
+                debug!(peer = %name, "datagram dropped: {e}");
+            }
+        }
+    }
+
+    /// An RPC from a peer: a call or notification for the switch, a response, or garbage.
+    fn rpc(&mut self, now: u64, id: PeerId, bytes: &[u8]) {
+        match rpc::decode(bytes) {
+            Ok(rpc::Incoming::Notification(method)) => {
+                let out = self.switch.handle_rpc(now, id, &method);
+                self.apply(out);
+            }
+            Ok(rpc::Incoming::Call { id: call, method }) => {
+                let out = self.switch.handle_rpc(now, id, &method);
+                self.apply(out);
+                if let Some(p) = self.peers.as_mut() {
+                    p.send(id, Inner::Rpc, rpc::encode_result(&call));
+                }
+            }
+            Ok(rpc::Incoming::Response { error, .. }) => {
+                if let Some((code, message)) = error {
+                    debug!(peer = id, code, %message, "error response from a peer");
+                }
+            }
+            Err(rejection) => {
+                self.rpc_refused += 1;
+                // Once per peer per interval: a hostile peer must not flood the log.
+                let last = self.rpc_refused_logged.entry(id).or_insert((0, 0));
+                last.1 += 1;
+                if last.0 == 0 || now.saturating_sub(last.0) >= REFUSAL_LOG_INTERVAL_NS {
+                    let name = self.peers.as_ref().map(|p| p.name(id).to_owned()).unwrap_or_default();
+                    warn!(peer = %name, code = rejection.code, refused = last.1, "refused RPC: {}", rejection.message);
+                    *last = (now.max(1), 0);
+                }
+                if let (Some(answer), Some(p)) = (rejection.answer, self.peers.as_mut()) {
+                    p.send(id, Inner::Rpc, answer);
+                }
+            }
+        }
+    }
+
+    /// What signaling reports: members, joins, leaves, signals for links.
+    pub fn signal_event(&mut self, ev: SignalEvent) {
+        let Some(peers) = self.peers.as_mut() else {
+            return;
+        };
+        let replaced = match ev {
+            SignalEvent::Members(members) => members.iter().filter_map(|m| peers.ensure(m)).collect(),
+            SignalEvent::Joined(m) => peers.ensure(&m).into_iter().collect(),
+            SignalEvent::Left(node) => {
+                peers.left(&node);
+                Vec::new()
+            }
+            SignalEvent::Signal { from, data } => {
+                peers.signal(&from, data);
+                Vec::new()
+            }
+            SignalEvent::Lost => {
+                warn!("lost the rendezvous: links that are up keep working; reconnecting");
+                Vec::new()
+            }
+            SignalEvent::Refused(_) => Vec::new(),
+        };
+        for old in replaced {
+            let out = self.switch.peer_down(old);
+            self.apply(out);
+        }
+    }
+}

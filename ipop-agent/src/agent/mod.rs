@@ -1,0 +1,198 @@
+//! The async shell around the switch: sets up the devices and the datapath (`setup`), feeds
+//! the core with ring buffer events, frames, RPCs, link changes and the time (`shell`,
+//! `events`), carries out its outputs (`outputs`), and tears everything down on
+//! SIGINT/SIGTERM or on any error.
+
+mod events;
+mod outputs;
+mod setup;
+mod shell;
+
+use std::{io, os::fd::AsRawFd, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{MapData, RingBuf};
+use ipop_common::maps::ArpEvent;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    agent::shell::Shell,
+    config::AgentConfig,
+    core::{chunk, switch::Switch},
+    kernel::{
+        datapath::Datapath,
+        maps::monotonic_ns,
+        netif::{Link, Netlink},
+        preflight,
+        tap::Tap,
+    },
+    link::event::LinkEvent,
+    ops::{control::ControlSocket, lock},
+    signaling::SignalEvent,
+};
+
+/// How often the shell checks its devices and ages the core's tables.
+const TICK: Duration = Duration::from_secs(2);
+/// How long learned entries left by a crashed agent stay answered while their peers' links
+/// come back (they take a few seconds; a link attempt times out after 20 s).
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+/// Frames read from the TAP per wake-up before other work gets a turn.
+const TAP_BATCH: usize = 64;
+
+/// Decodes one ring buffer record; `None` if it is not a whole event.
+pub fn parse_event(bytes: &[u8]) -> Option<ArpEvent> {
+    if bytes.len() < size_of::<ArpEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked and ArpEvent is plain old data; the read is unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ArpEvent>()) })
+}
+
+/// Registers an fd-owning object with the tokio reactor for readability.
+fn watch<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd (a map, a TAP) and keeps it open until the AsyncFd, which
+    // owns `inner`, is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// Runs the agent until SIGINT or SIGTERM. Everything it attached or created is removed
+/// when this returns, whether it returns `Ok` or an error.
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    preflight::check_privileges()?;
+    preflight::check_bpffs(&cfg.pin_dir)?;
+    let nl = Netlink::connect()?;
+    let bridge = nl.bridge(&cfg.bridge).await?;
+    let _lock = lock::acquire(&cfg.bridge, bridge.index, &cfg.pin_dir)?;
+    setup::check_tap_free(&nl, &cfg).await?;
+    if !bridge.up {
+        warn!(bridge = %cfg.bridge, "the bridge is down: nothing will flow until it is up");
+    }
+    let mut datapath = Datapath::load(&cfg.pin_dir)?;
+    let (tap, tap_link) = setup::tap(&nl, &cfg, &bridge, &mut datapath).await?;
+    let switch = setup::switch(&nl, &cfg, &bridge).await?;
+    let devices = Devices { nl, cfg: &cfg, bridge, tap: tap_link };
+    let result = serve(&devices, &mut datapath, tap, switch).await;
+    finish(result, datapath)
+}
+
+/// The devices the agent watches while it runs.
+struct Devices<'a> {
+    nl: Netlink,
+    cfg: &'a AgentConfig,
+    bridge: Link,
+    tap: Link,
+}
+
+/// Joins the overlay and runs the loop until a signal or an error; drops what it made.
+async fn serve(dev: &Devices<'_>, datapath: &mut Datapath, tap: Tap, mut switch: Switch) -> Result<()> {
+    let cfg = dev.cfg;
+    let mut events = watch(datapath.take_events()?)?;
+    let mut logger = watch(datapath.take_logger()?)?;
+    let mut arp_table = datapath.take_arp_table()?;
+    let left = setup::take_learned(&mut arp_table, cfg.overlay.is_some());
+    if !left.is_empty() {
+        info!(
+            kept = left.len(),
+            "learned ARP entries of the previous agent kept until their peers' links return (at most {ORPHAN_GRACE:?})"
+        );
+    }
+    let removals = switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left);
+    let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
+    let (peers, mut signals) = setup::overlay(cfg, link_tx)?;
+    let tap = Arc::new(watch(tap)?);
+    let mut shell = Shell::new(switch, arp_table, tap.clone(), peers);
+    shell.apply(removals);
+
+    let control = ControlSocket::bind(&cfg.pin_dir)?;
+    let node_id = cfg.overlay.as_ref().map(|o| o.node_id.clone());
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(TICK);
+    let mut frame = vec![0u8; chunk::MAX_WHOLE];
+
+    info!(bridge = %cfg.bridge, tap = %cfg.tap, pin_dir = %datapath.pin_dir().display(), "ipop-agent ready");
+    let result: Result<()> = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            guard = events.readable_mut() => arp_events(&mut shell, guard?),
+            guard = logger.readable_mut() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            guard = tap.readable() => {
+                if let Err(e) = tap_frames(&mut shell, guard?, &mut frame) {
+                    break Err(e).context("reading the TAP (was it deleted?)");
+                }
+            }
+            Some(ev) = link_rx.recv(), if shell.peers.is_some() => shell.link_event(ev),
+            ev = async { signals.as_mut().unwrap().recv().await }, if signals.is_some() => match ev {
+                Some(SignalEvent::Refused(reason)) => break Err(anyhow!("the rendezvous refused this agent: {reason}")),
+                Some(ev) => shell.signal_event(ev),
+                None => break Err(anyhow!("signaling stopped")),
+            },
+            served = control.serve_one(|| shell.status(node_id.as_deref())) => {
+                if let Err(e) = served {
+                    debug!("control socket: {e:#}");
+                }
+            }
+            _ = tick.tick() => {
+                let out = shell.switch.expire(monotonic_ns());
+                shell.apply(out);
+                if let Err(e) = setup::check_devices(&dev.nl, cfg, &dev.bridge, &dev.tap).await {
+                    break Err(e);
+                }
+                debug!(counters = ?shell.switch.counters(), "tick");
+            }
+        }
+    };
+    drop((events, logger, shell, tap, control));
+    result
+}
+
+/// Everything on the ring buffer, into the switch.
+fn arp_events(shell: &mut Shell, mut guard: tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>) {
+    while let Some(item) = guard.get_inner_mut().next() {
+        match parse_event(&item) {
+            Some(ev) => {
+                let out = shell.switch.handle_arp(monotonic_ns(), &ev);
+                shell.apply(out);
+            }
+            None => warn!(len = item.len(), "short record on arp_events"),
+        }
+    }
+    guard.clear_ready();
+}
+
+/// Up to `TAP_BATCH` frames from the TAP, toward the peers.
+fn tap_frames(
+    shell: &mut Shell,
+    mut guard: tokio::io::unix::AsyncFdReadyGuard<'_, Tap>,
+    frame: &mut [u8],
+) -> io::Result<()> {
+    for _ in 0..TAP_BATCH {
+        match guard.try_io(|t| t.get_ref().recv(frame)) {
+            Ok(Ok(n)) => shell.frame_from_bridge(&frame[..n]),
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => break,
+        }
+    }
+    Ok(())
+}
+
+/// Logs how the agent stops and removes the datapath (programs, pins) last.
+fn finish(result: Result<()>, datapath: Datapath) -> Result<()> {
+    match &result {
+        Ok(()) => info!("stopping: detaching programs, removing the TAP and the pins"),
+        Err(e) => warn!("stopping on error: {e:#}"),
+    }
+    drop(datapath);
+    info!("stopped");
+    result
+}

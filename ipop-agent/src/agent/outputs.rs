@@ -1,0 +1,77 @@
+//! The switch's outputs carried out: RPC broadcasts, frames into the TAP, the kernel's ARP
+//! table, and what is logged.
+
+use std::net::Ipv4Addr;
+
+use ipop_common::maps::{self as m, ArpEntry, ArpKey};
+use tracing::{debug, info, warn};
+
+use crate::{
+    agent::shell::Shell,
+    core::{
+        addr::Mac,
+        rpc,
+        switch::{Output, Owner, PeerId},
+        wire::Inner,
+    },
+    kernel::maps::monotonic_ns,
+};
+
+impl Shell {
+    /// Carries out the switch's outputs, in order.
+    pub fn apply(&mut self, outputs: Vec<Output>) {
+        for out in outputs {
+            match out {
+                Output::LocalLearned { ip, mac, previous: None } => info!(%ip, %mac, "local host"),
+                Output::LocalLearned { ip, mac, previous: Some(old) } => {
+                    warn!(%ip, %mac, %old, "local host changed its MAC")
+                }
+                Output::AnsweredInKernel { ip, requester } => {
+                    debug!(%ip, %requester, "answered in the kernel")
+                }
+                Output::Broadcast(method) => {
+                    if let Some(p) = self.peers.as_mut() {
+                        p.broadcast(Inner::Rpc, &rpc::encode(&method));
+                    }
+                }
+                Output::WriteTap(frame) => self.write_tap(&frame),
+                Output::ArpInstall { ip, mac, peer } => self.install(ip, mac, peer),
+                Output::ArpRemove { ip } => self.remove(ip),
+                Output::LocalOverridesRemote { ip, local, remote, peer } => {
+                    let peer = self.peers.as_ref().map(|p| p.name(peer).to_owned()).unwrap_or_default();
+                    warn!(%ip, %local, %remote, %peer, "IP conflict: a local host has an IP a peer claimed; the local host wins");
+                }
+                Output::Conflict { ip, owner, claimed, by } => {
+                    let by = self.peers.as_ref().map(|p| p.name(by).to_owned()).unwrap_or_default();
+                    let owner = match owner {
+                        Owner::Local(mac) => format!("local host {mac}"),
+                        Owner::Remote { mac, peer } => {
+                            format!("{mac} behind {}", self.peers.as_ref().map(|p| p.name(peer)).unwrap_or("?"))
+                        }
+                    };
+                    warn!(%ip, %claimed, peer = %by, %owner, "IP conflict: a peer claims an IP that is taken; the existing owner stands");
+                }
+            }
+        }
+    }
+
+    /// A learned entry; an operator's static entry for the same IP stays.
+    fn install(&mut self, ip: Ipv4Addr, mac: Mac, peer: PeerId) {
+        let key = ArpKey { ip: ip.octets() };
+        if self.arp_table.get(&key, 0).is_ok_and(|e| e.flags & m::ENTRY_STATIC != 0) {
+            return;
+        }
+        let peer_tag = self.peers.as_ref().map_or(0, |p| p.tag(peer));
+        let entry = ArpEntry { mac: mac.0, flags: 0, updated_ns: monotonic_ns(), peer_tag, _reserved: 0 };
+        if let Err(e) = self.arp_table.insert(key, entry, 0) {
+            warn!(%ip, "could not install in arp_table: {e}");
+        }
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) {
+        let key = ArpKey { ip: ip.octets() };
+        if self.arp_table.get(&key, 0).is_ok_and(|e| e.flags & m::ENTRY_STATIC == 0) {
+            let _ = self.arp_table.remove(&key);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Setting the agent up, step by step: the TAP on the bridge with the programs attached, the
+//! switch with the bridge's own addresses, the entries a crashed predecessor left, and the
+//! overlay (signaling, the data socket, the peers). And the check, every tick, that the
+//! devices are still there.
+
+use std::{io, net::Ipv4Addr, sync::Arc};
+
+use anyhow::{Context as _, Result, bail};
+use ipop_common::maps::{self as m, ArpEntry, ArpKey};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::{
+    agent::shell::ArpTable,
+    config::AgentConfig,
+    core::{
+        addr::Mac,
+        digest::hex,
+        switch::{Orphan, Switch},
+    },
+    kernel::{
+        datapath::Datapath,
+        netif::{Link, Netlink},
+        tap::Tap,
+    },
+    link::{
+        event::LinkEvent,
+        params::{DataSocket, LinkShared},
+        peers::{LinkTemplate, Peers},
+        receive,
+        session::{self, Identity},
+        underlay::Underlay,
+    },
+    signaling::{self, SignalEvent},
+};
+
+/// Refuses a TAP name that is taken: another agent may own it.
+pub async fn check_tap_free(nl: &Netlink, cfg: &AgentConfig) -> Result<()> {
+    if let Some(existing) = nl.link(&cfg.tap).await? {
+        bail!(
+            "interface {} already exists (a {} device): another agent may own it; choose another name with --tap",
+            cfg.tap,
+            existing.kind.as_deref().unwrap_or("physical")
+        );
+    }
+    Ok(())
+}
+
+/// Creates the TAP, makes it a port of the bridge, configures and attaches the programs.
+pub async fn tap(nl: &Netlink, cfg: &AgentConfig, bridge: &Link, datapath: &mut Datapath) -> Result<(Tap, Link)> {
+    let tap = Tap::create(&cfg.tap)?;
+    let tap_link = nl.link(tap.name()).await?.context("the TAP vanished right after it was created")?;
+    // A bridge without a fixed address takes the lowest of its ports' (often the TAP's random
+    // one), and the containers' gateway MAC would change under them: fix the current one
+    // first, as lxc-net does.
+    if let Some(mac) = bridge.mac {
+        nl.set_mac(bridge.index, mac).await.with_context(|| format!("fixing the MAC of bridge {}", cfg.bridge))?;
+        debug!(bridge = %cfg.bridge, mac = %Mac(mac), "bridge MAC fixed before adding the TAP");
+    }
+    nl.join_bridge(tap_link.index, bridge.index).await?;
+    datapath.configure(m::Config {
+        bridge_ifindex: bridge.index,
+        tap_ifindex: tap_link.index,
+        max_age_ns: cfg.arp_max_age.as_nanos() as u64,
+        flags: m::CONFIG_ANSWER,
+        _reserved: 0,
+    })?;
+    datapath.attach(&cfg.bridge, tap.name())?;
+    Ok((tap, tap_link))
+}
+
+/// The switch, with the bridge's own addresses as permanent local hosts.
+pub async fn switch(nl: &Netlink, cfg: &AgentConfig, bridge: &Link) -> Result<Switch> {
+    let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64).with_limits(cfg.limits);
+    if let Some(mac) = bridge.mac {
+        for ip in nl.ipv4_addresses(bridge.index).await? {
+            switch.add_local_address(ip, Mac(mac));
+        }
+    }
+    Ok(switch)
+}
+
+/// The learned entries a previous agent left in the taken-back `arp_table`, to restore in
+/// the switch. Without an overlay no peer can vouch for them again: they are dropped.
+pub fn take_learned(table: &mut ArpTable, overlay: bool) -> Vec<(Ipv4Addr, Orphan)> {
+    let learned: Vec<(ArpKey, ArpEntry)> =
+        table.iter().filter_map(Result::ok).filter(|(_, e)| e.flags & m::ENTRY_STATIC == 0).collect();
+    if overlay {
+        let orphan = |e: &ArpEntry| Orphan { mac: Mac(e.mac), tag: e.peer_tag, updated_ns: e.updated_ns };
+        return learned.iter().map(|(k, e)| (Ipv4Addr::from(k.ip), orphan(e))).collect();
+    }
+    for (key, _) in &learned {
+        let _ = table.remove(key);
+    }
+    if !learned.is_empty() {
+        info!(
+            dropped = learned.len(),
+            "learned ARP entries of the previous agent dropped (no overlay to vouch for them)"
+        );
+    }
+    Vec::new()
+}
+
+/// Joins the overlay, if there is one: signaling, the data socket and its reader, the peers.
+pub fn overlay(
+    cfg: &AgentConfig,
+    links: mpsc::Sender<LinkEvent>,
+) -> Result<(Option<Peers>, Option<mpsc::Receiver<SignalEvent>>)> {
+    let Some(o) = &cfg.overlay else { return Ok((None, None)) };
+    let identity = Identity::generate();
+    let credentials = signaling::Credentials {
+        overlay: o.overlay.clone(),
+        secret: o.secret.clone(),
+        node_id: o.node_id.clone(),
+        public_key: hex(&identity.public),
+    };
+    let (signaling, signals) = signaling::connect_rendezvous(o.rendezvous.clone(), credentials);
+    let data = match cfg.data_port {
+        None => None,
+        Some(port) => {
+            let underlay = Arc::new(Underlay::bind(port)?);
+            let (registrations, registered) = mpsc::unbounded_channel();
+            tokio::spawn(receive::read(underlay.clone(), registered, links.clone()));
+            info!(port = underlay.port(), "data socket bound");
+            Some(DataSocket { underlay, registrations })
+        }
+    };
+    let shared = LinkShared {
+        identity,
+        psk: session::overlay_psk(&o.overlay, &o.secret),
+        ice_urls: o.ice_urls.clone(),
+        exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
+        signaling,
+        events: links,
+        data,
+        aead: session::Aead::local(),
+    };
+    info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
+    Ok((Some(Peers::new(LinkTemplate { node_id: o.node_id.clone(), shared })), Some(signals)))
+}
+
+/// Devices deleted under the agent: an error that says which (the TAP's fd does not always
+/// wake the loop when its device goes).
+pub async fn check_devices(nl: &Netlink, cfg: &AgentConfig, bridge: &Link, tap: &Link) -> Result<()> {
+    match nl.link(&cfg.bridge).await? {
+        Some(link) if link.index == bridge.index => {}
+        _ => {
+            return Err(io::Error::other("the bridge was deleted"))
+                .with_context(|| format!("bridge {} is gone", cfg.bridge));
+        }
+    }
+    match nl.link(&cfg.tap).await? {
+        Some(link) if link.index == tap.index && link.controller == Some(bridge.index) => Ok(()),
+        Some(_) => Err(io::Error::other("the TAP left the bridge"))
+            .with_context(|| format!("TAP {} is no longer a port of {}", cfg.tap, cfg.bridge)),
+        None => Err(io::Error::other("the TAP was deleted")).with_context(|| format!("TAP {} is gone", cfg.tap)),
+    }
+}

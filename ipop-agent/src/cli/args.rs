@@ -1,0 +1,150 @@
+//! The command line's arguments (clap).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::{
+    config::{self, Settings},
+    core::addr::{Mac, parse_host_ip, parse_host_mac},
+    kernel::{datapath::default_pin_dir, maps::Pinned},
+};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// JSON config file; command-line options override its keys.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Bridge to join [default: lxcbr0].
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Name of the TAP device to create [default: ipop].
+    #[arg(long)]
+    pub tap: Option<String>,
+    /// Directory on bpffs for the maps [default: /sys/fs/bpf/ipop/<bridge>].
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// Seconds after which learned ARP entries are no longer answered (0: never) [default: 300].
+    #[arg(long)]
+    pub arp_max_age_secs: Option<u64>,
+    /// Switch mode (the seed's key; only 1 is supported).
+    #[arg(long)]
+    pub switchmode: Option<u8>,
+    /// Inter-controller communication (the seed's key).
+    #[arg(long)]
+    pub icc: Option<bool>,
+    /// Inter-controller communication port (the seed's key).
+    #[arg(long)]
+    pub icc_port: Option<u16>,
+    /// This agent's name in the overlay [default: the host name].
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Overlay to join [default: ipop].
+    #[arg(long)]
+    pub overlay: Option<String>,
+    /// The overlay's shared secret (prefer the config file or IPOP_SECRET: command lines are visible to all users).
+    #[arg(long, env = "IPOP_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// The rendezvous service, host:port; without it the agent runs alone.
+    #[arg(long)]
+    pub rendezvous: Option<String>,
+    /// STUN server url, e.g. stun:192.0.2.1:3478 (repeatable).
+    #[arg(long)]
+    pub stun: Vec<String>,
+    /// TURN server url (repeatable).
+    #[arg(long)]
+    pub turn: Vec<String>,
+    /// ARP RPCs a second one local source may cause (0: unlimited) [default: 10000].
+    #[arg(long)]
+    pub arp_rpc_rate: Option<u32>,
+    /// Broadcast/multicast frames a second flooded to peers (0: unlimited) [default: 0].
+    #[arg(long)]
+    pub broadcast_rate: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct RendezvousArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7000.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// The overlay it serves.
+    #[arg(long, default_value = config::DEFAULT_OVERLAY)]
+    pub overlay: String,
+    /// The overlay's shared secret: members must prove they hold it.
+    #[arg(long, env = "IPOP_SECRET", hide_env_values = true)]
+    pub secret: String,
+}
+
+/// Which running agent: by bridge (default pin directory), by pin directory, or by the config
+/// file it was started with. Global: they may follow a subcommand (`arp list --pin-dir D`).
+#[derive(Args, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    /// Bridge of the agent [default: lxcbr0].
+    #[arg(long, global = true)]
+    pub bridge: Option<String>,
+    /// Pin directory of the agent (as given to `run --pin-dir`).
+    #[arg(long, global = true)]
+    pub pin_dir: Option<PathBuf>,
+    /// The agent's config file: its `pin_dir`, else its `bridge`, names the agent.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+impl Target {
+    /// The pin directory of the agent meant: `--pin-dir`, else `--bridge`'s default one, else
+    /// the config file's (`pin_dir`, else `bridge`), else lxcbr0's.
+    pub fn pin_dir(&self) -> Result<PathBuf> {
+        if self.bridge.is_some() && self.pin_dir.is_some() {
+            bail!("--bridge and --pin-dir both name an agent: give one");
+        }
+        if let Some(dir) = &self.pin_dir {
+            return Ok(dir.clone());
+        }
+        let file = match &self.config {
+            Some(path) => read_config(path)?,
+            None => Settings::default(),
+        };
+        if self.bridge.is_none()
+            && let Some(dir) = file.pin_dir
+        {
+            return Ok(dir);
+        }
+        let bridge = self.bridge.clone().or(file.bridge).unwrap_or_else(|| config::DEFAULT_BRIDGE.to_owned());
+        config::check_ifname("bridge", &bridge).map_err(anyhow::Error::msg)?;
+        Ok(default_pin_dir(&bridge))
+    }
+
+    /// The running agent's pinned maps.
+    pub fn pinned(&self) -> Result<Pinned> {
+        Ok(Pinned::new(self.pin_dir()?))
+    }
+}
+
+/// Reads and parses a config file.
+pub fn read_config(path: &Path) -> Result<Settings> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    Settings::from_json(&text).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum ArpCommand {
+    /// List the entries.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a static entry: the kernel answers requests for IP with MAC.
+    Add {
+        #[arg(value_parser = parse_host_ip)]
+        ip: std::net::Ipv4Addr,
+        #[arg(value_parser = parse_host_mac)]
+        mac: Mac,
+    },
+    /// Remove the entry for IP.
+    Del {
+        #[arg(value_parser = parse_host_ip)]
+        ip: std::net::Ipv4Addr,
+    },
+}

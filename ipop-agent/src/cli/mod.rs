@@ -1,0 +1,142 @@
+//! The command line: `ipop-agent run | rendezvous | status | arp | stats`. `args` holds the
+//! arguments, `show` prints the maps of a running agent; `main.rs` only calls `main` here.
+
+pub mod args;
+mod show;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+pub use self::args::{ArpCommand, RendezvousArgs, RunArgs, Target, read_config};
+use crate::{agent, config::Settings, ops::control, signaling::rendezvous};
+
+#[derive(Parser, Debug)]
+#[command(name = "ipop-agent", version, about = "Joins Linux bridges on many hosts into one Ethernet segment")]
+pub struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ipop_agent=debug`.
+    #[arg(long, global = true, env = "IPOP_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: create the TAP, join the bridge, attach the eBPF programs.
+    Run(RunArgs),
+    /// Show or change the ARP entries the kernel answers from.
+    Arp {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: ArpCommand,
+    },
+    /// Show what the running agent knows: peers and link states, the switch's counters.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run the embedded rendezvous service that introduces the agents of one overlay.
+    Rendezvous(RendezvousArgs),
+    /// Show the kernel programs' counters.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The `ipop-agent` binary: parses the command line, sets up logging, runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: invalid --log filter {:?}: {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(args) => run(args),
+        Command::Arp { target, command } => show::arp(target.pinned()?, command),
+        Command::Stats { target, json } => show::stats(target.pinned()?, json),
+        Command::Rendezvous(args) => rendezvous(args),
+        Command::Status { target } => {
+            let pinned = target.pinned()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let status = runtime.block_on(control::query(pinned.dir()))?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+    }
+}
+
+fn rendezvous(args: RendezvousArgs) -> Result<()> {
+    if args.secret.len() < 8 {
+        anyhow::bail!("the secret must be at least 8 characters");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tokio::select! {
+            r = rendezvous::serve(listener, args.overlay, args.secret) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?.recv().await; Ok::<_, std::io::Error>(()) } => Ok(()),
+        }
+    })
+}
+
+/// `run`: the config file, overridden by the command line, resolved and checked.
+fn run(args: RunArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => read_config(path)?,
+        None => Settings::default(),
+    };
+    let cli = Settings {
+        switchmode: args.switchmode,
+        icc: args.icc,
+        icc_port: args.icc_port,
+        bridge: args.bridge,
+        tap: args.tap,
+        pin_dir: args.pin_dir,
+        arp_max_age_secs: args.arp_max_age_secs,
+        node_id: args.node_id,
+        overlay: args.overlay,
+        secret: args.secret,
+        rendezvous: args.rendezvous,
+        stun: (!args.stun.is_empty()).then_some(args.stun),
+        turn: (!args.turn.is_empty()).then_some(args.turn),
+        arp_rpc_rate: args.arp_rpc_rate,
+        broadcast_rate: args.broadcast_rate,
+    };
+    let cfg = file.overridden_by(cli).resolve().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(agent::run(cfg))
+}
+
+/// Colour in logs only on a terminal, and never with `NO_COLOR` set to anything
+/// (https://no-color.org): files and journald get plain text.
+pub fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! ARP: events the kernel programs report, and the `arp_request`/`arp_reply` RPCs of peers.
+
+use std::net::Ipv4Addr;
+
+use ipop_common::{
+    arp::{self, Arp, BROADCAST, OP_REPLY, OP_REQUEST},
+    maps::{ArpEvent, HOOK_BRIDGE_INGRESS, HOOK_TAP_EGRESS, VERDICT_ANSWERED},
+};
+
+use super::{MAX_LOCAL, Neighbour, Output, Owner, PeerId, Remote, Switch};
+use crate::core::{
+    addr::Mac,
+    rpc::{ArpReply, ArpRequest, Method},
+};
+
+impl Switch {
+    /// Decides what an ARP event from the kernel means, at monotonic time `now_ns`.
+    pub fn handle_arp(&mut self, now_ns: u64, ev: &ArpEvent) -> Vec<Output> {
+        self.counters.events += 1;
+        let arp = ev.arp();
+        let mut out = Vec::new();
+        if arp.is_probe() {
+            self.counters.probes += 1;
+            return out;
+        }
+        if (ev.hook != HOOK_BRIDGE_INGRESS && ev.hook != HOOK_TAP_EGRESS)
+            || (arp.op != OP_REQUEST && arp.op != OP_REPLY)
+        {
+            self.counters.unexpected += 1;
+            return out;
+        }
+        // Both hooks only report frames from the local side (the bridge ingress program
+        // skips the agent's own injected frames), so the sender is a local host.
+        out.extend(self.learn_local(now_ns, Ipv4Addr::from(arp.sender_ip), Mac(arp.sender_mac)));
+        if ev.hook == HOOK_BRIDGE_INGRESS {
+            // The same broadcast also reaches the TAP's egress, which decides for the overlay.
+            return out;
+        }
+        let target = Ipv4Addr::from(arp.target_ip);
+        let method = if ev.verdict == VERDICT_ANSWERED {
+            self.counters.answered_in_kernel += 1;
+            out.push(Output::AnsweredInKernel { ip: target, requester: Ipv4Addr::from(arp.sender_ip) });
+            return out;
+        } else if arp.op == OP_REPLY || arp.is_gratuitous() {
+            Method::ArpReply(ArpReply {
+                sender_mac: Mac(arp.sender_mac),
+                sender_ip: arp.sender_ip.into(),
+                target_mac: Mac(if arp.is_gratuitous() { BROADCAST } else { arp.target_mac }),
+                target_ip: target,
+            })
+        } else if self.local.contains_key(&target) {
+            self.counters.resolved_locally += 1;
+            return out;
+        } else {
+            Method::ArpRequest(ArpRequest {
+                sender_mac: Mac(arp.sender_mac),
+                sender_ip: arp.sender_ip.into(),
+                target_ip: target,
+            })
+        };
+        if self.peers.is_empty() {
+            self.counters.unresolved += 1;
+        } else if !self.allow_arp(now_ns, Mac(arp.sender_mac)) {
+            self.counters.rpc_limited += 1;
+        } else {
+            self.counters.rpc_sent += 1;
+            out.push(Output::Broadcast(method));
+        }
+        out
+    }
+
+    /// Decides what an RPC from `peer` means: seed steps 3 (a request replayed into the local
+    /// bridge) and 6 (a reply installed and delivered).
+    pub fn handle_rpc(&mut self, now_ns: u64, peer: PeerId, method: &Method) -> Vec<Output> {
+        self.counters.rpc_received += 1;
+        let (sender_mac, sender_ip) = match method {
+            Method::ArpRequest(r) => (r.sender_mac, r.sender_ip),
+            Method::ArpReply(r) => (r.sender_mac, r.sender_ip),
+        };
+        let mut out = Vec::new();
+        if let Err(conflict) = self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
+            self.counters.conflicts += 1;
+            out.push(conflict);
+            return out;
+        }
+        // Installed before the frame is injected: the bridge ingress program recognises the
+        // injected frame by this entry and does not report it back (no loop).
+        out.push(Output::ArpInstall { ip: sender_ip, mac: sender_mac, peer });
+        match method {
+            Method::ArpRequest(r) => {
+                let frame = Arp {
+                    op: OP_REQUEST,
+                    sender_mac: r.sender_mac.0,
+                    sender_ip: r.sender_ip.octets(),
+                    target_mac: [0; 6],
+                    target_ip: r.target_ip.octets(),
+                };
+                out.push(Output::WriteTap(arp::build(BROADCAST, r.sender_mac.0, &frame).to_vec()));
+            }
+            Method::ArpReply(r) => {
+                let gratuitous = r.sender_ip == r.target_ip;
+                let for_us = self.local.get(&r.target_ip).is_some_and(|n| n.mac == r.target_mac);
+                if gratuitous || for_us {
+                    let dst = if gratuitous { BROADCAST } else { r.target_mac.0 };
+                    let frame = Arp {
+                        op: OP_REPLY,
+                        sender_mac: r.sender_mac.0,
+                        sender_ip: r.sender_ip.octets(),
+                        target_mac: r.target_mac.0,
+                        target_ip: r.target_ip.octets(),
+                    };
+                    out.push(Output::WriteTap(arp::build(dst, r.sender_mac.0, &frame).to_vec()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Records a local host. A local host always wins over a remote claim to its IP: the
+    /// kernel must never answer for an IP that lives on this bridge.
+    fn learn_local(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac) -> Vec<Output> {
+        if let Some(n) = self.local.get_mut(&ip)
+            && n.mac == mac
+        {
+            n.seen_ns = now_ns;
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if self.local.len() >= MAX_LOCAL && !self.local.contains_key(&ip) {
+            self.counters.local_full += 1;
+            return out;
+        }
+        if self.orphans.remove(&ip).is_some() {
+            out.push(Output::ArpRemove { ip });
+        }
+        if let Some(r) = self.remote.remove(&ip) {
+            self.counters.conflicts += 1;
+            out.push(Output::ArpRemove { ip });
+            out.push(Output::LocalOverridesRemote { ip, local: mac, remote: r.mac, peer: r.peer });
+        }
+        let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false });
+        out.push(Output::LocalLearned { ip, mac, previous: previous.map(|p| p.mac) });
+        out
+    }
+
+    /// Records that `peer` says `ip` is at `mac`, unless someone else owns `ip`.
+    fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<(), Output> {
+        // A live peer's word supersedes what a previous agent left (the install overwrites it).
+        self.orphans.remove(&ip);
+        if let Some(n) = self.local.get(&ip) {
+            return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
+        }
+        if let Some(r) = self.remote.get(&ip)
+            && r.mac != mac
+            && r.peer != peer
+        {
+            return Err(Output::Conflict {
+                ip,
+                owner: Owner::Remote { mac: r.mac, peer: r.peer },
+                claimed: mac,
+                by: peer,
+            });
+        }
+        self.remote.insert(ip, Remote { mac, peer, updated_ns: now_ns });
+        self.macs.insert(mac, (peer, now_ns));
+        Ok(())
+    }
+}

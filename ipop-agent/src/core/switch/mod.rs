@@ -1,0 +1,220 @@
+//! The switch: ipop's sans-IO core. It is told what the kernel programs saw (ARP events),
+//! what peers sent (RPCs, frames), which peers are up, and the time; it decides what to do
+//! and owns the tables. It holds no socket, clock, file or map: the shell (`agent`) carries
+//! its outputs out, in order.
+//!
+//! One file per kind of input: `arp` (ARP events from the kernel, ARP RPCs from peers),
+//! `frames` (frames from the bridge and from peers), `peers` (links up and down, entries a
+//! crashed agent left, ageing).
+//!
+//! Tables: local hosts (IP -> MAC, on this bridge), remote hosts (IP -> MAC and the peer
+//! behind it, mirrored into the kernel's `arp_table`), and MAC -> peer for unicast frames.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use crate::core::{
+    addr::Mac,
+    limit::{Bucket, Rate},
+    rpc::Method,
+};
+
+mod arp;
+mod frames;
+mod peers;
+#[cfg(test)]
+mod tests;
+
+/// Rate limits the switch applies (configurable; see README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// ARP RPCs caused by one local source MAC.
+    pub arp_per_source: Rate,
+    /// Broadcast and multicast frames flooded to the peers (storm control).
+    pub broadcast: Rate,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { arp_per_source: Rate::per_second(10_000), broadcast: Rate::UNLIMITED }
+    }
+}
+
+/// Local hosts remembered at most (a flood of made-up senders must not grow memory).
+pub const MAX_LOCAL: usize = 16_384;
+/// A source's bucket is forgotten after this long without ARP (it would be full again anyway).
+const SOURCE_IDLE_NS: u64 = 10_000_000_000;
+/// Sources with a bucket of their own at most; the rest share one.
+pub const MAX_SOURCES: usize = 4_096;
+
+/// A peer, as the shell numbers them.
+pub type PeerId = u32;
+
+/// Who owns an IP, when a peer's claim conflicts with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Local(Mac),
+    Remote { mac: Mac, peer: PeerId },
+}
+
+/// What the shell must do (or report) after an input, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A host on the local bridge was seen for the first time, or with a new MAC.
+    LocalLearned { ip: Ipv4Addr, mac: Mac, previous: Option<Mac> },
+    /// The kernel answered `requester`'s request for `ip` from `arp_table`: no RPC is needed.
+    AnsweredInKernel { ip: Ipv4Addr, requester: Ipv4Addr },
+    /// Send to every peer that is up (ARP travels only this way, never as frames).
+    Broadcast(Method),
+    /// Write this frame into the TAP: the local bridge delivers it.
+    WriteTap(Vec<u8>),
+    /// Put (or refresh) `ip` -> `mac`, vouched for by `peer`, in the kernel's `arp_table`.
+    ArpInstall { ip: Ipv4Addr, mac: Mac, peer: PeerId },
+    /// Take `ip` out of `arp_table`: it is no longer answered in the kernel.
+    ArpRemove { ip: Ipv4Addr },
+    /// A peer claimed an IP that someone else owns; the existing mapping stands.
+    Conflict { ip: Ipv4Addr, owner: Owner, claimed: Mac, by: PeerId },
+    /// A local host appeared with an IP a peer had claimed: the remote entry is withdrawn.
+    LocalOverridesRemote { ip: Ipv4Addr, local: Mac, remote: Mac, peer: PeerId },
+}
+
+/// Where a frame from the local bridge goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Drop,
+    Peer(PeerId),
+    AllPeers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub mac: Mac,
+    pub seen_ns: u64,
+    /// The bridge's own addresses never expire.
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    pub mac: Mac,
+    pub peer: PeerId,
+    pub updated_ns: u64,
+}
+
+/// A learned entry a previous agent (killed, then restarted) left in `arp_table`: kept and
+/// answered in the kernel while its peer, named by a tag of its node id, may come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orphan {
+    pub mac: Mac,
+    pub tag: u32,
+    pub updated_ns: u64,
+}
+
+/// Counts of the switch's decisions (the kernel's own counters are in `stats`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub events: u64,
+    pub answered_in_kernel: u64,
+    pub rpc_sent: u64,
+    pub rpc_received: u64,
+    /// Requests for a local IP: the local host answers, the overlay is not involved.
+    pub resolved_locally: u64,
+    /// Requests nobody could be asked about (no peer up).
+    pub unresolved: u64,
+    /// Probes (sender 0.0.0.0): duplicate address detection stays on the local bridge.
+    pub probes: u64,
+    pub conflicts: u64,
+    pub frames_to_peers: u64,
+    pub frames_from_peers: u64,
+    /// Frames from peers refused: too short, ARP as data, or a local source MAC.
+    pub frames_refused: u64,
+    /// Events the programs should never send (unknown hook or operation).
+    pub unexpected: u64,
+    /// ARP RPCs not sent: their source exceeded its rate.
+    pub rpc_limited: u64,
+    /// Broadcast or multicast frames not flooded: storm control.
+    pub storm_dropped: u64,
+    /// Local hosts not learned: the table was full.
+    pub local_full: u64,
+}
+
+#[derive(Debug)]
+pub struct Switch {
+    local: HashMap<Ipv4Addr, Neighbour>,
+    remote: HashMap<Ipv4Addr, Remote>,
+    macs: HashMap<Mac, (PeerId, u64)>,
+    peers: HashSet<PeerId>,
+    max_age_ns: u64,
+    counters: Counters,
+    limits: Limits,
+    sources: HashMap<Mac, Bucket>,
+    /// The bucket shared by sources beyond `MAX_SOURCES`.
+    overflow: Option<Bucket>,
+    orphans: HashMap<Ipv4Addr, Orphan>,
+    /// Orphans whose peer's link is not up by then are withdrawn.
+    orphans_until_ns: u64,
+    broadcast: Option<Bucket>,
+}
+
+fn is_host_mac(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 0 && *mac != [0; 6]
+}
+
+impl Switch {
+    /// `max_age_ns`: how long learned entries (local and remote) live without a refresh.
+    pub fn new(max_age_ns: u64) -> Self {
+        Self {
+            local: HashMap::new(),
+            remote: HashMap::new(),
+            macs: HashMap::new(),
+            peers: HashSet::new(),
+            max_age_ns,
+            counters: Counters::default(),
+            limits: Limits::default(),
+            sources: HashMap::new(),
+            overflow: None,
+            broadcast: None,
+            orphans: HashMap::new(),
+            orphans_until_ns: 0,
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Whether `source` may cause one more ARP RPC at `now_ns`.
+    fn allow_arp(&mut self, now_ns: u64, source: Mac) -> bool {
+        let rate = self.limits.arp_per_source;
+        if rate.per_sec == 0 {
+            return true;
+        }
+        let full = self.sources.len() >= MAX_SOURCES;
+        let bucket = match self.sources.get_mut(&source) {
+            Some(b) => b,
+            None if full => self.overflow.get_or_insert_with(|| Bucket::full(rate, now_ns)),
+            None => self.sources.entry(source).or_insert_with(|| Bucket::full(rate, now_ns)),
+        };
+        bucket.take(rate, now_ns)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn local(&self, ip: Ipv4Addr) -> Option<Neighbour> {
+        self.local.get(&ip).copied()
+    }
+
+    pub fn remote(&self, ip: Ipv4Addr) -> Option<Remote> {
+        self.remote.get(&ip).copied()
+    }
+
+    /// An address of the host itself on the bridge: always local, never asked about.
+    pub fn add_local_address(&mut self, ip: Ipv4Addr, mac: Mac) {
+        self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true });
+    }
+}

@@ -1,0 +1,83 @@
+//! Links up and down, entries a crashed agent left (orphans), and ageing.
+
+use std::net::Ipv4Addr;
+
+use super::{Orphan, Output, PeerId, Remote, SOURCE_IDLE_NS, Switch};
+
+impl Switch {
+    /// A link to `peer` is up: it receives broadcasts from now on.
+    pub fn peer_up(&mut self, peer: PeerId) {
+        self.peers.insert(peer);
+    }
+
+    /// Takes over the learned entries a previous agent left in `arp_table` (the shell read
+    /// them at start). They stay answered in the kernel until `now_ns + grace_ns`, by which
+    /// time their peer's link must be up (`adopt`) or they are withdrawn (`expire`). An
+    /// entry for a local IP is withdrawn at once: a local host always wins.
+    pub fn restore(
+        &mut self,
+        now_ns: u64,
+        grace_ns: u64,
+        entries: impl IntoIterator<Item = (Ipv4Addr, Orphan)>,
+    ) -> Vec<Output> {
+        self.orphans_until_ns = now_ns.saturating_add(grace_ns);
+        let mut out = Vec::new();
+        for (ip, orphan) in entries {
+            if self.local.contains_key(&ip) {
+                out.push(Output::ArpRemove { ip });
+            } else {
+                self.orphans.insert(ip, orphan);
+            }
+        }
+        out
+    }
+
+    /// `peer`, whose node id has tag `tag`, is up: the orphans it vouched for are its
+    /// entries again (aged from their last refresh, withdrawn if it goes down).
+    pub fn adopt(&mut self, tag: u32, peer: PeerId) {
+        let ips: Vec<Ipv4Addr> = self.orphans.iter().filter(|(_, o)| o.tag == tag).map(|(ip, _)| *ip).collect();
+        for ip in ips {
+            let o = self.orphans.remove(&ip).unwrap();
+            self.remote.entry(ip).or_insert(Remote { mac: o.mac, peer, updated_ns: o.updated_ns });
+        }
+    }
+
+    /// Entries restored from a previous agent and not yet adopted.
+    pub fn orphans(&self) -> usize {
+        self.orphans.len()
+    }
+
+    /// The link to `peer` is down: what it told us is no longer answered.
+    pub fn peer_down(&mut self, peer: PeerId) -> Vec<Output> {
+        self.peers.remove(&peer);
+        self.macs.retain(|_, (p, _)| *p != peer);
+        self.forget_remote(|r| r.peer == peer)
+    }
+
+    /// Drops the remote entries that match; returns their removals from `arp_table`, by IP.
+    fn forget_remote(&mut self, gone: impl Fn(&Remote) -> bool) -> Vec<Output> {
+        let mut ips: Vec<Ipv4Addr> = self.remote.iter().filter(|(_, r)| gone(r)).map(|(ip, _)| *ip).collect();
+        ips.sort();
+        for ip in &ips {
+            self.remote.remove(ip);
+        }
+        ips.into_iter().map(|ip| Output::ArpRemove { ip }).collect()
+    }
+
+    /// Forgets what was not refreshed within the maximum age; returns the kernel entries to
+    /// remove. Local hosts go quietly; the bridge's own addresses stay.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Output> {
+        let max_age = self.max_age_ns;
+        let old = |t: u64| now_ns.saturating_sub(t) > max_age;
+        self.local.retain(|_, n| n.permanent || !old(n.seen_ns));
+        self.sources.retain(|_, b| !b.idle_since(now_ns, SOURCE_IDLE_NS));
+        self.macs.retain(|_, (_, t)| !old(*t));
+        let mut out = self.forget_remote(|r| old(r.updated_ns));
+        if now_ns >= self.orphans_until_ns && !self.orphans.is_empty() {
+            let mut ips: Vec<Ipv4Addr> = self.orphans.drain().map(|(ip, _)| ip).collect();
+            ips.sort();
+            out.extend(ips.into_iter().map(|ip| Output::ArpRemove { ip }));
+        }
+        out
+    }
+}

@@ -1,0 +1,195 @@
+//! The ICE path (webrtc-ice): the agent for one attempt, remote candidates, and the reader of
+//! an ICE connection.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use tokio::sync::mpsc;
+use tracing::debug;
+use webrtc_ice::{
+    agent::{Agent, agent_config::AgentConfig},
+    candidate::{Candidate, CandidateType, candidate_base::unmarshal_candidate},
+    mdns::MulticastDnsMode,
+    network_type::NetworkType,
+    url::Url,
+};
+use webrtc_util::Conn;
+
+use crate::{
+    core::{
+        chunk::Reassembly,
+        switch::PeerId,
+        wire::{self, Datagram, Inner},
+    },
+    link::{
+        event::LinkEvent,
+        session::Opener,
+        timers::{DEAD_AFTER, KEEPALIVE, clock_ms},
+        underlay::force_buffers,
+    },
+};
+
+/// An ICE agent for one attempt: UDP4 host candidates on every interface but loopback and
+/// `exclude` (the overlay must not run over itself), plus server-reflexive and relay ones
+/// when STUN/TURN `urls` are given.
+pub async fn new_agent(ice_urls: &[String], exclude: &[String]) -> Result<Arc<Agent>> {
+    let urls = ice_urls
+        .iter()
+        .map(|u| Url::parse_url(u).map_err(|e| anyhow!("ICE url {u}: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut candidate_types = vec![CandidateType::Host];
+    if !urls.is_empty() {
+        candidate_types.extend([CandidateType::ServerReflexive, CandidateType::Relay]);
+    }
+    let exclude = exclude.to_vec();
+    let config = AgentConfig {
+        urls,
+        network_types: vec![NetworkType::Udp4],
+        candidate_types,
+        multicast_dns_mode: MulticastDnsMode::Disabled,
+        interface_filter: Arc::new(Some(Box::new(move |name: &str| {
+            name != "lo" && !exclude.iter().any(|e| e == name)
+        }))),
+        disconnected_timeout: Some(DEAD_AFTER),
+        failed_timeout: Some(DEAD_AFTER * 2),
+        keepalive_interval: Some(KEEPALIVE),
+        check_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    Ok(Arc::new(Agent::new(config).await.context("creating the ICE agent")?))
+}
+
+/// Reads the ICE connection: once a session is up it opens transport datagrams and hands
+/// them straight to the agent; handshakes go to the link task.
+pub async fn read_datagrams(
+    peer: PeerId,
+    conn: Arc<dyn Conn + Send + Sync>,
+    events: mpsc::Sender<LinkEvent>,
+    handshakes: mpsc::Sender<Vec<u8>>,
+    mut openers: mpsc::UnboundedReceiver<Arc<Mutex<Opener>>>,
+    last_rx: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; wire::MAX_DATAGRAM + 64];
+    let mut rx = IceRx { peer, opener: None, plain: Vec::new(), frames: Default::default(), last_rx };
+    // The responder may send as soon as its side is up, before this side has finished the
+    // handshake: transport datagrams that arrive before the first session are held (a few).
+    let mut early: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let n = tokio::select! {
+            o = openers.recv() => match o {
+                Some(o) => {
+                    rx.opener = Some(o);
+                    for dg in std::mem::take(&mut early) {
+                        if let Some(ev) = rx.open(&dg)
+                            && events.send(ev).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                None => return,
+            },
+            n = conn.recv(&mut buf) => match n { Ok(n) => n, Err(_) => return },
+        };
+        let dg = &buf[..n];
+        match Datagram::parse(dg) {
+            Ok(Datagram::Transport { .. }) if rx.opener.is_none() => {
+                if early.len() < EARLY_MAX {
+                    early.push(dg.to_vec());
+                }
+            }
+            Ok(Datagram::Transport { .. }) => {
+                if let Some(ev) = rx.open(dg)
+                    && events.send(ev).await.is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {
+                if handshakes.send(dg.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => debug!(peer, "bad datagram: {e}"),
+        }
+    }
+}
+
+/// Transport datagrams held until the first session is known.
+const EARLY_MAX: usize = 256;
+
+/// The ICE reader's side of a session.
+struct IceRx {
+    peer: PeerId,
+    opener: Option<Arc<Mutex<Opener>>>,
+    plain: Vec<u8>,
+    frames: Reassembly,
+    last_rx: Arc<AtomicU64>,
+}
+
+impl IceRx {
+    /// Opens a transport datagram: what to tell the agent, if anything.
+    fn open(&mut self, dg: &[u8]) -> Option<LinkEvent> {
+        let (Ok(Datagram::Transport { counter, sealed }), Some(o)) = (Datagram::parse(dg), &self.opener) else {
+            return None;
+        };
+        let opened = o.lock().unwrap_or_else(|e| e.into_inner()).open(counter, sealed, &mut self.plain);
+        let inner = match opened {
+            Ok(inner) => inner,
+            Err(e) => return Some(LinkEvent::Dropped(self.peer, e)),
+        };
+        self.last_rx.store(clock_ms(), Ordering::Relaxed);
+        match inner {
+            // Probes belong on the data socket only.
+            Inner::Keepalive | Inner::Probe | Inner::ProbeAck => None,
+            Inner::Rpc => Some(LinkEvent::Received(self.peer, inner, std::mem::take(&mut self.plain))),
+            Inner::Ethernet => match self.frames.push(&self.plain) {
+                Ok(Some(whole)) => Some(LinkEvent::Received(self.peer, inner, whole)),
+                Ok(None) => None,
+                Err(_) => Some(LinkEvent::FrameLost(self.peer)),
+            },
+        }
+    }
+}
+
+/// Gives every UDP socket of this process bigger buffers (`underlay::force_buffers`).
+/// webrtc-ice opens its sockets itself and does not expose them, so they are found through
+/// /proc/self/fd.
+pub fn enlarge_udp_buffers() {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+    for entry in fds.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<libc::c_int>().ok()) else { continue };
+        let mut kind: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an fd number with out-parameters we own; non-sockets fail.
+        let is_udp = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len)
+        } == 0
+            && kind == libc::SOCK_DGRAM
+            && std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_udp {
+            continue;
+        }
+        force_buffers(fd);
+    }
+}
+
+/// Adds a remote candidate from a signal; a bad one is logged and skipped.
+pub fn add_candidate(agent: &Arc<Agent>, c: &str) {
+    match unmarshal_candidate(c) {
+        Ok(c) => {
+            let c: Arc<dyn Candidate + Send + Sync> = Arc::new(c);
+            if let Err(e) = agent.add_remote_candidate(&c) {
+                debug!("remote candidate refused: {e}");
+            }
+        }
+        Err(e) => debug!("unparsable remote candidate: {e}"),
+    }
+}

@@ -1,0 +1,52 @@
+//! What a link is given: its peer, and what every link of the agent shares.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::{
+    core::switch::PeerId,
+    link::{
+        event::LinkEvent,
+        receive::Registration,
+        session::{Aead, Identity},
+        underlay::Underlay,
+    },
+    signaling::Signaling,
+};
+
+/// What every link of an agent shares.
+#[derive(Clone)]
+pub struct LinkShared {
+    pub identity: Identity,
+    pub psk: [u8; 32],
+    /// STUN/TURN urls for server-reflexive and relay candidates.
+    pub ice_urls: Vec<String>,
+    /// Interfaces never used for candidates (the bridge, the TAP: the overlay must not run
+    /// over itself).
+    pub exclude_ifaces: Vec<String>,
+    pub signaling: Signaling,
+    pub events: mpsc::Sender<LinkEvent>,
+    /// The agent's data socket, if it has one: links probe it and move data there.
+    pub data: Option<DataSocket>,
+    /// The AEAD this machine seals fastest (`Aead::local`); a pair agrees on one.
+    pub aead: Aead,
+}
+
+/// The data socket as links see it: for sending, and for telling its reader which receiver
+/// index belongs to which session.
+#[derive(Clone)]
+pub struct DataSocket {
+    pub underlay: Arc<Underlay>,
+    pub registrations: mpsc::UnboundedSender<Registration>,
+}
+
+/// What a link needs to know.
+#[derive(Clone)]
+pub struct LinkParams {
+    pub peer: PeerId,
+    pub peer_node: String,
+    pub remote_key: [u8; 32],
+    pub controlling: bool,
+    pub shared: LinkShared,
+}

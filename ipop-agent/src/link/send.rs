@@ -1,0 +1,75 @@
+//! The send side of an up link: the agent seals and sends itself, on the data socket once
+//! its path is proven, else on the ICE connection, without a hop through the link task.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use webrtc_util::Conn;
+
+use crate::{
+    core::{chunk, wire::Inner},
+    link::{session::Sealer, underlay::Underlay},
+};
+
+/// The agent's direct line to a peer once a link is up.
+#[derive(Clone)]
+pub struct DataTx {
+    pub(crate) sealer: Sealer,
+    pub(crate) conn: Arc<dyn Conn + Send + Sync>,
+    pub(crate) direct: Option<Direct>,
+}
+
+/// A proven path on the data socket: where the peer's socket is, and its receiver index.
+#[derive(Clone)]
+pub(crate) struct Direct {
+    pub(crate) underlay: Arc<Underlay>,
+    pub(crate) to: SocketAddr,
+    pub(crate) index: u32,
+}
+
+impl std::fmt::Debug for DataTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataTx({})", if self.direct.is_some() { "direct" } else { "ice" })
+    }
+}
+
+impl DataTx {
+    /// Whether data goes on the data socket (else on the ICE connection).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Seals and sends `payload` now if the socket takes it at once (it almost always does);
+    /// false if it would have to wait, so the caller queues it to the link task instead.
+    pub fn try_send(&self, inner: Inner, payload: &[u8], scratch: &mut Vec<u8>) -> bool {
+        use futures_util::FutureExt as _;
+        scratch.clear();
+        if let Some(d) = &self.direct {
+            if self.sealer.seal_indexed(d.index, inner, &[payload], scratch).is_err() {
+                return true; // too long: nothing to queue either
+            }
+            return d.underlay.send(d.to, scratch, scratch.len()).is_ok();
+        }
+        if self.sealer.seal(inner, payload, scratch).is_err() {
+            return true;
+        }
+        matches!(self.conn.send(scratch).now_or_never(), Some(Ok(_)))
+    }
+
+    /// Sends a whole frame (virtio header and frame) on the data socket, cut into chunks
+    /// sealed end to end and handed to the kernel in one GSO send; `None` without a data
+    /// path (the caller chunks it for the ICE path), else whether the socket took it.
+    pub fn send_frame(&self, id: u32, whole: &[u8], scratch: &mut Vec<u8>) -> Option<bool> {
+        let d = self.direct.as_ref()?;
+        scratch.clear();
+        let mut segment = 0;
+        for (header, data) in chunk::pieces(id, whole, chunk::DIRECT_DATA) {
+            if self.sealer.seal_indexed(d.index, Inner::Ethernet, &[&header, data], scratch).is_err() {
+                return Some(true); // cannot happen for a whole the TAP gave: nothing to retry
+            }
+            if segment == 0 {
+                segment = scratch.len();
+            }
+        }
+        Some(d.underlay.send(d.to, scratch, segment).is_ok())
+    }
+}

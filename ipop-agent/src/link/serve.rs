@@ -1,0 +1,404 @@
+//! The link once ICE is connected, one method per event: the handshake (the controlling side
+//! initiates and resends; the controlled side answers, and answers a repeated first message
+//! with the same answer), then keepalives and liveness, and the data socket path: probed until
+//! it answers, used while probes are answered, given up when they are not. Handshakes,
+//! keepalives and liveness stay on ICE, so the link never depends on the data socket. Data
+//! bypasses this task: the readers deliver, and the agent sends through the `DataTx` it got
+//! with `Up`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use anyhow::{Result, bail};
+use tokio::{sync::mpsc, time::Interval};
+use tracing::{debug, info, warn};
+use webrtc_util::Conn;
+
+use crate::{
+    core::wire::{Datagram, Inner},
+    link::{
+        event::{LinkCmd, LinkEvent},
+        params::LinkParams,
+        receive::{Receiver, Registration},
+        send::{DataTx, Direct},
+        session::{self, Aead, Initiator, Opener, Sealer, Session},
+        signal::{Creds, Signal, parse_signal},
+        timers::{
+            DEAD_AFTER, DIRECT_QUIET, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PROBE_EVERY, PROBE_FOR,
+            PROBE_PADDING, PROBE_SLOW, clock_ms, now_ns,
+        },
+    },
+};
+
+/// How this link will try the data socket: its own receiver index, and the peer's.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub my_index: u32,
+    pub peer_addr: SocketAddr,
+    pub peer_index: u32,
+}
+
+/// What `serve` works with once ICE is connected.
+pub struct LinkIo {
+    pub conn: Arc<dyn Conn + Send + Sync>,
+    /// Handshake datagrams from the ICE reader.
+    pub dg_rx: mpsc::Receiver<Vec<u8>>,
+    /// Each new session's opener, for the ICE reader.
+    pub openers: mpsc::UnboundedSender<Arc<Mutex<Opener>>>,
+    /// When anything authentic last arrived on the ICE path (`clock_ms`).
+    pub last_rx: Arc<AtomicU64>,
+    pub plan: Option<Plan>,
+    /// What the pair agreed on.
+    pub aead: Aead,
+}
+
+/// How a link attempt ended.
+pub enum Ended {
+    /// The agent dropped the link.
+    Closed,
+    /// The link went down (or never came up); try again.
+    Retry,
+    /// The peer offered a new session (it restarted its side): answer it at once.
+    NewOffer(Creds),
+}
+
+/// What one event did: the link goes on (`None`) or ends.
+type Step = Result<Option<Ended>>;
+
+/// Handshake, then keepalives until death, closure or a new offer. Returns how it ended and
+/// whether the link was up.
+pub async fn serve(
+    p: &LinkParams,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    io: LinkIo,
+    session_id: u64,
+    last_handshake: &mut Option<u64>,
+) -> Result<(Ended, bool)> {
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    let mut s = Serve::new(p, io, session_id, last_handshake, probe_tx);
+    s.start().await?;
+    let mut probe_tick = tokio::time::interval(PROBE_EVERY);
+    loop {
+        let step = tokio::select! {
+            dg = s.io.dg_rx.recv() => match dg {
+                Some(dg) => s.on_datagram(&dg).await,
+                None => Ok(Some(Ended::Retry)),
+            },
+            Some((inner, from)) = probe_rx.recv() => s.on_probe(inner, from).await,
+            _ = probe_tick.tick(), if s.probe.since.is_some() => {
+                s.on_probe_tick();
+                Ok(None)
+            }
+            cmd = cmds.recv() => s.on_cmd(cmd).await,
+            _ = s.tick.tick() => s.on_tick().await,
+        };
+        if let Some(ended) = step? {
+            return Ok((ended, s.sealer.is_some()));
+        }
+    }
+}
+
+/// The link's state from the ICE connection on.
+struct Serve<'a> {
+    p: &'a LinkParams,
+    io: LinkIo,
+    session_id: u64,
+    /// The newest handshake timestamp accepted (the responder's side): older ones are replays.
+    last_handshake: &'a mut Option<u64>,
+    /// The current session's sealer, once a handshake completed.
+    sealer: Option<Sealer>,
+    /// The initiator's handshake in flight, and its first message (resent until answered).
+    initiator: Option<Initiator>,
+    init_msg: Vec<u8>,
+    /// The last first message answered, and the answer (the responder's side).
+    answered: Option<(Vec<u8>, Vec<u8>)>,
+    started: Instant,
+    last_tx: Instant,
+    /// Handshake retries until the first session, then keepalives and liveness checks.
+    tick: Interval,
+    out: Vec<u8>,
+    probe: Probing,
+}
+
+/// The data socket path: probed from each new session until it answers (then `direct`), for
+/// `PROBE_FOR` quickly and then slowly.
+struct Probing {
+    /// Where the data socket's reader sends probes and answers for this link.
+    tx: mpsc::UnboundedSender<(Inner, SocketAddr)>,
+    /// When anything authentic last arrived on the data socket (`clock_ms`).
+    direct_rx: Arc<AtomicU64>,
+    direct: Option<Direct>,
+    since: Option<Instant>,
+    last_probe: Instant,
+    said_slow: bool,
+    last_ack: Instant,
+}
+
+impl<'a> Serve<'a> {
+    fn new(
+        p: &'a LinkParams,
+        io: LinkIo,
+        session_id: u64,
+        last_handshake: &'a mut Option<u64>,
+        probes: mpsc::UnboundedSender<(Inner, SocketAddr)>,
+    ) -> Self {
+        let now = Instant::now();
+        Serve {
+            p,
+            io,
+            session_id,
+            last_handshake,
+            sealer: None,
+            initiator: None,
+            init_msg: Vec::new(),
+            answered: None,
+            started: now,
+            last_tx: now,
+            tick: tokio::time::interval(if p.controlling { HANDSHAKE_RETRY } else { KEEPALIVE / 2 }),
+            out: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
+            probe: Probing {
+                tx: probes,
+                direct_rx: Arc::new(AtomicU64::new(0)),
+                direct: None,
+                since: None,
+                last_probe: now,
+                said_slow: false,
+                last_ack: now,
+            },
+        }
+    }
+
+    /// The controlling side sends the first handshake message.
+    async fn start(&mut self) -> Result<()> {
+        if self.p.controlling {
+            let p = self.p;
+            let (i, msg) = session::initiate(&p.shared.identity, &p.remote_key, &p.shared.psk, now_ns(), self.io.aead)?;
+            self.initiator = Some(i);
+            self.io.conn.send(&msg).await?;
+            self.init_msg = msg;
+        }
+        Ok(())
+    }
+
+    /// A handshake datagram from the ICE reader.
+    async fn on_datagram(&mut self, dg: &[u8]) -> Step {
+        match Datagram::parse(dg) {
+            Ok(Datagram::HandshakeInit(body)) if !self.p.controlling => self.answer(body).await?,
+            Ok(Datagram::HandshakeResp(body)) if self.p.controlling && self.initiator.is_some() => {
+                self.finish(body).await?
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The responder answers a first message. The same one again means our answer was lost
+    /// (the initiator resends every 500 ms): it gets the same answer, since a new session
+    /// would be refused as stale.
+    async fn answer(&mut self, body: &[u8]) -> Result<()> {
+        if let Some((first, reply)) = &self.answered
+            && first == body
+        {
+            self.io.conn.send(reply).await?;
+            return Ok(());
+        }
+        let p = self.p;
+        let keys = (&p.shared.identity, &p.remote_key, &p.shared.psk);
+        match session::respond(keys.0, keys.1, keys.2, body, *self.last_handshake, self.io.aead) {
+            Ok((s, reply, ts)) => {
+                *self.last_handshake = Some(ts);
+                if self.sealer.is_none() {
+                    info!(peer = %p.peer_node, aead = self.io.aead.name(), "link up");
+                }
+                let data = self.established(s);
+                self.io.conn.send(&reply).await?;
+                self.answered = Some((body.to_vec(), reply));
+                p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
+            }
+            Err(e) => {
+                let _ = p.shared.events.send(LinkEvent::Dropped(p.peer, e)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The initiator gets the answer: the session is up, or the handshake failed.
+    async fn finish(&mut self, body: &[u8]) -> Result<()> {
+        let p = self.p;
+        match self.initiator.take().expect("checked by the caller").finish(body) {
+            Ok(s) => {
+                let data = self.established(s);
+                self.tick = tokio::time::interval(KEEPALIVE / 2);
+                info!(peer = %p.peer_node, aead = self.io.aead.name(), "link up");
+                p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = p.shared.events.try_send(LinkEvent::Dropped(p.peer, e.clone()));
+                bail!("handshake with {} failed: {e}", p.peer_node);
+            }
+        }
+    }
+
+    /// Hands a new session to the readers (and the data socket's, which starts probing);
+    /// returns the `DataTx` for the agent.
+    fn established(&mut self, s: Session) -> DataTx {
+        let (tx, rx) = s.split();
+        let rx = Arc::new(Mutex::new(rx));
+        let _ = self.io.openers.send(rx.clone());
+        if let (Some(d), Some(plan)) = (&self.p.shared.data, &self.io.plan) {
+            let probes = self.probe.tx.clone();
+            let receiver = Receiver { peer: self.p.peer, opener: rx, last_rx: self.probe.direct_rx.clone(), probes };
+            let _ = d.registrations.send(Registration::Add(plan.my_index, receiver));
+            self.probe.since = Some(Instant::now());
+        }
+        self.io.last_rx.store(clock_ms(), Ordering::Relaxed);
+        self.sealer = Some(tx.clone());
+        DataTx { sealer: tx, conn: self.io.conn.clone(), direct: self.probe.direct.clone() }
+    }
+
+    /// Sends a probe or an answer on the data socket. Both are as large as the largest data
+    /// datagram: a path that drops full-size datagrams (a smaller MTU, DF set) must fail the
+    /// probe, not black-hole data.
+    fn send_direct(&mut self, inner: Inner, to: SocketAddr) {
+        let (Some(s), Some(d), Some(plan)) = (&self.sealer, &self.p.shared.data, &self.io.plan) else { return };
+        self.out.clear();
+        if s.seal_indexed(plan.peer_index, inner, &[&PROBE_PADDING], &mut self.out).is_ok() {
+            let _ = d.underlay.send(to, &self.out, self.out.len());
+        }
+    }
+
+    /// A probe or an answer from the data socket's reader, with the address it came from.
+    async fn on_probe(&mut self, inner: Inner, from: SocketAddr) -> Step {
+        let Some(sealer) = self.sealer.clone() else { return Ok(None) };
+        match inner {
+            // The peer reached our socket from `from`: answer there (through its NAT).
+            Inner::Probe => self.send_direct(Inner::ProbeAck, from),
+            Inner::ProbeAck if self.probe.direct.is_some() => self.probe.last_ack = Instant::now(),
+            Inner::ProbeAck => self.direct_up(sealer, from).await?,
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The first answer: data moves to the data socket, at the address the answer came from.
+    async fn direct_up(&mut self, sealer: Sealer, from: SocketAddr) -> Result<()> {
+        let (Some(d), Some(plan)) = (&self.p.shared.data, &self.io.plan) else { return Ok(()) };
+        let direct = Direct { underlay: d.underlay.clone(), to: from, index: plan.peer_index };
+        info!(peer = %self.p.peer_node, addr = %from, "data path up on the data socket");
+        self.probe.last_ack = Instant::now();
+        self.probe.direct = Some(direct.clone());
+        self.probe.since = None;
+        self.probe.said_slow = false;
+        let data = DataTx { sealer, conn: self.io.conn.clone(), direct: Some(direct) };
+        self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
+        Ok(())
+    }
+
+    /// Probes the peer's data socket: every `PROBE_EVERY` for `PROBE_FOR`, then every
+    /// `PROBE_SLOW` (data meanwhile on the ICE path).
+    fn on_probe_tick(&mut self) {
+        let (Some(_), Some(plan), Some(since)) = (&self.sealer, &self.io.plan, self.probe.since) else { return };
+        let to = plan.peer_addr;
+        let slow = since.elapsed() > PROBE_FOR;
+        if slow && !self.probe.said_slow {
+            info!(peer = %self.p.peer_node, "the data socket path does not answer: data stays on ICE");
+            self.probe.said_slow = true;
+        }
+        let every = if slow { PROBE_SLOW } else { PROBE_EVERY };
+        if self.probe.last_probe.elapsed() + PROBE_EVERY / 2 >= every {
+            self.send_direct(Inner::Probe, to);
+            self.probe.last_probe = Instant::now();
+        }
+    }
+
+    /// What the agent tells the link: close (the sender dropped), send, or a signal.
+    async fn on_cmd(&mut self, cmd: Option<LinkCmd>) -> Step {
+        match cmd {
+            None => return Ok(Some(Ended::Closed)),
+            Some(LinkCmd::Send(inner, payload)) => self.send_fallback(inner, &payload).await,
+            Some(LinkCmd::Signal(v)) => {
+                if let Some(Signal::Offer(o)) = parse_signal(&v)
+                    && !self.p.controlling
+                    && o.session != self.session_id
+                {
+                    info!(peer = %self.p.peer_node, "peer restarted the link");
+                    return Ok(Some(Ended::NewOffer(o)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The fallback path: what the agent could not send at once goes out on ICE from here.
+    async fn send_fallback(&mut self, inner: Inner, payload: &[u8]) {
+        let Some(s) = &self.sealer else { return };
+        self.out.clear();
+        if s.seal(inner, payload, &mut self.out).is_ok() {
+            if let Err(e) = self.io.conn.send(&self.out).await {
+                debug!(peer = %self.p.peer_node, "send failed: {e}");
+            }
+            self.last_tx = Instant::now();
+        }
+    }
+
+    /// Liveness, the data socket path while direct, and keepalives; before the first session,
+    /// handshake retries.
+    async fn on_tick(&mut self) -> Step {
+        let Some(sealer) = self.sealer.clone() else {
+            self.handshake_tick().await?;
+            return Ok(None);
+        };
+        let heard = self.io.last_rx.load(Ordering::Relaxed).max(self.probe.direct_rx.load(Ordering::Relaxed));
+        if clock_ms().saturating_sub(heard) > DEAD_AFTER.as_millis() as u64 {
+            warn!(peer = %self.p.peer_node, "link down: nothing received for {DEAD_AFTER:?}");
+            return Ok(Some(Ended::Retry));
+        }
+        self.check_direct(&sealer).await?;
+        // Keepalives go out regardless of data sent by the agent directly: one a second is
+        // nothing, and the link task cannot see those sends.
+        if self.last_tx.elapsed() >= KEEPALIVE {
+            self.out.clear();
+            sealer.seal(Inner::Keepalive, &[], &mut self.out)?;
+            let _ = self.io.conn.send(&self.out).await;
+            self.last_tx = Instant::now();
+        }
+        Ok(None)
+    }
+
+    /// Before the first session: the initiator resends its first message (it may have been
+    /// lost); both sides give up after `HANDSHAKE_TIMEOUT`.
+    async fn handshake_tick(&mut self) -> Result<()> {
+        if self.started.elapsed() > HANDSHAKE_TIMEOUT {
+            bail!("no handshake with {} within {HANDSHAKE_TIMEOUT:?}", self.p.peer_node);
+        }
+        if self.p.controlling {
+            self.io.conn.send(&self.init_msg).await?;
+        }
+        Ok(())
+    }
+
+    /// While direct, a probe every tick keeps the path checked (and any NAT mapping alive); no
+    /// answer for `DIRECT_QUIET` moves data back to ICE.
+    async fn check_direct(&mut self, sealer: &Sealer) -> Result<()> {
+        let Some(to) = self.probe.direct.as_ref().map(|d| d.to) else { return Ok(()) };
+        if self.probe.last_ack.elapsed() <= DIRECT_QUIET {
+            self.send_direct(Inner::Probe, to);
+            return Ok(());
+        }
+        // The ICE path still lives (else the link would be down): data goes back there, and
+        // the data socket is probed again.
+        warn!(peer = %self.p.peer_node, "data socket path quiet: data back on ICE");
+        self.probe.direct = None;
+        self.probe.since = Some(Instant::now());
+        let data = DataTx { sealer: sealer.clone(), conn: self.io.conn.clone(), direct: None };
+        self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
+        Ok(())
+    }
+}

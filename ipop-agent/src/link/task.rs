@@ -1,0 +1,264 @@
+//! One link to one peer, as a task: the controlled side waits for an offer, both sides
+//! exchange credentials and connect with ICE (`ice`), then `serve` runs the session until the
+//! link dies, and the controlling side tries again with backoff.
+//!
+//! The side with the smaller node id controls ICE and initiates the handshake, so both sides
+//! agree without talking.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::json;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::debug;
+use webrtc_ice::{agent::Agent, candidate::Candidate};
+use webrtc_util::Conn;
+
+use crate::link::{
+    event::{LinkCmd, LinkEvent},
+    ice::{self, add_candidate, enlarge_udp_buffers, read_datagrams},
+    params::LinkParams,
+    receive::Registration,
+    serve::{Ended, LinkIo, Plan, serve},
+    session::Opener,
+    signal::{Creds, Signal, parse_signal},
+    timers::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT},
+};
+
+type IceConn = Arc<dyn Conn + Send + Sync>;
+
+/// Starts the link task; dropping the sender closes the link.
+pub fn spawn(params: LinkParams) -> (mpsc::Sender<LinkCmd>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let handle = tokio::spawn(run(params, rx));
+    (tx, handle)
+}
+
+async fn run(p: LinkParams, mut cmds: mpsc::Receiver<LinkCmd>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut offer: Option<Creds> = None;
+    let mut last_handshake: Option<u64> = None;
+    loop {
+        let result = attempt(&p, &mut cmds, offer.take(), &mut last_handshake).await;
+        let ended = match result {
+            Ok((ended, was_up)) => {
+                if was_up {
+                    backoff = BACKOFF_MIN;
+                    let _ = p.shared.events.send(LinkEvent::Down(p.peer)).await;
+                }
+                ended
+            }
+            Err(e) => {
+                debug!(peer = %p.peer_node, "link attempt failed: {e:#}");
+                Ended::Retry
+            }
+        };
+        match ended {
+            Ended::Closed => return,
+            Ended::NewOffer(c) => offer = Some(c),
+            Ended::Retry if p.controlling => {
+                // Wait out the backoff, but stay responsive to the agent closing us.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        cmd = cmds.recv() => if cmd.is_none() { return },
+                    }
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Ended::Retry => {} // the controlled side waits for the next offer
+        }
+    }
+}
+
+/// One attempt: exchange credentials, connect, handshake, carry datagrams until the link dies.
+/// Returns how it ended and whether the link was up.
+async fn attempt(
+    p: &LinkParams,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    offer: Option<Creds>,
+    last_handshake: &mut Option<u64>,
+) -> Result<(Ended, bool)> {
+    // The controlled side first waits for an offer.
+    let offer = match (p.controlling, offer) {
+        (true, _) => None,
+        (false, Some(o)) => Some(o),
+        (false, None) => loop {
+            match cmds.recv().await {
+                None => return Ok((Ended::Closed, false)),
+                Some(LinkCmd::Signal(v)) => {
+                    if let Some(Signal::Offer(o)) = parse_signal(&v) {
+                        break Some(o);
+                    }
+                }
+                Some(LinkCmd::Send(..)) => {} // no link yet: nowhere to send
+            }
+        },
+    };
+    let agent = ice::new_agent(&p.shared.ice_urls, &p.shared.exclude_ifaces).await?;
+    let result = connect_and_serve(p, cmds, &agent, offer, last_handshake).await;
+    let _ = agent.close().await;
+    result
+}
+
+/// This side's credentials for an attempt: its session number and receiver index, sent to the peer.
+fn send_credentials(p: &LinkParams, ufrag: String, pwd: String, offer: Option<&Creds>) -> Result<(u64, u32)> {
+    let session_id = match offer {
+        Some(o) => o.session,
+        None => {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| anyhow!("getrandom: {e}"))?;
+            u64::from_be_bytes(b) >> 11 // fits a JSON number exactly
+        }
+    };
+    let kind = if p.controlling { "offer" } else { "answer" };
+    let mut creds = json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd, "aead": p.shared.aead.name()});
+    let my_index = random_u32()?;
+    if let Some(d) = &p.shared.data {
+        creds["dp"] = d.underlay.port().into();
+        creds["ix"] = my_index.into();
+    }
+    p.shared.signaling.send(&p.peer_node, creds);
+    Ok((session_id, my_index))
+}
+
+async fn connect_and_serve(
+    p: &LinkParams,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    agent: &Arc<Agent>,
+    offer: Option<Creds>,
+    last_handshake: &mut Option<u64>,
+) -> Result<(Ended, bool)> {
+    let (ufrag, pwd) = agent.get_local_user_credentials().await;
+    let (session_id, my_index) = send_credentials(p, ufrag, pwd, offer.as_ref())?;
+    let (conn, remote) = match connect(p, cmds, agent, offer, session_id).await? {
+        Connected::Yes(conn, remote) => (conn, remote),
+        Connected::No(ended) => return Ok((ended, false)),
+    };
+    debug!(peer = %p.peer_node, "ICE connected; handshaking");
+    enlarge_udp_buffers();
+    // The peer's data socket is tried at the address ICE found for it, with its own port: a
+    // NAT that keeps ports (as most do for a new mapping) lets it through, else the probe
+    // fails and data stays on ICE.
+    let plan = match (&p.shared.data, remote.data, agent.get_selected_candidate_pair()) {
+        (Some(_), Some((port, peer_index)), Some(pair)) => {
+            Some(Plan { my_index, peer_addr: SocketAddr::new(pair.remote.addr().ip(), port), peer_index })
+        }
+        _ => None,
+    };
+
+    // Datagrams from the connection, read by their own task: once a session is up it opens
+    // them and hands them straight to the agent; handshakes go to the link task.
+    let (dg_tx, dg_rx) = mpsc::channel::<Vec<u8>>(64);
+    let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Arc<Mutex<Opener>>>();
+    let last_rx = Arc::new(AtomicU64::new(0));
+    let reader =
+        tokio::spawn(read_datagrams(p.peer, conn.clone(), p.shared.events.clone(), dg_tx, opener_rx, last_rx.clone()));
+    let aead = p.shared.aead.agree(remote.aead);
+    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead };
+    let result = serve(p, cmds, io, session_id, last_handshake).await;
+    if let Some(d) = &p.shared.data {
+        let _ = d.registrations.send(Registration::Remove(my_index));
+    }
+    reader.abort();
+    let _ = conn.close().await;
+    result
+}
+
+/// How connecting ended: a connection with the peer's credentials, or not (closed, or a new
+/// offer to answer instead).
+enum Connected {
+    Yes(IceConn, Creds),
+    No(Ended),
+}
+
+/// Gathers and relays candidates, waits for the peer's credentials and dials (or accepts) once
+/// they are here, until ICE connects or `CONNECT_TIMEOUT` passes.
+async fn connect(
+    p: &LinkParams,
+    cmds: &mut mpsc::Receiver<LinkCmd>,
+    agent: &Arc<Agent>,
+    offer: Option<Creds>,
+    session_id: u64,
+) -> Result<Connected> {
+    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<String>();
+    agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+        if let Some(c) = c {
+            let _ = cand_tx.send(c.marshal());
+        }
+        Box::pin(async {})
+    }));
+    agent.gather_candidates().context("gathering candidates")?;
+
+    let mut remote = offer;
+    let mut early_candidates: Vec<String> = Vec::new();
+    let (cancel_tx, cancel_rx) = mpsc::channel::<()>(1);
+    let mut cancel_rx = Some(cancel_rx);
+    let mut dial: Option<JoinHandle<Result<IceConn>>> = None;
+    let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        if dial.is_none()
+            && let Some(r) = &remote
+        {
+            for c in early_candidates.drain(..) {
+                add_candidate(agent, &c);
+            }
+            dial = Some(spawn_dial(agent.clone(), p.controlling, r.clone(), cancel_rx.take().unwrap()));
+        }
+        tokio::select! {
+            _ = &mut deadline => {
+                let _ = cancel_tx.try_send(());
+                bail!("no ICE connection within {CONNECT_TIMEOUT:?}");
+            }
+            Some(c) = cand_rx.recv() => p.shared.signaling.send(&p.peer_node, json!({"t": "cand", "s": session_id, "c": c})),
+            cmd = cmds.recv() => match cmd {
+                None => { let _ = cancel_tx.try_send(()); return Ok(Connected::No(Ended::Closed)) }
+                Some(LinkCmd::Send(..)) => {}
+                Some(LinkCmd::Signal(v)) => match parse_signal(&v) {
+                    Some(Signal::Answer(a)) if p.controlling && a.session == session_id && remote.is_none() => remote = Some(a),
+                    Some(Signal::Offer(o)) if !p.controlling && o.session != session_id => {
+                        let _ = cancel_tx.try_send(());
+                        return Ok(Connected::No(Ended::NewOffer(o)));
+                    }
+                    Some(Signal::Candidate(s, c)) if s == session_id => {
+                        if remote.is_some() && dial.is_some() { add_candidate(agent, &c) } else { early_candidates.push(c) }
+                    }
+                    _ => {}
+                },
+            },
+            res = async { dial.as_mut().unwrap().await }, if dial.is_some() => {
+                let conn = res.map_err(|e| anyhow!("dial task: {e}"))??;
+                return Ok(Connected::Yes(conn, remote.expect("dialled with the peer's credentials")));
+            }
+        }
+    }
+}
+
+/// Dials (controlling) or accepts (controlled) with the peer's credentials, in its own task.
+fn spawn_dial(
+    agent: Arc<Agent>,
+    controlling: bool,
+    r: Creds,
+    cancel: mpsc::Receiver<()>,
+) -> JoinHandle<Result<IceConn>> {
+    tokio::spawn(async move {
+        let conn: IceConn = if controlling {
+            agent.dial(cancel, r.ufrag, r.pwd).await?
+        } else {
+            agent.accept(cancel, r.ufrag, r.pwd).await?
+        };
+        Ok(conn)
+    })
+}
+
+fn random_u32() -> Result<u32> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("getrandom: {e}"))?;
+    Ok(u32::from_be_bytes(b))
+}
