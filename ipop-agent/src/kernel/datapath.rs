@@ -49,7 +49,7 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassi
     Ok(prog)
 }
 
-/// A pin directory: the maps pinned in it, and the directories we made for it.
+/// A pin directory: the maps pinned in it, and the directories that were missing for it.
 /// Dropping it removes both, leaving bpffs as it was before the agent started.
 #[derive(Debug)]
 pub struct PinDir {
@@ -64,12 +64,12 @@ impl PinDir {
     pub fn prepare(dir: &Path) -> Result<Self> {
         let mut missing: Vec<PathBuf> = dir.ancestors().take_while(|p| !p.exists()).map(Path::to_owned).collect();
         missing.reverse();
-        let mut pins = PinDir { dir: dir.to_owned(), created: Vec::new() };
-        for d in missing {
-            match fs::create_dir(&d) {
-                Ok(()) => pins.created.push(d),
+        let pins = PinDir { dir: dir.to_owned(), created: missing };
+        for d in &pins.created {
+            match fs::create_dir(d) {
+                Ok(()) => {}
                 // Another agent made it since we looked (agents started together under one
-                // new parent): it is there, and it is not ours to remove.
+                // new parent): it is there. Whoever leaves last removes it (only when empty).
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e).with_context(|| format!("creating pin directory {}", d.display())),
             }
