@@ -229,11 +229,13 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         // SIGTERM to every agent at once, so they remove what they made (locks, socket, TAP,
-        // pins) in parallel; dropping each then waits, and SIGKILLs a stuck one.
+        // pins) in parallel; dropping each then waits, and SIGKILLs a stuck one. Services
+        // (agents started as plain services, daemons) stop before the pins go, too.
         for a in &mut self.agents {
             a.signal(libc::SIGTERM);
         }
         self.agents.clear();
+        self.netns.stop_services();
         self.lxc.clear();
         self.container_ns.clear();
         // What a SIGKILLed agent of this host could not remove. The host namespace and the

@@ -74,13 +74,22 @@ impl Netns {
     pub fn service_log(&self, idx: usize) -> PathBuf {
         self.services[idx].log.clone()
     }
+
+    /// Stops every service: SIGTERM to all at once (they clean up in parallel), then each is
+    /// waited for, and SIGKILLed after 5 s.
+    pub fn stop_services(&mut self) {
+        for s in &mut self.services {
+            s.signal(libc::SIGTERM);
+        }
+        for s in &mut self.services {
+            s.stop();
+        }
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        for s in &mut self.services {
-            s.signal(libc::SIGTERM);
-        }
+        self.stop_services();
         self.services.clear();
         kill_netns_pids(&self.name);
         let _ = cmd(&["ip", "netns", "del", &self.name]);
