@@ -12,7 +12,9 @@ use std::{fs, path::Path, process::Command, thread, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::lab::{Host, Lab, UNDERLAY_IP, sh, wait_for, wait_links_up};
+use ipop_lab::{Host, RENDEZVOUS, Underlay};
+
+use crate::{sh, wait_for, wait_links_up};
 
 const SECRET: &str = "bench secret 0123";
 
@@ -218,9 +220,9 @@ fn container_path(hosts: &[Host]) -> Path2 {
     }
 }
 
-fn vxlan_up(hosts: &[Host]) -> Result<()> {
+fn vxlan_up(hosts: &[Host], addrs: &[String]) -> Result<()> {
     for (i, h) in hosts.iter().enumerate() {
-        let remote = &hosts[1 - i].underlay_ip;
+        let remote = &addrs[1 - i];
         sh(&[
             "ip", "-n", &h.ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", remote, "dstport", "4789",
             "dev", "wan0",
@@ -237,11 +239,11 @@ fn vxlan_down(hosts: &[Host]) {
 }
 
 /// tinc 1.0 in switch mode: one daemon per host, its TAP a port of lxcbr0.
-fn tinc_up(lab: &mut Lab, hosts: &[Host]) -> Result<Vec<usize>> {
+fn tinc_up(hosts: &mut [Host], addrs: &[String]) -> Result<Vec<usize>> {
     let names = ["a", "b"];
     let mut dirs = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
-        let dir = lab.file(&format!("tinc{i}"));
+        let dir = h.file("tinc");
         fs::create_dir_all(dir.join("hosts"))?;
         let connect = if i == 1 { "ConnectTo = a\n" } else { "" };
         fs::write(
@@ -251,7 +253,7 @@ fn tinc_up(lab: &mut Lab, hosts: &[Host]) -> Result<Vec<usize>> {
                 names[i]
             ),
         )?;
-        fs::write(dir.join(format!("hosts/{}", names[i])), format!("Address = {}\nPort = 655\n", h.underlay_ip))?;
+        fs::write(dir.join(format!("hosts/{}", names[i])), format!("Address = {}\nPort = 655\n", addrs[i]))?;
         let up = dir.join("tinc-up");
         fs::write(&up, "#!/bin/sh\nip link set \"$INTERFACE\" mtu 1500 master lxcbr0 up\n")?;
         sh(&["chmod", "+x", up.to_str().unwrap()])?;
@@ -270,32 +272,28 @@ fn tinc_up(lab: &mut Lab, hosts: &[Host]) -> Result<Vec<usize>> {
         fs::write(dirs[i].join(format!("hosts/{}", names[1 - i])), other)?;
     }
     let mut procs = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let dir = dirs[i].to_str().unwrap().to_owned();
-        let pid = dirs[i].join("tinc.pid");
-        procs.push(lab.spawn(
-            &h.ns,
-            &["tincd", "-c", &dir, "-D", "--pidfile", pid.to_str().unwrap(), "--logfile=/dev/null"],
-            &format!("tinc{i}.log"),
-        )?);
+    for (h, dir) in hosts.iter_mut().zip(&dirs) {
+        let pid = dir.join("tinc.pid");
+        let dir = dir.to_str().unwrap();
+        procs.push(
+            h.spawn(&["tincd", "-c", dir, "-D", "--pidfile", pid.to_str().unwrap(), "--logfile=/dev/null"], "tinc.log"),
+        );
     }
     Ok(procs)
 }
 
-fn ipop_up(lab: &mut Lab, hosts: &[Host], agent: &str) -> Result<(Vec<usize>, Vec<String>)> {
-    let rendezvous = format!("{UNDERLAY_IP}:7000");
-    let underlay = lab.underlay.clone();
-    let mut procs = vec![lab.spawn(
-        &underlay,
-        &[agent, "rendezvous", "--listen", &rendezvous, "--secret", SECRET],
-        "rendezvous.log",
-    )?];
+/// The rendezvous and one agent per host (started as plain services: `--log warn` keeps
+/// logging out of the measurement, so there is no "ready" line to wait for); the agents'
+/// service indexes and pin directories.
+fn ipop_up(underlay: &mut Underlay, hosts: &mut [Host], agent: &str) -> Result<(Vec<usize>, Vec<String>)> {
+    underlay.start_rendezvous(SECRET);
+    let rendezvous = RENDEZVOUS;
+    let mut procs = Vec::new();
     let mut pins = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let pin = lab.pin_root.join(format!("h{i}")).to_str().unwrap().to_owned();
+    for (i, h) in hosts.iter_mut().enumerate() {
+        let pin = h.pin_dir("lxcbr0").to_str().unwrap().to_owned();
         let node = format!("h{i}");
-        procs.push(lab.spawn(
-            &h.ns,
+        procs.push(h.spawn(
             &[
                 agent,
                 "run",
@@ -304,14 +302,14 @@ fn ipop_up(lab: &mut Lab, hosts: &[Host], agent: &str) -> Result<(Vec<usize>, Ve
                 "--node-id",
                 &node,
                 "--rendezvous",
-                &rendezvous,
+                rendezvous,
                 "--secret",
                 SECRET,
                 "--log",
                 "warn",
             ],
-            &format!("agent{i}.log"),
-        )?);
+            "agent.log",
+        ));
         pins.push(pin);
     }
     wait_links_up(agent, &pins)?;
@@ -353,50 +351,50 @@ fn ipop_pipeline(client: &str, agent: &str, pin: &str, rate: u32, seconds: u32) 
 }
 
 pub fn run(agent: &Path, opts: Options) -> Result<()> {
+    ipop_lab::set_agent(agent);
     let agent = agent.to_str().unwrap().to_owned();
-    let mut lab = Lab::new("ipb")?;
-    let hosts = vec![lab.add_host(0, &["10.0.3.10", "10.0.3.11"])?, lab.add_host(1, &["10.0.3.20", "10.0.3.21"])?];
-    for h in &hosts {
-        sh(&["ip", "-n", &h.ns, "link", "set", "wan0", "mtu", "1600"])?;
+    // Declared first, dropped last: the hosts' daemons talk through it.
+    let mut underlay = Underlay::new();
+    let mut hosts = vec![Host::new(&["10.0.3.10", "10.0.3.11"]), Host::new(&["10.0.3.20", "10.0.3.21"])];
+    let mut addrs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        addrs.push(h.join_underlay(&underlay, i as u8 + 1));
+        h.ip(&["link", "set", "wan0", "mtu", "1600"]);
     }
-    for i in 0..2 {
-        sh(&["ip", "-n", &lab.underlay, "link", "set", &format!("w{i}"), "mtu", "1600"])?;
-    }
+    underlay.set_mtu(1600);
     let mut results = serde_json::Map::new();
 
-    let underlay = Path2 {
+    let underlay_path = Path2 {
         client: hosts[0].ns.clone(),
         server: hosts[1].ns.clone(),
-        server_ip: hosts[1].underlay_ip.clone(),
+        server_ip: addrs[1].clone(),
         local_ip: None,
         fresh_ip: None,
     };
-    results.insert("underlay".into(), measure(Mode::Underlay, &underlay, None, &opts, Path::new(&agent), "")?);
+    results.insert("underlay".into(), measure(Mode::Underlay, &underlay_path, None, &opts, Path::new(&agent), "")?);
     let cp = container_path(&hosts);
 
-    vxlan_up(&hosts)?;
+    vxlan_up(&hosts, &addrs)?;
     connected(&cp)?;
     results.insert("vxlan".into(), measure(Mode::Vxlan, &cp, None, &opts, Path::new(&agent), "")?);
     vxlan_down(&hosts);
 
-    let tinc = tinc_up(&mut lab, &hosts)?;
+    let tinc = tinc_up(&mut hosts, &addrs)?;
     connected(&cp)?;
-    let pid = lab.pid(tinc[0]);
+    let pid = hosts[0].service(tinc[0]).pid();
     results.insert("tinc".into(), measure(Mode::Tinc, &cp, Some(pid), &opts, Path::new(&agent), "")?);
-    for t in tinc {
-        lab.stop(t);
+    for (h, t) in hosts.iter_mut().zip(tinc) {
+        h.stop_service(t);
     }
 
-    let (procs, pins) = ipop_up(&mut lab, &hosts, &agent)?;
+    let (procs, pins) = ipop_up(&mut underlay, &mut hosts, &agent)?;
     connected(&cp)?;
-    let pid = lab.pid(procs[1]);
+    let pid = hosts[0].service(procs[0]).pid();
     let mut ipop = measure(Mode::Ipop, &cp, Some(pid), &opts, Path::new(&agent), &pins[0])?;
     ipop["arp_pipeline"] = ipop_pipeline(&hosts[0].containers[1], &agent, &pins[0], 10_000, 2)?;
     results.insert("ipop".into(), ipop);
-    for p in procs {
-        lab.stop(p);
-    }
-    drop(lab);
+    drop(hosts);
+    drop(underlay);
 
     let report = report(&results, &opts);
     println!("{report}");

@@ -7,7 +7,11 @@ use std::{fs, path::Path};
 
 use anyhow::Result;
 
-use crate::lab::{Lab, UNDERLAY_IP, sh, wait_links_up};
+use ipop_lab::{Host, RENDEZVOUS, Underlay};
+
+use crate::{sh, wait_links_up};
+
+const SECRET: &str = "demo secret, change me";
 
 /// The configuration each agent runs with: the seed's keys plus ours.
 const DEFAULT_CONFIG: &str = r#"{
@@ -20,7 +24,7 @@ const DEFAULT_CONFIG: &str = r#"{
   "arp_max_age_secs": 300,
   "node_id": "NODE",
   "overlay": "demo",
-  "secret": "demo secret, change me",
+  "secret": "SECRET",
   "rendezvous": "RENDEZVOUS"
 }"#;
 
@@ -33,37 +37,32 @@ fn show(title: &str, args: &[&str]) -> Result<String> {
 }
 
 pub fn run(agent: &Path) -> Result<()> {
-    let mut lab = Lab::new("ipd")?;
+    ipop_lab::set_agent(agent);
+    // Declared first, dropped last: the hosts' agents talk through it.
+    let mut underlay = Underlay::new();
     let mut hosts = Vec::new();
     for (i, ips) in [["10.0.3.10", "10.0.3.11"], ["10.0.3.20", "10.0.3.21"]].iter().enumerate() {
-        let host = lab.add_host(i, ips)?;
-        println!(
-            "host {i} ({}): underlay {}, lxcbr0 10.0.3.1/24, containers {} and {}",
-            host.ns, host.underlay_ip, ips[0], ips[1]
-        );
+        let host = Host::new(ips);
+        let addr = host.join_underlay(&underlay, i as u8 + 1);
+        println!("host {i} ({}): underlay {addr}, lxcbr0 10.0.3.1/24, containers {} and {}", host.ns, ips[0], ips[1]);
         hosts.push(host);
     }
     let agent = agent.to_str().unwrap();
-    let rendezvous = format!("{UNDERLAY_IP}:7000");
-    let underlay = lab.underlay.clone();
-    lab.spawn(
-        &underlay,
-        &[agent, "rendezvous", "--listen", &rendezvous, "--overlay", "demo", "--secret", "demo secret, change me"],
-        "rendezvous.log",
-    )?;
+    underlay.start_rendezvous_for("demo", SECRET);
     let mut pins = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        let pin = lab.pin_root.join(format!("h{i}")).to_str().unwrap().to_owned();
-        let config = lab.file(&format!("h{i}.json"));
+    for (i, host) in hosts.iter_mut().enumerate() {
+        let pin = host.pin_dir("lxcbr0").to_str().unwrap().to_owned();
+        let config = host.file("agent.json");
         let text = DEFAULT_CONFIG
             .replace("PIN_DIR", &pin)
             .replace("NODE", &format!("h{i}"))
-            .replace("RENDEZVOUS", &rendezvous);
+            .replace("RENDEZVOUS", RENDEZVOUS)
+            .replace("SECRET", SECRET);
         fs::write(&config, text)?;
         if i == 0 {
             println!("\n== agent config (host 0):\n{}", fs::read_to_string(&config)?);
         }
-        lab.spawn(&host.ns, &[agent, "run", "--config", config.to_str().unwrap()], &format!("h{i}.log"))?;
+        host.start_agent(&["--config", config.to_str().unwrap()]);
         pins.push(pin);
     }
     wait_links_up(agent, &pins)?;

@@ -2,10 +2,13 @@
 
 mod bench;
 mod demo;
-mod lab;
 mod setup;
 
-use std::process::{Command, ExitCode};
+use std::{
+    process::{Command, ExitCode},
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -136,6 +139,39 @@ pub fn root() -> std::path::PathBuf {
 
 fn agent_binary() -> std::path::PathBuf {
     root().join("target/debug/ipop-agent")
+}
+
+/// Runs a command; its stdout, or an error with its stderr (the demo's and the benchmark's
+/// commands; the topology itself comes from ipop-lab).
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits up to `secs` for `cond`.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond()? {
+        if Instant::now() > deadline {
+            bail!("{what}: not within {secs} s");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Waits until every agent (by pin directory) reports a link up.
+pub fn wait_links_up(agent: &str, pins: &[String]) -> Result<()> {
+    for pin in pins {
+        wait_for("the agents' links", 30, || {
+            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
+        })?;
+    }
+    Ok(())
 }
 
 /// The cargo that runs xtask (so the same toolchain builds everything).

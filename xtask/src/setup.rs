@@ -8,9 +8,22 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: eBPF inspection, namespaces and veth, and the tools the tests drive.
-const PACKAGES: &[&str] =
-    &["bpftool", "iproute2", "iputils-ping", "arping", "iperf3", "tcpdump", "util-linux", "nftables"];
+/// Debian packages: eBPF inspection, namespaces and veth, the tools the tests drive, conntrack
+/// (the lab's NAT routers: list and flush mappings), and lxc with busybox-static (the lab's
+/// real LXC containers, from the busybox template).
+const PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "arping",
+    "iperf3",
+    "tcpdump",
+    "util-linux",
+    "nftables",
+    "conntrack",
+    "lxc",
+    "busybox-static",
+];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13";
 

@@ -1,0 +1,60 @@
+//! Real LXC containers: two hosts on the underlay, each with one busybox container made by
+//! `lxc-create -t busybox` on its lxcbr0, agents with a rendezvous and a secret; the containers
+//! ping each other across the overlay, as they would on two machines. Needs root, lxc and
+//! busybox-static (`cargo xtask setup`).
+
+mod support;
+
+use support::{Host, RENDEZVOUS, Underlay, eventually_within, status};
+
+const SECRET: &str = "correct horse battery";
+const IPS: [&str; 2] = ["10.0.3.10", "10.0.3.20"];
+
+fn start(host: &mut Host, node: &str) {
+    let pins = host.pin_dir("lxcbr0");
+    host.start_agent(&[
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "--node-id",
+        node,
+        "--rendezvous",
+        RENDEZVOUS,
+        "--secret",
+        SECRET,
+    ]);
+}
+
+fn link_up(host: &Host) -> bool {
+    let s = status(host, &host.pin_dir("lxcbr0"));
+    s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["up"] == true))
+}
+
+#[test]
+fn lxc_containers_on_two_hosts_ping_each_other_across_the_overlay() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut hosts = Vec::new();
+    for (i, ip) in IPS.iter().enumerate() {
+        let mut host = Host::new(&[]);
+        host.join_underlay(&underlay, i as u8 + 1);
+        host.add_lxc(ip);
+        start(&mut host, &format!("h{i}"));
+        hosts.push(host);
+    }
+    for host in &hosts {
+        eventually_within(30, "link up", || link_up(host));
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        let to = IPS[1 - i];
+        let out = host.in_lxc(0, &["ping", "-c", "3", "-W", "2", to]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{} -> {to} inside LXC: {text}{}", IPS[i], String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("3 packets received"), "{text}");
+    }
+    // The reply came from the other host's container: host 0's agent learned its MAC.
+    let pins = hosts[0].pin_dir("lxcbr0");
+    let list = hosts[0].agent(&["arp", "--pin-dir", pins.to_str().unwrap(), "list"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    let mac = hosts[1].lxc(0).mac();
+    assert!(!mac.is_empty() && list.contains(IPS[1]) && list.contains(&mac), "{mac} for {} in:\n{list}", IPS[1]);
+}

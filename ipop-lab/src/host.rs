@@ -1,0 +1,246 @@
+//! One host: namespace `<prefix>h` with bridge lxcbr0 (10.0.3.1/24, as LXC sets it up),
+//! containers on veth pairs (namespaces `<prefix>c<i>`, eth0 at the given addresses), real LXC
+//! containers if asked, a pin root under /sys/fs/bpf, and the agents it runs.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::Output,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    agent::{agent_binary, remove_pins},
+    command::{cmd, ok, require_root},
+    lab::{Scratch, remove_run_ipop, unique_prefix},
+    lxc::Lxc,
+    nat::Router,
+    netns::Netns,
+    process::Proc,
+    underlay::Underlay,
+};
+
+pub struct Host {
+    pub prefix: String,
+    pub ns: String,
+    /// The veth containers' namespaces.
+    pub containers: Vec<String>,
+    pub pin_root: PathBuf,
+    agents: Vec<Proc>,
+    lxc: Vec<Lxc>,
+    container_ns: Vec<Netns>,
+    netns: Netns,
+    scratch: Scratch,
+}
+
+impl Host {
+    /// A host with one veth container per address in `container_ips`.
+    pub fn new(container_ips: &[&str]) -> Host {
+        require_root();
+        let prefix = unique_prefix();
+        let scratch = Scratch::new(&prefix);
+        let netns = Netns::add(&format!("{prefix}h"));
+        let mut host = Host {
+            ns: netns.name.clone(),
+            containers: Vec::new(),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/{prefix}")),
+            prefix,
+            agents: Vec::new(),
+            lxc: Vec::new(),
+            container_ns: Vec::new(),
+            netns,
+            scratch,
+        };
+        host.ip(&["link", "add", "lxcbr0", "type", "bridge"]);
+        host.ip(&["addr", "add", "10.0.3.1/24", "dev", "lxcbr0"]);
+        host.ip(&["link", "set", "lxcbr0", "up"]);
+        for addr in container_ips {
+            host.add_container(addr);
+        }
+        host
+    }
+
+    /// One more veth container, eth0 at `addr`/24 on lxcbr0; its index.
+    pub fn add_container(&mut self, addr: &str) -> usize {
+        let i = self.containers.len();
+        let c = Netns::add(&format!("{}c{i}", self.prefix));
+        let port = format!("veth{i}");
+        self.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
+        self.ip(&["link", "set", &port, "master", "lxcbr0", "up"]);
+        c.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        c.ip(&["link", "set", "eth0", "up"]);
+        self.containers.push(c.name.clone());
+        self.container_ns.push(c);
+        i
+    }
+
+    /// `ip -n <host ns> ...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.netns.ip(args)
+    }
+
+    /// A command inside the host namespace (network only: bpffs stays the machine's).
+    pub fn in_ns(&self, args: &[&str]) -> Output {
+        self.netns.nsenter(args)
+    }
+
+    /// A command inside veth container `i`.
+    pub fn in_container(&self, i: usize, args: &[&str]) -> Output {
+        self.container_ns[i].exec(args)
+    }
+
+    /// Plugs this host into `underlay` with address <net>.`n`/24 on `wan0`; returns it.
+    pub fn join_underlay(&self, underlay: &Underlay, n: u8) -> String {
+        underlay.plug(&self.ns, "wan0", n)
+    }
+
+    /// Puts this host behind NAT `router`: `wan0` on the router's LAN, default route through
+    /// it; returns the host's LAN address.
+    pub fn behind(&self, router: &Router) -> String {
+        router.plug_lan(&self.ns, "wan0")
+    }
+
+    /// `sysctl -w key=value` inside the host namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.netns.sysctl(key, value);
+    }
+
+    pub fn pin_dir(&self, name: &str) -> PathBuf {
+        self.pin_root.join(name)
+    }
+
+    /// A path in this host's temporary directory, removed with the host.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.scratch.file(name)
+    }
+
+    /// The agent binary run in the host namespace, to completion.
+    pub fn agent(&self, args: &[&str]) -> Output {
+        let agent = agent_binary();
+        let mut full = vec![agent.to_str().unwrap()];
+        full.extend_from_slice(args);
+        self.in_ns(&full)
+    }
+
+    /// Starts `ipop-agent run` with `args` in the host namespace and waits until it is ready.
+    pub fn start_agent(&mut self, args: &[&str]) -> usize {
+        let log = self.log_path(self.agents.len());
+        let agent = agent_binary();
+        let mut full = vec![agent.to_str().unwrap(), "run"];
+        full.extend_from_slice(args);
+        self.agents.push(Proc::spawn(&self.ns, &full, &[("IPOP_LOG", "info")], &log));
+        let idx = self.agents.len() - 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.agent_log(idx);
+            if text.contains("ipop-agent ready") {
+                return idx;
+            }
+            if let Some(status) = self.agents[idx].try_wait() {
+                panic!("agent exited ({status}) before it was ready:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "agent not ready after 20 s:\n{text}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_path(&self, idx: usize) -> PathBuf {
+        self.scratch.file(&format!("agent{idx}.log"))
+    }
+
+    pub fn agent_log(&self, idx: usize) -> String {
+        fs::read_to_string(self.log_path(idx)).unwrap_or_default()
+    }
+
+    pub fn agent_pid(&self, idx: usize) -> u32 {
+        self.agents[idx].pid()
+    }
+
+    /// Sends `signal` to agent `idx` and waits (up to 10 s) for it to exit; its exit code.
+    pub fn stop_agent(&mut self, idx: usize, signal: i32) -> Option<i32> {
+        self.agents[idx].signal(signal);
+        let status = self.agents[idx].wait_exit(10);
+        status.unwrap_or_else(|| panic!("agent did not exit after signal {signal}")).code()
+    }
+
+    /// Waits (up to 10 s) for agent `idx` to exit by itself; its exit code.
+    pub fn stop_agent_wait(&mut self, idx: usize) -> Option<i32> {
+        let status = self.agents[idx].wait_exit(10);
+        status.expect("agent did not exit by itself within 10 s").code()
+    }
+
+    /// Starts any command in the host namespace (a tinc daemon, a server), its stderr in
+    /// `<log>` in the temporary directory; its index.
+    pub fn spawn(&mut self, args: &[&str], log: &str) -> usize {
+        let log = self.scratch.file(log);
+        self.netns.spawn(args, &log)
+    }
+
+    pub fn service(&mut self, idx: usize) -> &mut Proc {
+        self.netns.service(idx)
+    }
+
+    /// Stops service `idx` (SIGTERM, then SIGKILL).
+    pub fn stop_service(&mut self, idx: usize) {
+        self.netns.service(idx).stop();
+    }
+
+    /// Whether a device called `name` exists in the host namespace.
+    pub fn has_link(&self, name: &str) -> bool {
+        cmd(&["ip", "-n", &self.ns, "link", "show", name]).status.success()
+    }
+
+    /// The MACs in the replies `arping -c count` from container `i` gets for `ip`.
+    pub fn arping(&self, i: usize, ip: &str, count: u32) -> Vec<String> {
+        let out = self.in_container(i, &["arping", "-c", &count.to_string(), "-w", "3", "-I", "eth0", ip]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" bytes from "))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The MAC of eth0 in container `i`.
+    pub fn container_mac(&self, i: usize) -> String {
+        let out = ok(&["ip", "-n", &self.containers[i], "-j", "link", "show", "eth0"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["address"].as_str().unwrap().to_owned()
+    }
+
+    /// A real LXC busybox container on lxcbr0 with eth0 at `addr`/24 (see [`Lxc`]); its index.
+    pub fn add_lxc(&mut self, addr: &str) -> usize {
+        let name = format!("{}l{}", self.prefix, self.lxc.len());
+        let lxcpath = self.scratch.file("lxc");
+        self.lxc.push(Lxc::start(&self.ns, &lxcpath, &name, addr));
+        self.lxc.len() - 1
+    }
+
+    /// A command inside LXC container `i` (`lxc-attach`).
+    pub fn in_lxc(&self, i: usize, args: &[&str]) -> Output {
+        self.lxc[i].attach(args)
+    }
+
+    pub fn lxc(&self, i: usize) -> &Lxc {
+        &self.lxc[i]
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // SIGTERM to every agent at once, so they remove what they made (locks, socket, TAP,
+        // pins) in parallel; dropping each then waits, and SIGKILLs a stuck one. Services
+        // (agents started as plain services, daemons) stop before the pins go, too.
+        for a in &mut self.agents {
+            a.signal(libc::SIGTERM);
+        }
+        self.agents.clear();
+        self.netns.stop_services();
+        self.lxc.clear();
+        self.container_ns.clear();
+        // What a SIGKILLed agent of this host could not remove. The host namespace and the
+        // temporary directory go with their fields, after this.
+        remove_run_ipop(&self.prefix);
+        remove_pins(&self.pin_root);
+    }
+}

@@ -1,0 +1,122 @@
+//! One network namespace and the services started in it; on drop the services are stopped,
+//! anything else still running there is killed, and the namespace is deleted.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    command::{cmd, ok},
+    process::Proc,
+};
+
+pub struct Netns {
+    pub name: String,
+    services: Vec<Proc>,
+}
+
+impl Netns {
+    /// Creates namespace `name` with loopback up. Panics if it cannot; then nothing was made.
+    pub fn add(name: &str) -> Netns {
+        ok(&["ip", "netns", "add", name]);
+        let ns = Netns { name: name.to_owned(), services: Vec::new() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n <ns> ...`, which must succeed; its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        ok(&full)
+    }
+
+    /// A command in the namespace, network only (bpffs stays the machine's).
+    pub fn nsenter(&self, args: &[&str]) -> Output {
+        let net = format!("--net=/run/netns/{}", self.name);
+        let mut full = vec!["nsenter", &net];
+        full.extend_from_slice(args);
+        cmd(&full)
+    }
+
+    /// A command under `ip netns exec` (its own /sys, so sysfs shows the namespace's devices).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        cmd(&full)
+    }
+
+    /// `sysctl -w key=value` in the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let out = self.exec(&["sh", "-c", &format!("echo {value} > {path}")]);
+        assert!(out.status.success(), "sysctl {key} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts a service (`args`, stderr into `log`); its index.
+    pub fn spawn(&mut self, args: &[&str], log: &Path) -> usize {
+        self.services.push(Proc::spawn(&self.name, args, &[], log));
+        self.services.len() - 1
+    }
+
+    pub fn service(&mut self, idx: usize) -> &mut Proc {
+        &mut self.services[idx]
+    }
+
+    /// How many services were started here.
+    pub fn services(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn service_log(&self, idx: usize) -> PathBuf {
+        self.services[idx].log.clone()
+    }
+
+    /// Stops every service: SIGTERM to all at once (they clean up in parallel), then each is
+    /// waited for, and SIGKILLed after 5 s.
+    pub fn stop_services(&mut self) {
+        for s in &mut self.services {
+            s.signal(libc::SIGTERM);
+        }
+        for s in &mut self.services {
+            s.stop();
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.stop_services();
+        self.services.clear();
+        kill_netns_pids(&self.name);
+        let _ = cmd(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// SIGTERM, then SIGKILL after 2 s, to every process in namespace `ns` that is not the lab's
+/// child (daemons such as `iperf3 -D`, LXC's monitor).
+pub fn kill_netns_pids(ns: &str) {
+    let pids = || -> Vec<i32> {
+        let out = cmd(&["ip", "netns", "pids", ns]);
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    };
+    let first = pids();
+    if first.is_empty() {
+        return;
+    }
+    for &pid in &first {
+        // SAFETY: kill(2) with a pid and a signal; at worst the process is gone (ESRCH).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !pids().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    for pid in pids() {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}

@@ -1,0 +1,170 @@
+//! The network between hosts: a namespace with bridge `wanbr`, where servers run. Two kinds:
+//! the flat underlay every existing test uses (192.168.77.254/24, no router), and the
+//! "internet" (203.0.113.254/24, public-style, with a default route, which coturn wants)
+//! where NAT routers plug their WAN legs.
+
+use std::{path::PathBuf, process::Output};
+
+use crate::{
+    agent::agent_binary,
+    command::eventually,
+    lab::{Scratch, unique_prefix},
+    netns::Netns,
+    process::Proc,
+};
+
+/// The rendezvous service's address on the flat underlay.
+pub const RENDEZVOUS: &str = "192.168.77.254:7000";
+
+pub struct Underlay {
+    pub prefix: String,
+    pub ns: String,
+    /// The /24 network, e.g. "192.168.77".
+    pub net: String,
+    /// The bridge's address, where servers listen: "<net>.254".
+    pub addr: String,
+    /// Whether hosts get a default route through the bridge's address.
+    pub routed: bool,
+    netns: Netns,
+    scratch: Scratch,
+}
+
+impl Underlay {
+    /// The flat underlay: bridge wanbr 192.168.77.254/24, hosts 192.168.77.N, no routes.
+    pub fn new() -> Underlay {
+        Underlay::build("192.168.77", false)
+    }
+
+    /// The "internet": bridge wanbr 203.0.113.254/24 with a default route (servers such as
+    /// coturn want one), public hosts and NAT routers 203.0.113.N routed through .254.
+    pub fn internet() -> Underlay {
+        let u = Underlay::build("203.0.113", true);
+        u.ip(&["route", "add", "default", "dev", "wanbr"]);
+        u
+    }
+
+    fn build(net: &str, routed: bool) -> Underlay {
+        crate::require_root();
+        let prefix = unique_prefix();
+        let scratch = Scratch::new(&prefix);
+        let netns = Netns::add(&format!("{prefix}w"));
+        let u = Underlay {
+            ns: netns.name.clone(),
+            net: net.to_owned(),
+            addr: format!("{net}.254"),
+            routed,
+            prefix,
+            netns,
+            scratch,
+        };
+        u.ip(&["link", "add", "wanbr", "type", "bridge"]);
+        u.ip(&["addr", "add", &format!("{}/24", u.addr), "dev", "wanbr"]);
+        u.ip(&["link", "set", "wanbr", "up"]);
+        u
+    }
+
+    /// `ip -n <underlay> ...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.netns.ip(args)
+    }
+
+    /// A command in the underlay's namespace (`ip netns exec`).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.netns.exec(args)
+    }
+
+    /// Address `n` of this network: "<net>.<n>".
+    pub fn addr_of(&self, n: u8) -> String {
+        format!("{}.{n}", self.net)
+    }
+
+    /// One more address on the bridge (a second server, a second destination); returns it.
+    pub fn add_address(&self, n: u8) -> String {
+        let addr = self.addr_of(n);
+        self.ip(&["addr", "add", &format!("{addr}/24"), "dev", "wanbr"]);
+        addr
+    }
+
+    /// Plugs namespace `ns` in: a veth with `ifname` there, port `w<n>` on the bridge here,
+    /// and address <net>.<n>/24 (plus a default route on the routed kind). Returns the address.
+    pub fn plug(&self, ns: &str, ifname: &str, n: u8) -> String {
+        let port = format!("w{n}");
+        self.ip(&["link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", ns]);
+        self.ip(&["link", "set", &port, "master", "wanbr", "up"]);
+        let addr = self.addr_of(n);
+        let there = |args: &[&str]| {
+            let mut full = vec!["ip", "-n", ns];
+            full.extend_from_slice(args);
+            crate::ok(&full)
+        };
+        there(&["addr", "add", &format!("{addr}/24"), "dev", ifname]);
+        there(&["link", "set", ifname, "up"]);
+        if self.routed {
+            there(&["route", "add", "default", "via", &self.addr]);
+        }
+        addr
+    }
+
+    /// The MTU of the bridge and every port plugged in so far (their peers are the hosts').
+    pub fn set_mtu(&self, mtu: u32) {
+        let out = self.ip(&["-o", "link", "show", "master", "wanbr"]);
+        let ports: Vec<&str> =
+            out.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n)).collect();
+        for port in ports {
+            self.ip(&["link", "set", port, "mtu", &mtu.to_string()]);
+        }
+    }
+
+    /// A path in this underlay's temporary directory, removed with it.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.scratch.file(name)
+    }
+
+    /// Starts a server (any command) in the underlay, its stderr in `<log>` in the temporary
+    /// directory; its index.
+    pub fn spawn(&mut self, args: &[&str], log: &str) -> usize {
+        let log = self.scratch.file(log);
+        self.netns.spawn(args, &log)
+    }
+
+    pub fn service(&mut self, idx: usize) -> &mut Proc {
+        self.netns.service(idx)
+    }
+
+    pub fn service_log(&self, idx: usize) -> String {
+        std::fs::read_to_string(self.netns.service_log(idx)).unwrap_or_default()
+    }
+
+    /// The rendezvous service's address here: "<net>.254:7000" (on the flat underlay, RENDEZVOUS).
+    pub fn rendezvous(&self) -> String {
+        format!("{}:7000", self.addr)
+    }
+
+    /// Starts `ipop-agent rendezvous` for overlay "ipop" and `secret`; its index.
+    pub fn start_rendezvous(&mut self, secret: &str) -> usize {
+        self.start_rendezvous_for("ipop", secret)
+    }
+
+    /// Starts `ipop-agent rendezvous` for `overlay` and `secret` and waits until it listens.
+    pub fn start_rendezvous_for(&mut self, overlay: &str, secret: &str) -> usize {
+        let agent = agent_binary();
+        let listen = self.rendezvous();
+        let args =
+            [agent.to_str().unwrap(), "rendezvous", "--listen", &listen, "--overlay", overlay, "--secret", secret];
+        let idx = self.spawn(&args, &format!("rendezvous{}.log", self.netns.services()));
+        let probe = format!("exec 3<>/dev/tcp/{}/7000", self.addr);
+        eventually("the rendezvous listens", || self.exec(&["bash", "-c", &probe]).status.success());
+        idx
+    }
+
+    /// Stops service `idx` (SIGTERM, then SIGKILL).
+    pub fn stop_service(&mut self, idx: usize) {
+        self.netns.service(idx).stop();
+    }
+}
+
+impl Default for Underlay {
+    fn default() -> Self {
+        Underlay::new()
+    }
+}
