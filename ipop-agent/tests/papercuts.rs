@@ -7,6 +7,7 @@ mod support;
 
 use std::{
     fs,
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -64,13 +65,15 @@ fn eight_agents_started_at_once_under_one_new_parent_all_come_up() {
         for p in &pins {
             assert!(fs::metadata(format!("{p}/arp_table")).is_ok(), "{p}: maps pinned");
         }
-        // Stopped, each removes its own pins and the parents it made (the last one out
-        // removes the shared parent), whoever made them.
-        for mut a in agents {
+        // Stopped, each removes its own pins, and no agent removes another's.
+        for (i, mut a) in agents.into_iter().enumerate() {
             a.signal(libc::SIGTERM);
             assert_eq!(a.wait_exit(10).and_then(|s| s.code()), Some(0), "{}", a.log_text());
+            assert!(!Path::new(&pins[i]).exists(), "{}: removed by its agent", pins[i]);
+            for p in &pins[i + 1..] {
+                assert!(fs::metadata(format!("{p}/arp_table")).is_ok(), "{p}: still pinned");
+            }
         }
-        assert!(!parent.exists(), "the new parent is gone with the last agent");
         for i in 0..8 {
             host.ip(&["link", "del", &format!("br{i}")]);
         }

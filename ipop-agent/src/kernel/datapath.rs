@@ -206,3 +206,39 @@ fn kernel_log_level() -> u8 {
         _ => 5,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    /// Agents started together under one new parent: each sees the parent missing, and all
+    /// but one find it made when they create it. Threads released by a barrier make that
+    /// race likely in every round (plain files stand in for bpffs: `prepare` only makes
+    /// directories and removes stale pins).
+    #[test]
+    fn pin_dirs_made_at_once_under_one_new_parent_all_succeed() {
+        let root = std::env::temp_dir().join(format!("ipop-pin-race-{}", std::process::id()));
+        for round in 0..50 {
+            let parent = root.join(format!("r{round}")).join("x");
+            let barrier = Arc::new(Barrier::new(8));
+            let made: Vec<_> = (0..8)
+                .map(|i| {
+                    let (dir, barrier) = (parent.join(format!("h{i}")), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        PinDir::prepare(&dir).map_err(|e| format!("{e:#}"))
+                    })
+                })
+                .collect();
+            let pins: Vec<PinDir> = made.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+            assert!(pins.iter().all(|p| p.dir.is_dir()));
+            drop(pins);
+            for i in 0..8 {
+                assert!(!parent.join(format!("h{i}")).exists(), "each removed its own");
+            }
+        }
+        let _ = fs::remove_dir_all(&root);
+    }
+}
