@@ -10,9 +10,10 @@
 //! - [`ops`]: the control socket (`status`) and the locks.
 //! - [`config`] and [`cli`]: the JSON config and the command line that start it all.
 //!
-//! Dependencies point one way: `core` uses nothing of the agent's; `kernel` and `signaling`
-//! use `core`; `link` uses those; `ops` stands alone; `agent` wires them; `config` and `cli`
-//! sit on top ([`fuzzing`] is test support). `tests/module_graph.rs` checks it.
+//! Dependencies point one way, down the layers `core`, `kernel`, `signaling`, `link`, `ops`,
+//! `config`, `agent`, `cli`: each room uses only itself and the rooms before it, so `core`
+//! uses nothing of the agent's and nothing imports back up ([`fuzzing`] is test support).
+//! `tests/module_graph.rs` checks it, and that no module cycle exists.
 
 pub mod agent;
 pub mod cli;

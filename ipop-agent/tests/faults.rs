@@ -9,22 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Host, RENDEZVOUS, Underlay, eventually_within, ok, status};
+use support::{Host, Underlay, eventually_within, ok, status};
 
 const SECRET: &str = "correct horse battery";
-
-fn start(host: &mut Host, node: &str, extra: &[&str]) {
-    let pins = host.pin_dir("lxcbr0");
-    let mut args = vec!["--pin-dir", pins.to_str().unwrap(), "--node-id", node];
-    args.extend_from_slice(&["--rendezvous", RENDEZVOUS, "--secret", SECRET]);
-    args.extend_from_slice(extra);
-    host.start_agent(&args);
-}
-
-fn link_up(host: &Host) -> bool {
-    let s = status(host, &host.pin_dir("lxcbr0"));
-    s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["up"] == true))
-}
 
 fn pings(host: &Host, ip: &str) -> bool {
     host.in_container(0, &["ping", "-c", "1", "-W", "1", ip]).status.success()
@@ -65,10 +52,10 @@ fn two_idle_hosts() -> (Underlay, Host, Host) {
 
 /// Starts agents "a" (with `a_args`) and "b", and waits for their link.
 fn start_both(a: &mut Host, b: &mut Host, a_args: &[&str]) {
-    start(a, "a", a_args);
-    start(b, "b", &[]);
+    a.start_member("a", SECRET, a_args);
+    b.start_member("b", SECRET, &[]);
     for h in [&*a, &*b] {
-        eventually_within(30, "link up", || link_up(h));
+        eventually_within(30, "link up", || h.link_up());
     }
 }
 
@@ -78,12 +65,12 @@ fn the_overlay_recovers_when_the_underlay_comes_back() {
     let t = Instant::now();
     b.ip(&["link", "set", "wan0", "down"]);
     // Longer than a link takes to declare its peer dead: both sides notice.
-    eventually_within(15, "the link goes down", || !link_up(&a));
+    eventually_within(15, "the link goes down", || !a.link_up());
     eprintln!("figure: link declared down {:.1} s after the underlay went down", t.elapsed().as_secs_f64());
     assert!(!pings(&a, "10.0.3.20"));
     let t = Instant::now();
     b.ip(&["link", "set", "wan0", "up"]);
-    eventually_within(45, "the link comes back", || link_up(&a) && link_up(&b));
+    eventually_within(45, "the link comes back", || a.link_up() && b.link_up());
     eventually_within(15, "containers reach each other again", || pings(&a, "10.0.3.20"));
     eprintln!("figure: containers reach each other {:.1} s after the underlay came back", t.elapsed().as_secs_f64());
     assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0);
@@ -107,7 +94,7 @@ fn the_overlay_works_through_underlay_loss() {
     let _ = a.agent(&["arp", "--pin-dir", pins.to_str().unwrap(), "del", "10.0.3.20"]);
     eventually_within(10, "ARP resolves through loss", || a.arping(0, "10.0.3.20", 1) == vec![mac.clone()]);
     thread::sleep(Duration::from_secs(6));
-    assert!(link_up(&a) && link_up(&b), "10% loss does not kill the link (keepalives every second, dead after 5 s)");
+    assert!(a.link_up() && b.link_up(), "10% loss does not kill the link (keepalives every second, dead after 5 s)");
 }
 
 #[test]
@@ -134,7 +121,7 @@ fn a_container_flooding_arp_is_rate_limited_and_the_overlay_stays_responsive() {
         k["events_lost"]
     );
     // Still responsive: the link is up, and traffic and ARP across work.
-    assert!(link_up(&a) && link_up(&b));
+    assert!(a.link_up() && b.link_up());
     assert!(pings(&a, "10.0.3.20"));
     let mac = b.container_mac(0);
     let _ = a.agent(&["arp", "--pin-dir", pins.to_str().unwrap(), "del", "10.0.3.20"]);
@@ -167,7 +154,7 @@ fn storm_control_caps_broadcasts_flooded_to_peers() {
     assert!(d("frames_to_peers") < 300, "at most the burst (100) plus 100 a second went out: {after}");
     // Unicast is untouched.
     assert!(pings(&a, "10.0.3.20"));
-    assert!(link_up(&b));
+    assert!(b.link_up());
 }
 
 fn paths(host: &Host) -> Vec<String> {
@@ -193,7 +180,7 @@ fn data_falls_back_to_ice_when_the_data_socket_is_blocked_and_returns() {
     }
     eventually_within(10, "containers reach each other over ICE", || pings(&a, "10.0.3.20"));
     eprintln!("figure: data back on the ICE path {:.1} s after the data socket was blocked", t.elapsed().as_secs_f64());
-    assert!(link_up(&a) && link_up(&b), "the link itself never went down");
+    assert!(a.link_up() && b.link_up(), "the link itself never went down");
     assert!(tcp_completes(&b, &a, "10.0.3.20") > 0.0, "TCP over the ICE path");
     nft("delete table inet ipopdata");
     for h in [&a, &b] {

@@ -27,21 +27,6 @@ use tokio::sync::mpsc;
 const SECRET: &str = "correct horse battery";
 const OVERLAY: &str = "ipop";
 
-fn start(host: &mut Host, node: &str) {
-    let pins = host.pin_dir("lxcbr0");
-    host.start_agent(&[
-        "--pin-dir",
-        pins.to_str().unwrap(),
-        "--node-id",
-        node,
-        "--rendezvous",
-        RENDEZVOUS,
-        "--secret",
-        SECRET,
-    ]);
-}
-
-/// Runs `f` on a thread inside network namespace `ns`, with a tokio runtime of its own.
 fn in_netns<T: Send + 'static>(ns: &str, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     thread::spawn(move || {
@@ -151,8 +136,8 @@ fn three_hosts() -> (Underlay, Host, Host, Host) {
     b.join_underlay(&underlay, 2);
     let r = Host::new(&[]);
     r.join_underlay(&underlay, 3);
-    start(&mut a, "a");
-    start(&mut b, "b");
+    a.start_member("a", SECRET, &[]);
+    b.start_member("b", SECRET, &[]);
     (underlay, a, b, r)
 }
 

@@ -5,29 +5,10 @@
 
 mod support;
 
-use support::{Host, RENDEZVOUS, Underlay, eventually_within, status};
+use support::{Host, Underlay, eventually_within};
 
 const SECRET: &str = "correct horse battery";
 const IPS: [&str; 2] = ["10.0.3.10", "10.0.3.20"];
-
-fn start(host: &mut Host, node: &str) {
-    let pins = host.pin_dir("lxcbr0");
-    host.start_agent(&[
-        "--pin-dir",
-        pins.to_str().unwrap(),
-        "--node-id",
-        node,
-        "--rendezvous",
-        RENDEZVOUS,
-        "--secret",
-        SECRET,
-    ]);
-}
-
-fn link_up(host: &Host) -> bool {
-    let s = status(host, &host.pin_dir("lxcbr0"));
-    s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["up"] == true))
-}
 
 #[test]
 fn lxc_containers_on_two_hosts_ping_each_other_across_the_overlay() {
@@ -38,11 +19,11 @@ fn lxc_containers_on_two_hosts_ping_each_other_across_the_overlay() {
         let mut host = Host::new(&[]);
         host.join_underlay(&underlay, i as u8 + 1);
         host.add_lxc(ip);
-        start(&mut host, &format!("h{i}"));
+        host.start_member(&format!("h{i}"), SECRET, &[]);
         hosts.push(host);
     }
     for host in &hosts {
-        eventually_within(30, "link up", || link_up(host));
+        eventually_within(30, "link up", || host.link_up());
     }
     for (i, host) in hosts.iter().enumerate() {
         let to = IPS[1 - i];

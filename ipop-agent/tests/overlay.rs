@@ -36,11 +36,6 @@ fn run_args(host: &Host, node: &str, secret: &str) -> Vec<String> {
     .collect()
 }
 
-fn start_agent(host: &mut Host, node: &str) -> usize {
-    let args = run_args(host, node, SECRET);
-    host.start_agent(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 fn peers_up(host: &Host) -> usize {
     let s = status(host, &host.pin_dir("lxcbr0"));
     s["peers"].as_array().unwrap().iter().filter(|p| p["up"] == true).count()
@@ -56,7 +51,7 @@ fn overlay() -> Overlay {
         host.join_underlay(&underlay, i as u8 + 1);
         // Like an LXC host: forwarding on, so a misrouted frame would show as an ICMP redirect.
         host.sysctl("net.ipv4.ip_forward", "1");
-        agents.push(start_agent(&mut host, &format!("h{i}")));
+        agents.push(host.start_member(&format!("h{i}"), SECRET, &[]));
         hosts.push(host);
     }
     for host in &hosts {
@@ -165,7 +160,7 @@ fn three_hosts_are_one_ethernet_segment() {
     let had = arp_list(&o.hosts[2], &pins2);
     assert!(had.contains(IPS[0][1]), "host 2 had learned host 0's container:\n{had}");
     let t = std::time::Instant::now();
-    o.agents[2] = start_agent(&mut o.hosts[2], "h2");
+    o.agents[2] = o.hosts[2].start_member("h2", SECRET, &[]);
     let log = o.hosts[2].agent_log(o.agents[2]);
     assert!(log.contains("learned ARP entries of the previous agent kept"), "{log}");
     assert!(arp_list(&o.hosts[2], &pins2).contains(IPS[0][1]), "kept while the links come back");
@@ -188,7 +183,7 @@ fn a_host_with_the_wrong_secret_is_refused_and_reaches_nothing() {
     underlay.start_rendezvous(SECRET);
     let mut good = Host::new(&["10.0.3.10"]);
     good.join_underlay(&underlay, 1);
-    start_agent(&mut good, "good");
+    good.start_member("good", SECRET, &[]);
     let bad = Host::new(&["10.0.3.40"]);
     bad.join_underlay(&underlay, 2);
     let args = run_args(&bad, "mallory", "wrong secret!");
@@ -212,7 +207,7 @@ fn two_hosts_claiming_one_ip_are_a_conflict_and_the_first_owner_stands() {
     for (i, ips) in [["10.0.3.10"], ["10.0.3.50"], ["10.0.3.50"]].iter().enumerate() {
         let mut host = Host::new(ips);
         host.join_underlay(&underlay, i as u8 + 1);
-        start_agent(&mut host, &format!("h{i}"));
+        host.start_member(&format!("h{i}"), SECRET, &[]);
         hosts.push(host);
     }
     for host in &hosts {

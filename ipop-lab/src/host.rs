@@ -11,14 +11,14 @@ use std::{
 };
 
 use crate::{
-    agent::{agent_binary, remove_pins},
+    agent::{agent_binary, remove_pins, status},
     command::{cmd, ok, require_root},
     lab::{Scratch, remove_run_ipop, unique_prefix},
     lxc::Lxc,
     nat::Router,
     netns::Netns,
     process::Proc,
-    underlay::Underlay,
+    underlay::{RENDEZVOUS, Underlay},
 };
 
 pub struct Host {
@@ -143,6 +143,22 @@ impl Host {
             assert!(Instant::now() < deadline, "agent not ready after 20 s:\n{text}");
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts an overlay member on lxcbr0: this host's pins, `node` as its node id, the
+    /// underlay's rendezvous (`RENDEZVOUS`) and `secret`, then `extra`; waits until it is ready.
+    pub fn start_member(&mut self, node: &str, secret: &str, extra: &[&str]) -> usize {
+        let pins = self.pin_dir("lxcbr0");
+        let mut args = vec!["--pin-dir", pins.to_str().unwrap(), "--node-id", node];
+        args.extend_from_slice(&["--rendezvous", RENDEZVOUS, "--secret", secret]);
+        args.extend_from_slice(extra);
+        self.start_agent(&args)
+    }
+
+    /// Whether the agent on lxcbr0 has a link up to any peer (its `status`).
+    pub fn link_up(&self) -> bool {
+        let s = status(self, &self.pin_dir("lxcbr0"));
+        s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["up"] == true))
     }
 
     pub fn log_path(&self, idx: usize) -> PathBuf {
