@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::{
     core::{limit::Rate, node_id::check_node_id, switch::Limits},
     kernel::datapath::default_pin_dir,
+    link::ice_server::IceServer,
 };
 
 /// Defaults, as documented in README.md.
@@ -43,8 +44,12 @@ pub struct Settings {
     pub rendezvous: Option<String>,
     /// STUN servers (`stun:host:port`) for server-reflexive candidates.
     pub stun: Option<Vec<String>>,
-    /// TURN servers (`turn:host:port?transport=udp`, with credentials in the url) for relays.
+    /// TURN servers (`turn:host:port?transport=udp`, credentials in the url as
+    /// `turn:user:pass@host:port`, or in `turn_user` and `turn_password`) for relays.
     pub turn: Option<Vec<String>>,
+    /// TURN credentials for the `turn` urls that carry none.
+    pub turn_user: Option<String>,
+    pub turn_password: Option<String>,
     /// ARP RPCs a second one local source may cause (0: unlimited).
     pub arp_rpc_rate: Option<u32>,
     /// Broadcast and multicast frames a second flooded to the peers (0: unlimited).
@@ -73,6 +78,8 @@ impl Settings {
             rendezvous: over.rendezvous.or(self.rendezvous),
             stun: over.stun.or(self.stun),
             turn: over.turn.or(self.turn),
+            turn_user: over.turn_user.or(self.turn_user),
+            turn_password: over.turn_password.or(self.turn_password),
             arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
         }
@@ -108,7 +115,8 @@ impl Settings {
         let max_age = self.arp_max_age_secs.unwrap_or(DEFAULT_ARP_MAX_AGE_SECS);
         let overlay = match self.rendezvous {
             None => {
-                if self.secret.is_some() || self.stun.is_some() || self.turn.is_some() || self.overlay.is_some() {
+                let ice = self.stun.is_some() || self.turn.is_some() || self.turn_user.is_some();
+                if self.secret.is_some() || ice || self.turn_password.is_some() || self.overlay.is_some() {
                     return Err("overlay, secret, stun and turn need a rendezvous to join".into());
                 }
                 None
@@ -118,7 +126,7 @@ impl Settings {
                 self.secret,
                 self.node_id,
                 self.overlay,
-                [("stun:", self.stun.unwrap_or_default()), ("turn", self.turn.unwrap_or_default())],
+                ice_servers(self.stun, self.turn, self.turn_user, self.turn_password)?,
             )?),
         };
         Ok(AgentConfig {
@@ -142,7 +150,7 @@ fn overlay_config(
     secret: Option<String>,
     node_id: Option<String>,
     overlay: Option<String>,
-    urls: [(&str, Vec<String>); 2],
+    ice_urls: Vec<IceServer>,
 ) -> Result<OverlayConfig, String> {
     if rendezvous.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
         return Err(format!("rendezvous {rendezvous:?} must be host:port"));
@@ -160,16 +168,29 @@ fn overlay_config(
     if name.is_empty() || name.len() > 64 {
         return Err("overlay must be 1-64 characters".into());
     }
-    let mut ice_urls = Vec::new();
-    for (scheme, urls) in urls {
-        for url in urls {
-            if !url.starts_with(scheme) {
-                return Err(format!("{url:?} is not a {} url", scheme.trim_end_matches(':')));
-            }
-            ice_urls.push(url);
-        }
-    }
     Ok(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls })
+}
+
+/// Every STUN and TURN url, parsed and checked now: a bad one names its key and url.
+fn ice_servers(
+    stun: Option<Vec<String>>,
+    turn: Option<Vec<String>>,
+    turn_user: Option<String>,
+    turn_password: Option<String>,
+) -> Result<Vec<IceServer>, String> {
+    let fallback = match (turn_user.as_deref(), turn_password.as_deref()) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => return Err("turn_user and turn_password go together".into()),
+    };
+    let mut out = Vec::new();
+    for url in stun.unwrap_or_default() {
+        out.push(IceServer::parse("stun", &url, None)?);
+    }
+    for url in turn.unwrap_or_default() {
+        out.push(IceServer::parse("turn", &url, fallback)?);
+    }
+    Ok(out)
 }
 
 /// A checked, complete configuration.
@@ -194,7 +215,7 @@ pub struct OverlayConfig {
     pub overlay: String,
     pub secret: String,
     pub rendezvous: String,
-    pub ice_urls: Vec<String>,
+    pub ice_urls: Vec<IceServer>,
 }
 
 impl std::fmt::Debug for OverlayConfig {
@@ -291,7 +312,7 @@ mod tests {
         .unwrap();
         let o = s.resolve().unwrap().overlay.unwrap();
         assert_eq!((o.node_id.as_str(), o.overlay.as_str(), o.rendezvous.as_str()), ("a", "ipop", "192.0.2.1:7000"));
-        assert_eq!(o.ice_urls, vec!["stun:192.0.2.2:3478"]);
+        assert_eq!(o.ice_urls.iter().map(|s| s.url.as_str()).collect::<Vec<_>>(), ["stun:192.0.2.2:3478"]);
         assert!(!format!("{o:?}").contains("long enough"), "the secret is not logged");
         assert_eq!(Settings::default().resolve().unwrap().overlay, None, "alone without a rendezvous");
         for bad in [
@@ -305,6 +326,24 @@ mod tests {
         ] {
             assert!(Settings::from_json(bad).unwrap().resolve().is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn turn_urls_are_checked_when_read_and_take_credentials_apart_or_inline() {
+        let base = r#""rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough""#;
+        let resolve = |extra: &str| Settings::from_json(&format!("{{{base}, {extra}}}")).unwrap().resolve();
+        let o = resolve(r#""turn": ["turn:203.0.113.1:3478"], "turn_user": "u", "turn_password": "pw""#)
+            .unwrap()
+            .overlay
+            .unwrap();
+        assert_eq!((o.ice_urls[0].username.as_str(), o.ice_urls[0].password.as_str()), ("u", "pw"));
+        assert!(!format!("{o:?}").contains("pw"), "the TURN password is not logged");
+        let err = resolve(r#""turn": ["turn://u:p@203.0.113.1:3478"]"#).unwrap_err();
+        assert!(err.contains("turn url") && err.contains("203.0.113.1"), "{err}");
+        let err = resolve(r#""turn": ["turn:203.0.113.1"], "turn_user": "u""#).unwrap_err();
+        assert!(err.contains("go together"), "{err}");
+        let err = Settings::from_json(r#"{"turn_user": "u", "turn_password": "p"}"#).unwrap().resolve().unwrap_err();
+        assert!(err.contains("need a rendezvous"), "{err}");
     }
 
     #[test]

@@ -157,6 +157,46 @@ impl Underlay {
         idx
     }
 
+    /// Starts coturn (STUN and TURN on UDP 3478 at "<net>.254", long-term credentials
+    /// `user`/`password`, realm "ipop") and waits until it answers; its index. The routed
+    /// internet's default route matters: coturn closes allocations that relay toward unknown
+    /// destinations.
+    pub fn start_turn(&mut self, user: &str, password: &str) -> usize {
+        let (pid, log) = (self.file("turnserver.pid"), self.file("turnserver.log"));
+        let (credentials, addr) = (format!("{user}:{password}"), self.addr.clone());
+        let args = [
+            "turnserver",
+            "--listening-ip",
+            &addr,
+            "--relay-ip",
+            &addr,
+            "--listening-port",
+            "3478",
+            "--lt-cred-mech",
+            "--user",
+            &credentials,
+            "--realm",
+            "ipop",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--pidfile",
+            pid.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+            "--simple-log",
+        ];
+        let idx = self.spawn(&args, &format!("turnserver{}.err", self.netns.services()));
+        let listening = || !self.exec(&["ss", "-Huln", "sport = :3478"]).stdout.is_empty();
+        eventually("coturn listens on UDP 3478", listening);
+        idx
+    }
+
+    /// The STUN and TURN urls of the server `start_turn` runs.
+    pub fn ice_urls(&self, user: &str, password: &str) -> (String, String) {
+        (format!("stun:{}:3478", self.addr), format!("turn:{user}:{password}@{}:3478?transport=udp", self.addr))
+    }
+
     /// Stops service `idx` (SIGTERM, then SIGKILL).
     pub fn stop_service(&mut self, idx: usize) {
         self.netns.service(idx).stop();

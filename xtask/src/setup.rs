@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "conntrack",
     "lxc",
     "busybox-static",
+    "coturn",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// TURN server url (repeatable).
     #[arg(long)]
     pub turn: Vec<String>,
+    /// TURN user name, for turn urls without credentials.
+    #[arg(long)]
+    pub turn_user: Option<String>,
+    /// TURN password, for turn urls without credentials (prefer the config file or IPOP_TURN_PASSWORD).
+    #[arg(long, env = "IPOP_TURN_PASSWORD", hide_env_values = true)]
+    pub turn_password: Option<String>,
     /// ARP RPCs a second one local source may cause (0: unlimited) [default: 10000].
     #[arg(long)]
     pub arp_rpc_rate: Option<u32>,

@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent: create the TAP, join the bridge, attach the eBPF programs.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show or change the ARP entries the kernel answers from.
     Arp {
         #[command(flatten)]
@@ -73,7 +73,7 @@ pub fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Arp { target, command } => show::arp(target.pinned()?, command),
         Command::Stats { target, json } => show::stats(target.pinned()?, json),
         Command::Rendezvous(args) => rendezvous(args),
@@ -124,6 +124,8 @@ fn run(args: RunArgs) -> Result<()> {
         rendezvous: args.rendezvous,
         stun: (!args.stun.is_empty()).then_some(args.stun),
         turn: (!args.turn.is_empty()).then_some(args.turn),
+        turn_user: args.turn_user,
+        turn_password: args.turn_password,
         arp_rpc_rate: args.arp_rpc_rate,
         broadcast_rate: args.broadcast_rate,
     };

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
 use tracing::debug;
 use webrtc_ice::{
@@ -17,7 +17,6 @@ use webrtc_ice::{
     candidate::{Candidate, CandidateType, candidate_base::unmarshal_candidate},
     mdns::MulticastDnsMode,
     network_type::NetworkType,
-    url::Url,
 };
 use webrtc_util::Conn;
 
@@ -29,6 +28,7 @@ use crate::{
     },
     link::{
         event::LinkEvent,
+        ice_server::IceServer,
         session::Opener,
         timers::{DEAD_AFTER, KEEPALIVE, clock_ms},
         underlay::force_buffers,
@@ -38,11 +38,8 @@ use crate::{
 /// An ICE agent for one attempt: UDP4 host candidates on every interface but loopback and
 /// `exclude` (the overlay must not run over itself), plus server-reflexive and relay ones
 /// when STUN/TURN `urls` are given.
-pub async fn new_agent(ice_urls: &[String], exclude: &[String]) -> Result<Arc<Agent>> {
-    let urls = ice_urls
-        .iter()
-        .map(|u| Url::parse_url(u).map_err(|e| anyhow!("ICE url {u}: {e}")))
-        .collect::<Result<Vec<_>>>()?;
+pub async fn new_agent(ice_urls: &[IceServer], exclude: &[String]) -> Result<Arc<Agent>> {
+    let urls: Vec<_> = ice_urls.iter().map(IceServer::to_url).collect();
     let mut candidate_types = vec![CandidateType::Host];
     if !urls.is_empty() {
         candidate_types.extend([CandidateType::ServerReflexive, CandidateType::Relay]);

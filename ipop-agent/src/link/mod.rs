@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod ice;
+pub mod ice_server;
 pub mod params;
 pub mod peers;
 pub mod receive;

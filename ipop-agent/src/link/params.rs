@@ -8,6 +8,7 @@ use crate::{
     core::switch::PeerId,
     link::{
         event::LinkEvent,
+        ice_server::IceServer,
         receive::Registration,
         session::{Aead, Identity},
         underlay::Underlay,
@@ -21,7 +22,7 @@ pub struct LinkShared {
     pub identity: Identity,
     pub psk: [u8; 32],
     /// STUN/TURN urls for server-reflexive and relay candidates.
-    pub ice_urls: Vec<String>,
+    pub ice_urls: Vec<IceServer>,
     /// Interfaces never used for candidates (the bridge, the TAP: the overlay must not run
     /// over itself).
     pub exclude_ifaces: Vec<String>,

@@ -204,7 +204,7 @@ pub fn peer_tag(node_id: &str) -> u32 {
 
 /// Which way data to `p` goes: "direct" (the data socket), "ice", or null while down.
 fn path(p: &Peer) -> Option<&'static str> {
-    p.data.as_ref().map(|d| if d.is_direct() { "direct" } else { "ice" })
+    p.data.as_ref().map(DataTx::path)
 }
 
 /// Sends a frame on the data socket in one go, or else chunk by chunk (`deliver`); false if

@@ -16,6 +16,8 @@ pub struct DataTx {
     pub(crate) sealer: Sealer,
     pub(crate) conn: Arc<dyn Conn + Send + Sync>,
     pub(crate) direct: Option<Direct>,
+    /// The ICE connection runs through a TURN relay (either side's candidate is a relay).
+    pub(crate) relayed: bool,
 }
 
 /// A proven path on the data socket: where the peer's socket is, and its receiver index.
@@ -28,7 +30,7 @@ pub(crate) struct Direct {
 
 impl std::fmt::Debug for DataTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DataTx({})", if self.direct.is_some() { "direct" } else { "ice" })
+        write!(f, "DataTx({})", self.path())
     }
 }
 
@@ -36,6 +38,16 @@ impl DataTx {
     /// Whether data goes on the data socket (else on the ICE connection).
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// What `status` calls the path: `direct` (the data socket), `relay` (ICE through a TURN
+    /// server), `ice` (the ICE connection, peer to peer).
+    pub fn path(&self) -> &'static str {
+        match (self.is_direct(), self.relayed) {
+            (true, _) => "direct",
+            (false, true) => "relay",
+            (false, false) => "ice",
+        }
     }
 
     /// Seals and sends `payload` now if the socket takes it at once (it almost always does);

@@ -56,6 +56,8 @@ pub struct LinkIo {
     pub plan: Option<Plan>,
     /// What the pair agreed on.
     pub aead: Aead,
+    /// ICE selected a pair through a TURN relay.
+    pub relayed: bool,
 }
 
 /// How a link attempt ended.
@@ -134,6 +136,9 @@ struct Probing {
     /// When anything authentic last arrived on the data socket (`clock_ms`).
     direct_rx: Arc<AtomicU64>,
     direct: Option<Direct>,
+    /// Where the peer's authenticated probes last came from: its data socket as our side of
+    /// the path sees it (through its NAT), probed instead of the address ICE gave.
+    learned: Option<SocketAddr>,
     since: Option<Instant>,
     last_probe: Instant,
     said_slow: bool,
@@ -166,6 +171,7 @@ impl<'a> Serve<'a> {
                 tx: probes,
                 direct_rx: Arc::new(AtomicU64::new(0)),
                 direct: None,
+                learned: None,
                 since: None,
                 last_probe: now,
                 said_slow: false,
@@ -260,7 +266,7 @@ impl<'a> Serve<'a> {
         }
         self.io.last_rx.store(clock_ms(), Ordering::Relaxed);
         self.sealer = Some(tx.clone());
-        DataTx { sealer: tx, conn: self.io.conn.clone(), direct: self.probe.direct.clone() }
+        DataTx { sealer: tx, conn: self.io.conn.clone(), direct: self.probe.direct.clone(), relayed: self.io.relayed }
     }
 
     /// Sends a probe or an answer on the data socket. Both are as large as the largest data
@@ -278,13 +284,41 @@ impl<'a> Serve<'a> {
     async fn on_probe(&mut self, inner: Inner, from: SocketAddr) -> Step {
         let Some(sealer) = self.sealer.clone() else { return Ok(None) };
         match inner {
-            // The peer reached our socket from `from`: answer there (through its NAT).
-            Inner::Probe => self.send_direct(Inner::ProbeAck, from),
+            // The peer reached our socket from `from`: answer there (through its NAT), and
+            // follow it there.
+            Inner::Probe => {
+                self.send_direct(Inner::ProbeAck, from);
+                self.peer_seen_at(sealer, from).await?;
+            }
             Inner::ProbeAck if self.probe.direct.is_some() => self.probe.last_ack = Instant::now(),
             Inner::ProbeAck => self.direct_up(sealer, from).await?,
             _ => {}
         }
         Ok(None)
+    }
+
+    /// An authenticated probe came from `from`. Not direct yet: probe it at once, since its
+    /// NAT may have mapped its socket to another port than the one it announced (one side
+    /// public, or both behind port-changing NATs). Direct to another address: the peer moved
+    /// (a NAT rebinding, a new mapping after a flush), and data follows it, as WireGuard
+    /// follows a roaming peer.
+    async fn peer_seen_at(&mut self, sealer: Sealer, from: SocketAddr) -> Result<()> {
+        match &mut self.probe.direct {
+            Some(d) if d.to != from => {
+                info!(peer = %self.p.peer_node, from = %d.to, to = %from, "the peer's data socket moved: following it");
+                d.to = from;
+                let data =
+                    DataTx { sealer, conn: self.io.conn.clone(), direct: Some(d.clone()), relayed: self.io.relayed };
+                self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
+            }
+            Some(_) => {}
+            None if self.probe.learned != Some(from) => {
+                self.probe.learned = Some(from);
+                self.send_direct(Inner::Probe, from);
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// The first answer: data moves to the data socket, at the address the answer came from.
@@ -296,7 +330,7 @@ impl<'a> Serve<'a> {
         self.probe.direct = Some(direct.clone());
         self.probe.since = None;
         self.probe.said_slow = false;
-        let data = DataTx { sealer, conn: self.io.conn.clone(), direct: Some(direct) };
+        let data = DataTx { sealer, conn: self.io.conn.clone(), direct: Some(direct), relayed: self.io.relayed };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }
@@ -305,7 +339,7 @@ impl<'a> Serve<'a> {
     /// `PROBE_SLOW` (data meanwhile on the ICE path).
     fn on_probe_tick(&mut self) {
         let (Some(_), Some(plan), Some(since)) = (&self.sealer, &self.io.plan, self.probe.since) else { return };
-        let to = plan.peer_addr;
+        let to = self.probe.learned.unwrap_or(plan.peer_addr);
         let slow = since.elapsed() > PROBE_FOR;
         if slow && !self.probe.said_slow {
             info!(peer = %self.p.peer_node, "the data socket path does not answer: data stays on ICE");
@@ -397,7 +431,8 @@ impl<'a> Serve<'a> {
         warn!(peer = %self.p.peer_node, "data socket path quiet: data back on ICE");
         self.probe.direct = None;
         self.probe.since = Some(Instant::now());
-        let data = DataTx { sealer: sealer.clone(), conn: self.io.conn.clone(), direct: None };
+        let data =
+            DataTx { sealer: sealer.clone(), conn: self.io.conn.clone(), direct: None, relayed: self.io.relayed };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }

@@ -14,7 +14,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::json;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::debug;
-use webrtc_ice::{agent::Agent, candidate::Candidate};
+use webrtc_ice::{
+    agent::Agent,
+    candidate::{Candidate, CandidateType},
+};
 use webrtc_util::Conn;
 
 use crate::link::{
@@ -145,7 +148,11 @@ async fn connect_and_serve(
     // The peer's data socket is tried at the address ICE found for it, with its own port: a
     // NAT that keeps ports (as most do for a new mapping) lets it through, else the probe
     // fails and data stays on ICE.
-    let plan = match (&p.shared.data, remote.data, agent.get_selected_candidate_pair()) {
+    let pair = agent.get_selected_candidate_pair();
+    let relayed = pair
+        .as_ref()
+        .is_some_and(|p| [p.local.candidate_type(), p.remote.candidate_type()].contains(&CandidateType::Relay));
+    let plan = match (&p.shared.data, remote.data, pair) {
         (Some(_), Some((port, peer_index)), Some(pair)) => {
             Some(Plan { my_index, peer_addr: SocketAddr::new(pair.remote.addr().ip(), port), peer_index })
         }
@@ -160,7 +167,7 @@ async fn connect_and_serve(
     let reader =
         tokio::spawn(read_datagrams(p.peer, conn.clone(), p.shared.events.clone(), dg_tx, opener_rx, last_rx.clone()));
     let aead = p.shared.aead.agree(remote.aead);
-    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead };
+    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead, relayed };
     let result = serve(p, cmds, io, session_id, last_handshake).await;
     if let Some(d) = &p.shared.data {
         let _ = d.registrations.send(Registration::Remove(my_index));

@@ -1,0 +1,123 @@
+//! Hosts behind NAT routers on the lab's "internet", with the rendezvous and a real coturn
+//! there. Symmetric NAT on both sides leaves no direct pair: the link goes through TURN and
+//! says so. Needs root and coturn (`cargo xtask setup`).
+
+mod support;
+
+use support::{Host, Nat, Router, Underlay, eventually_within, status};
+
+const SECRET: &str = "correct horse battery";
+const TURN_USER: &str = "ipop";
+const TURN_PASSWORD: &str = "turn pass 1";
+
+/// Starts an agent on `host` for the internet's rendezvous, with its STUN and TURN server.
+fn member(host: &mut Host, internet: &Underlay, node: &str) {
+    let pins = host.pin_dir("lxcbr0");
+    let (stun, turn) = internet.ice_urls(TURN_USER, TURN_PASSWORD);
+    let rendezvous = internet.rendezvous();
+    host.start_agent(&[
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "--node-id",
+        node,
+        "--rendezvous",
+        &rendezvous,
+        "--secret",
+        SECRET,
+        "--stun",
+        &stun,
+        "--turn",
+        &turn,
+    ]);
+}
+
+fn path(host: &Host) -> serde_json::Value {
+    status(host, &host.pin_dir("lxcbr0"))["peers"][0]["path"].clone()
+}
+
+#[test]
+fn symmetric_nat_on_both_sides_links_through_the_turn_relay() {
+    let mut internet = Underlay::internet();
+    internet.start_rendezvous(SECRET);
+    internet.start_turn(TURN_USER, TURN_PASSWORD);
+    let routers = [Router::new(&internet, 1, Nat::Symmetric), Router::new(&internet, 2, Nat::Symmetric)];
+    let mut a = Host::new(&["10.0.3.10"]);
+    let mut b = Host::new(&["10.0.3.20"]);
+    a.behind(&routers[0]);
+    b.behind(&routers[1]);
+    member(&mut a, &internet, "a");
+    member(&mut b, &internet, "b");
+
+    for h in [&a, &b] {
+        eventually_within(40, "the link is up through the relay", || h.link_up());
+        assert_eq!(path(h), "relay", "status says the link is relayed");
+    }
+    let out = a.in_container(0, &["ping", "-c", "10", "-i", "0.2", "-W", "2", "10.0.3.20"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10 packets transmitted, 10 received"), "10/10 pings through TURN:\n{text}");
+}
+
+#[test]
+fn a_malformed_ice_url_is_refused_at_start_naming_key_and_url() {
+    let host = Host::new(&[]);
+    // Under `timeout`: an agent that took the url would run on, and the test must still end.
+    let agent = support::agent_binary();
+    let out = host.in_ns(&[
+        "timeout",
+        "10",
+        agent.to_str().unwrap(),
+        "run",
+        "--rendezvous",
+        "203.0.113.254:7000",
+        "--secret",
+        SECRET,
+        "--node-id",
+        "a",
+        "--turn",
+        "turn://u:p@h:3478",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("turn url") && err.contains("turn://u:***@h:3478") && !err.contains(":p@"), "{err}");
+    assert!(!host.has_link("ipop"), "nothing was created");
+}
+
+/// Received count from ping's summary line.
+fn received(out: &std::process::Output) -> u32 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_default();
+    line.split(", ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn one_side_public_is_direct_both_ways_through_a_port_changing_nat_and_follows_a_new_mapping() {
+    let mut internet = Underlay::internet();
+    internet.start_rendezvous(SECRET);
+    internet.start_turn(TURN_USER, TURN_PASSWORD);
+    // Symmetric: the NATed data socket's outside port is random, never the one it announced.
+    let router = Router::new(&internet, 2, Nat::Symmetric);
+    let mut public = Host::new(&["10.0.3.10"]);
+    let mut natted = Host::new(&["10.0.3.20"]);
+    public.join_underlay(&internet, 1);
+    natted.behind(&router);
+    member(&mut public, &internet, "a");
+    member(&mut natted, &internet, "b");
+    for h in [&public, &natted] {
+        eventually_within(40, "the link is up", || h.link_up());
+        // The public side learns the NATed socket's address from its authenticated probes.
+        eventually_within(10, "data on the data socket, both ways", || path(h) == "direct");
+    }
+
+    // The router forgets every mapping: the next datagrams get new random ports, and data
+    // follows them.
+    router.flush();
+    let out = public.in_container(0, &["ping", "-c", "40", "-i", "0.1", "-W", "1", "10.0.3.20"]);
+    let got = received(&out);
+    assert!(got >= 20, "at most 2 s of 4 lost after the flush: {got}/40\n{}", String::from_utf8_lossy(&out.stdout));
+    let log = public.agent_log(0);
+    assert!(log.contains("the peer's data socket moved: following it"), "the public side followed:\n{log}");
+    for h in [&public, &natted] {
+        assert!(h.link_up(), "the link stayed up");
+        eventually_within(10, "still direct", || path(h) == "direct");
+    }
+}
