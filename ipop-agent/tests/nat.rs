@@ -121,3 +121,34 @@ fn one_side_public_is_direct_both_ways_through_a_port_changing_nat_and_follows_a
         eventually_within(10, "still direct", || path(h) == "direct");
     }
 }
+
+#[test]
+fn behind_nat_without_stun_status_says_why_the_link_is_down() {
+    let mut internet = Underlay::internet();
+    internet.start_rendezvous(SECRET);
+    let routers = [Router::home(&internet, 1, Nat::Cone), Router::home(&internet, 2, Nat::Cone)];
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    let rendezvous = internet.rendezvous();
+    for (i, (h, r)) in hosts.iter_mut().zip(&routers).enumerate() {
+        h.behind(r);
+        let pins = h.pin_dir("lxcbr0");
+        let node = format!("h{i}");
+        h.start_agent(&[
+            "--pin-dir",
+            pins.to_str().unwrap(),
+            "--node-id",
+            &node,
+            "--rendezvous",
+            &rendezvous,
+            "--secret",
+            SECRET,
+        ]);
+    }
+    let reason = |h: &Host| status(h, &h.pin_dir("lxcbr0"))["peers"][0]["reason"].as_str().map(str::to_owned);
+    eventually_within(45, "a reason for the down link", || reason(&hosts[0]).is_some());
+    let said = reason(&hosts[0]).unwrap();
+    assert!(said.contains("only private addresses and no STUN server is configured"), "{said}");
+    assert!(!hosts[0].link_up());
+    let log = hosts[0].agent_log(0);
+    assert!(log.contains("link not up: no ICE connection within"), "said at info level:\n{log}");
+}

@@ -38,6 +38,11 @@ impl Shell {
             }
             LinkEvent::Received(id, Inner::Ethernet, whole) => self.frame_from_peer(now, id, &whole),
             LinkEvent::FrameLost(_) => self.frames_dropped += 1,
+            LinkEvent::Failed(id, reason) => {
+                if let Some(p) = self.peers.as_mut() {
+                    p.set_reason(id, reason);
+                }
+            }
             LinkEvent::Received(id, Inner::Rpc, bytes) => self.rpc(now, id, &bytes),
             LinkEvent::Received(_, Inner::Keepalive | Inner::Probe | Inner::ProbeAck, _) => {}
             LinkEvent::Dropped(id, e) => {

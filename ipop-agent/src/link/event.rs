@@ -20,6 +20,8 @@ pub enum LinkEvent {
     /// The link is up (again, after a new handshake): send through `DataTx` from now on.
     Up(PeerId, DataTx),
     Down(PeerId),
+    /// An attempt to set the link up failed, and why, in words for `status`.
+    Failed(PeerId, String),
     /// An RPC message, or a whole frame (virtio header and frame, put back together from
     /// its chunks by the reader).
     Received(PeerId, Inner, Vec<u8>),

@@ -178,6 +178,21 @@ pub fn enlarge_udp_buffers() {
     }
 }
 
+/// Whether a candidate's address is reachable from the internet: not private (RFC 1918,
+/// shared CGNAT space, unique-local), loopback or link-local.
+pub fn is_public(address: &str) -> bool {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            let cgnat = ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64;
+            !(ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || cgnat)
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            !(ip.is_loopback() || ip.is_unspecified() || ip.is_unique_local() || ip.is_unicast_link_local())
+        }
+        Err(_) => false,
+    }
+}
+
 /// Adds a remote candidate from a signal; a bad one is logged and skipped.
 pub fn add_candidate(agent: &Arc<Agent>, c: &str) {
     match unmarshal_candidate(c) {

@@ -33,6 +33,8 @@ struct Peer {
     /// Present while the link is up: the direct way to send.
     data: Option<DataTx>,
     up: bool,
+    /// Why the last attempt to set the link up failed (cleared when it is up).
+    reason: Option<String>,
     /// The rendezvous said it left; the link stays while it is up (the rendezvous going
     /// away must not break links), and is closed when it goes down.
     left: bool,
@@ -94,7 +96,8 @@ impl Peers {
         });
         info!(node = %member.node_id, peer = id, "peer known: setting up the link");
         self.names.insert(id, member.node_id.clone());
-        self.by_node.insert(member.node_id.clone(), Peer { id, key, cmd, data: None, up: false, left: false });
+        self.by_node
+            .insert(member.node_id.clone(), Peer { id, key, cmd, data: None, up: false, reason: None, left: false });
         old
     }
 
@@ -118,9 +121,23 @@ impl Peers {
         {
             p.up = data.is_some();
             p.data = data;
+            if p.up {
+                p.reason = None;
+            }
             if !p.up && p.left {
                 self.by_node.remove(node);
             }
+        }
+    }
+
+    /// Why the link to `id` is not up, as its last attempt said.
+    pub fn set_reason(&mut self, id: PeerId, reason: String) {
+        let Some(node) = self.names.get(&id) else { return };
+        if let Some(p) = self.by_node.get_mut(node)
+            && p.id == id
+            && !p.up
+        {
+            p.reason = Some(reason);
         }
     }
 
@@ -141,8 +158,11 @@ impl Peers {
 
     /// Every peer with its link state, sorted by node id.
     pub fn status(&self) -> Vec<serde_json::Value> {
-        let mut list: Vec<_> =
-            self.by_node.iter().map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up, "path": path(p)})).collect();
+        let mut list: Vec<_> = self
+            .by_node
+            .iter()
+            .map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up, "path": path(p), "reason": p.reason}))
+            .collect();
         list.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
         list
     }

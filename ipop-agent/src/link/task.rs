@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::json;
 use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::debug;
+use tracing::{debug, info};
 use webrtc_ice::{
     agent::Agent,
     candidate::{Candidate, CandidateType},
@@ -23,6 +23,7 @@ use webrtc_util::Conn;
 use crate::link::{
     event::{LinkCmd, LinkEvent},
     ice::{self, add_candidate, enlarge_udp_buffers, read_datagrams},
+    ice_server::IceServer,
     params::LinkParams,
     receive::Registration,
     serve::{Ended, LinkIo, Plan, serve},
@@ -44,18 +45,26 @@ async fn run(p: LinkParams, mut cmds: mpsc::Receiver<LinkCmd>) {
     let mut backoff = BACKOFF_MIN;
     let mut offer: Option<Creds> = None;
     let mut last_handshake: Option<u64> = None;
+    let mut last_reason = String::new();
     loop {
         let result = attempt(&p, &mut cmds, offer.take(), &mut last_handshake).await;
         let ended = match result {
             Ok((ended, was_up)) => {
                 if was_up {
                     backoff = BACKOFF_MIN;
+                    last_reason.clear();
                     let _ = p.shared.events.send(LinkEvent::Down(p.peer)).await;
                 }
                 ended
             }
             Err(e) => {
-                debug!(peer = %p.peer_node, "link attempt failed: {e:#}");
+                // Said once per change: a link that keeps failing the same way is not news.
+                let reason = format!("{e:#}");
+                if reason != last_reason {
+                    info!(peer = %p.peer_node, "link not up: {reason}");
+                    last_reason.clone_from(&reason);
+                }
+                let _ = p.shared.events.send(LinkEvent::Failed(p.peer, reason)).await;
                 Ended::Retry
             }
         };
@@ -193,13 +202,14 @@ async fn connect(
     offer: Option<Creds>,
     session_id: u64,
 ) -> Result<Connected> {
-    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<String>();
+    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<(String, CandidateType, bool)>();
     agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
         if let Some(c) = c {
-            let _ = cand_tx.send(c.marshal());
+            let _ = cand_tx.send((c.marshal(), c.candidate_type(), ice::is_public(&c.address())));
         }
         Box::pin(async {})
     }));
+    let mut seen = Gathered::default();
     agent.gather_candidates().context("gathering candidates")?;
 
     let mut remote = offer;
@@ -221,9 +231,12 @@ async fn connect(
         tokio::select! {
             _ = &mut deadline => {
                 let _ = cancel_tx.try_send(());
-                bail!("no ICE connection within {CONNECT_TIMEOUT:?}");
+                bail!("no ICE connection within {CONNECT_TIMEOUT:?}: {}", seen.explain(&p.shared.ice_urls));
             }
-            Some(c) = cand_rx.recv() => p.shared.signaling.send(&p.peer_node, json!({"t": "cand", "s": session_id, "c": c})),
+            Some((c, kind, public)) = cand_rx.recv() => {
+                seen.local(kind, public);
+                p.shared.signaling.send(&p.peer_node, json!({"t": "cand", "s": session_id, "c": c}));
+            }
             cmd = cmds.recv() => match cmd {
                 None => { let _ = cancel_tx.try_send(()); return Ok(Connected::No(Ended::Closed)) }
                 Some(LinkCmd::Send(..)) => {}
@@ -234,6 +247,7 @@ async fn connect(
                         return Ok(Connected::No(Ended::NewOffer(o)));
                     }
                     Some(Signal::Candidate(s, c)) if s == session_id => {
+                        seen.remote += 1;
                         if remote.is_some() && dial.is_some() { add_candidate(agent, &c) } else { early_candidates.push(c) }
                     }
                     _ => {}
@@ -244,6 +258,46 @@ async fn connect(
                 return Ok(Connected::Yes(conn, remote.expect("dialled with the peer's credentials")));
             }
         }
+    }
+}
+
+/// The candidates of one attempt, to say why it failed.
+#[derive(Debug, Default)]
+struct Gathered {
+    local: usize,
+    public: bool,
+    reflexive: bool,
+    relay: bool,
+    remote: usize,
+}
+
+impl Gathered {
+    fn local(&mut self, kind: CandidateType, public: bool) {
+        self.local += 1;
+        self.public |= public;
+        self.reflexive |= kind == CandidateType::ServerReflexive;
+        self.relay |= kind == CandidateType::Relay;
+    }
+
+    /// In words: how many candidates, and what was missing.
+    fn explain(&self, servers: &[IceServer]) -> String {
+        let mut out = format!("{} local and {} remote candidates, no pair answered", self.local, self.remote);
+        let stun = servers.iter().any(|s| s.url.starts_with("stun"));
+        let turn = servers.iter().any(|s| s.url.starts_with("turn"));
+        if servers.is_empty() && !self.public {
+            out += "; this host has only private addresses and no STUN server is configured \
+                    (behind NAT, give stun and turn servers)";
+        }
+        if stun && !self.reflexive {
+            out += "; no server-reflexive candidate: the STUN server did not answer";
+        }
+        if turn && !self.relay {
+            out += "; no relay candidate: the TURN server refused or did not answer";
+        }
+        if self.remote == 0 {
+            out += "; the peer sent no candidates";
+        }
+        out
     }
 }
 
@@ -268,4 +322,48 @@ fn random_u32() -> Result<u32> {
     let mut b = [0u8; 4];
     getrandom::fill(&mut b).map_err(|e| anyhow!("getrandom: {e}"))?;
     Ok(u32::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> IceServer {
+        let key = if text.starts_with("turn") { "turn" } else { "stun" };
+        IceServer::parse(key, text, None).unwrap()
+    }
+
+    #[test]
+    fn a_failed_attempt_says_what_was_missing() {
+        let mut behind_nat = Gathered::default();
+        behind_nat.local(CandidateType::Host, false);
+        behind_nat.remote = 1;
+        let said = behind_nat.explain(&[]);
+        assert!(said.starts_with("1 local and 1 remote candidates"), "{said}");
+        assert!(said.contains("only private addresses and no STUN server"), "{said}");
+
+        let servers = [server("stun:203.0.113.1:3478"), server("turn:u:p@203.0.113.1:3478")];
+        let said = behind_nat.explain(&servers);
+        assert!(said.contains("STUN server did not answer") && said.contains("TURN server refused"), "{said}");
+        assert!(!said.contains("no STUN server is configured"), "{said}");
+
+        let mut public = Gathered::default();
+        public.local(CandidateType::Host, true);
+        public.local(CandidateType::Relay, true);
+        let said = public.explain(&servers[1..]);
+        assert!(!said.contains("relay candidate") && said.contains("the peer sent no candidates"), "{said}");
+    }
+
+    #[test]
+    fn private_shared_and_local_addresses_are_not_public() {
+        for a in
+            ["10.0.3.1", "192.168.1.2", "172.16.0.1", "100.64.0.1", "127.0.0.1", "169.254.1.1", "fd00::1", "fe80::1"]
+        {
+            assert!(!ice::is_public(a), "{a}");
+        }
+        for a in ["203.0.113.7", "100.128.0.1", "2001:db8::1", "8.8.8.8"] {
+            assert!(ice::is_public(a), "{a}");
+        }
+        assert!(!ice::is_public("not an address"));
+    }
 }
