@@ -152,3 +152,57 @@ fn behind_nat_without_stun_status_says_why_the_link_is_down() {
     let log = hosts[0].agent_log(0);
     assert!(log.contains("link not up: no ICE connection within"), "said at info level:\n{log}");
 }
+
+#[test]
+fn cone_nat_on_both_sides_is_direct_both_ways() {
+    let mut internet = Underlay::internet();
+    internet.start_rendezvous(SECRET);
+    internet.start_turn(TURN_USER, TURN_PASSWORD);
+    let routers = [Router::home(&internet, 1, Nat::Cone), Router::home(&internet, 2, Nat::Cone)];
+    let mut a = Host::new(&["10.0.3.10"]);
+    let mut b = Host::new(&["10.0.3.20"]);
+    a.behind(&routers[0]);
+    b.behind(&routers[1]);
+    member(&mut a, &internet, "a");
+    member(&mut b, &internet, "b");
+    for h in [&a, &b] {
+        eventually_within(40, "the link is up", || h.link_up());
+        eventually_within(10, "data on the data socket, both ways", || path(h) == "direct");
+    }
+    let out = a.in_container(0, &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.0.3.20"]);
+    assert_eq!(received(&out), 5, "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn two_hosts_behind_one_nat_link_over_their_private_addresses() {
+    let mut internet = Underlay::internet();
+    internet.start_rendezvous(SECRET);
+    let router = Router::home(&internet, 1, Nat::Symmetric);
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    let rendezvous = internet.rendezvous();
+    for (i, h) in hosts.iter_mut().enumerate() {
+        let lan = h.behind(&router);
+        assert_eq!(lan, format!("192.168.1.{}", i + 2));
+        let pins = h.pin_dir("lxcbr0");
+        let node = format!("h{i}");
+        h.start_agent(&[
+            "--pin-dir",
+            pins.to_str().unwrap(),
+            "--node-id",
+            &node,
+            "--rendezvous",
+            &rendezvous,
+            "--secret",
+            SECRET,
+        ]);
+    }
+    for h in &hosts {
+        eventually_within(40, "the link is up, without STUN", || h.link_up());
+        eventually_within(10, "direct on the LAN", || path(h) == "direct");
+    }
+    // No UDP crossed the NAT: every UDP flow the router saw stayed on its LAN.
+    let flows = router.udp_mappings();
+    assert!(flows.iter().all(|(_, dst, _)| dst.starts_with("192.168.1.")), "{flows:?}");
+    let out = hosts[0].in_container(0, &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.0.3.20"]);
+    assert_eq!(received(&out), 5, "{}", String::from_utf8_lossy(&out.stdout));
+}

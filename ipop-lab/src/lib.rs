@@ -8,7 +8,7 @@
 //!   tests use (192.168.77.254/24, hosts 192.168.77.N, the rendezvous at [`RENDEZVOUS`]);
 //!   [`Underlay::internet`] is a public-style one (203.0.113.254/24 and a default route),
 //!   where servers run ([`Underlay::spawn`]: any command, with its log file).
-//! - [`Router`]: a NAT router with a WAN leg on an underlay and a LAN leg toward one host
+//! - [`Router`]: a NAT router with a WAN leg on an underlay and a LAN bridge toward its hosts
 //!   ([`Host::behind`]): nftables `masquerade` ([`Nat::Cone`]) or `masquerade
 //!   random,fully-random` ([`Nat::Symmetric`]), optionally a home router's input filter, its
 //!   own conntrack UDP timeout and flush.

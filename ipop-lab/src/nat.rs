@@ -1,6 +1,6 @@
-//! A NAT router between one host and an underlay (normally [`Underlay::internet`]): namespace
-//! `<prefix>r` with `wan0` on the underlay's bridge and `lan0` (192.168.1.1/24) toward the
-//! host, forwarding, and nftables source NAT out of `wan0`. Linux conntrack then gives:
+//! A NAT router between a LAN of hosts and an underlay (normally [`Underlay::internet`]):
+//! namespace `<prefix>r` with `wan0` on the underlay's bridge and bridge `lanbr`
+//! (192.168.1.1/24) toward the hosts, forwarding, and nftables source NAT out of `wan0`. Linux conntrack then gives:
 //! - [`Nat::Cone`], `masquerade`: the source port is kept while free, so one inside socket
 //!   has one outside address for every destination (endpoint-independent mapping); replies
 //!   come back only from where it sent to (conntrack filters by address and port).
@@ -13,7 +13,7 @@
 
 use std::{
     process::Output,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicU8, Ordering},
 };
 
 use crate::{
@@ -38,7 +38,8 @@ pub struct Router {
     pub wan_ip: String,
     /// Its address on the LAN, the host's gateway.
     pub lan_ip: String,
-    lan_taken: AtomicBool,
+    /// Hosts plugged into the LAN so far.
+    lan_hosts: AtomicU8,
     netns: Netns,
     scratch: Scratch,
 }
@@ -69,7 +70,7 @@ impl Router {
             kind,
             wan_ip,
             lan_ip: format!("{LAN_NET}.1"),
-            lan_taken: AtomicBool::new(false),
+            lan_hosts: AtomicU8::new(0),
             netns,
             scratch,
         };
@@ -86,14 +87,20 @@ impl Router {
         assert!(out.status.success(), "nft in {}: {}\n{rules}", self.ns, String::from_utf8_lossy(&out.stderr));
     }
 
-    /// Connects the LAN leg: `ifname` in namespace `ns` gets 192.168.1.2/24 and a default
-    /// route through this router. One host per router.
+    /// Connects a host to the LAN: `ifname` in namespace `ns` gets 192.168.1.(k+2)/24 (the k-th
+    /// host behind this router) and a default route through it. The LAN is a bridge `lanbr`
+    /// (192.168.1.1/24), so several hosts can sit behind one NAT, as in one office.
     pub fn plug_lan(&self, ns: &str, ifname: &str) -> String {
-        assert!(!self.lan_taken.swap(true, Ordering::SeqCst), "router {} already has its host", self.ns);
-        self.ip(&["link", "add", "lan0", "type", "veth", "peer", "name", ifname, "netns", ns]);
-        self.ip(&["addr", "add", &format!("{}/24", self.lan_ip), "dev", "lan0"]);
-        self.ip(&["link", "set", "lan0", "up"]);
-        let addr = format!("{LAN_NET}.2");
+        let k = self.lan_hosts.fetch_add(1, Ordering::SeqCst);
+        if k == 0 {
+            self.ip(&["link", "add", "lanbr", "type", "bridge"]);
+            self.ip(&["addr", "add", &format!("{}/24", self.lan_ip), "dev", "lanbr"]);
+            self.ip(&["link", "set", "lanbr", "up"]);
+        }
+        let port = format!("lan{k}");
+        self.ip(&["link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", ns]);
+        self.ip(&["link", "set", &port, "master", "lanbr", "up"]);
+        let addr = format!("{LAN_NET}.{}", k + 2);
         ok(&["ip", "-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifname]);
         ok(&["ip", "-n", ns, "link", "set", ifname, "up"]);
         ok(&["ip", "-n", ns, "route", "add", "default", "via", &self.lan_ip]);
