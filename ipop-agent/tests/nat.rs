@@ -32,7 +32,19 @@ fn member(host: &mut Host, internet: &Underlay, node: &str) {
 }
 
 fn path(host: &Host) -> serde_json::Value {
-    status(host, &host.pin_dir("lxcbr0"))["peers"][0]["path"].clone()
+    peer(host)["path"].clone()
+}
+
+/// The first peer in `host`'s status.
+fn peer(host: &Host) -> serde_json::Value {
+    status(host, &host.pin_dir("lxcbr0"))["peers"][0].clone()
+}
+
+/// The selected pair's candidates in `host`'s status: (local, remote).
+fn pair(host: &Host) -> (String, String) {
+    let p = peer(host);
+    let text = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+    (text("local_candidate"), text("remote_candidate"))
 }
 
 #[test]
@@ -51,6 +63,11 @@ fn symmetric_nat_on_both_sides_links_through_the_turn_relay() {
     for h in [&a, &b] {
         eventually_within(40, "the link is up through the relay", || h.link_up());
         assert_eq!(path(h), "relay", "status says the link is relayed");
+        let (local, remote) = pair(h);
+        assert!(
+            local.starts_with("relay 203.0.113.254:") || remote.starts_with("relay 203.0.113.254:"),
+            "{local} / {remote}"
+        );
     }
     let out = a.in_container(0, &["ping", "-c", "10", "-i", "0.2", "-W", "2", "10.0.3.20"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -199,6 +216,9 @@ fn two_hosts_behind_one_nat_link_over_their_private_addresses() {
     for h in &hosts {
         eventually_within(40, "the link is up, without STUN", || h.link_up());
         eventually_within(10, "direct on the LAN", || path(h) == "direct");
+        let (local, remote) = pair(h);
+        // Host or peer-reflexive (a check that came before the candidate's signal): on the LAN.
+        assert!(local.contains(" 192.168.1.") && remote.contains(" 192.168.1."), "{local} / {remote}");
     }
     // No UDP crossed the NAT: every UDP flow the router saw stayed on its LAN.
     let flows = router.udp_mappings();

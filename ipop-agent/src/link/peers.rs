@@ -158,11 +158,7 @@ impl Peers {
 
     /// Every peer with its link state, sorted by node id.
     pub fn status(&self) -> Vec<serde_json::Value> {
-        let mut list: Vec<_> = self
-            .by_node
-            .iter()
-            .map(|(n, p)| serde_json::json!({"node_id": n, "up": p.up, "path": path(p), "reason": p.reason}))
-            .collect();
+        let mut list: Vec<_> = self.by_node.iter().map(|(n, p)| peer_status(n, p)).collect();
         list.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
         list
     }
@@ -223,8 +219,17 @@ pub fn peer_tag(node_id: &str) -> u32 {
 }
 
 /// Which way data to `p` goes: "direct" (the data socket), "ice", or null while down.
-fn path(p: &Peer) -> Option<&'static str> {
-    p.data.as_ref().map(DataTx::path)
+/// One peer in `status`: whether its link is up, on which path and ICE pair, or why not.
+fn peer_status(node: &str, p: &Peer) -> serde_json::Value {
+    let pair = p.data.as_ref().map(DataTx::ice_pair);
+    serde_json::json!({
+        "node_id": node,
+        "up": p.up,
+        "path": p.data.as_ref().map(DataTx::path),
+        "local_candidate": pair.map(|c| &c.local),
+        "remote_candidate": pair.map(|c| &c.remote),
+        "reason": p.reason,
+    })
 }
 
 /// Sends a frame on the data socket in one go, or else chunk by chunk (`deliver`); false if

@@ -16,8 +16,17 @@ pub struct DataTx {
     pub(crate) sealer: Sealer,
     pub(crate) conn: Arc<dyn Conn + Send + Sync>,
     pub(crate) direct: Option<Direct>,
-    /// The ICE connection runs through a TURN relay (either side's candidate is a relay).
-    pub(crate) relayed: bool,
+    /// The pair ICE selected for this session.
+    pub(crate) pair: Arc<IcePair>,
+}
+
+/// The candidate pair ICE selected: each side's type and address (`"srflx 203.0.113.2:4000"`),
+/// and whether it goes through a TURN relay (either side's candidate is a relay).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IcePair {
+    pub local: String,
+    pub remote: String,
+    pub relayed: bool,
 }
 
 /// A proven path on the data socket: where the peer's socket is, and its receiver index.
@@ -40,10 +49,15 @@ impl DataTx {
         self.direct.is_some()
     }
 
+    /// The pair ICE selected (the ICE path, and where probing the data socket started).
+    pub fn ice_pair(&self) -> &IcePair {
+        &self.pair
+    }
+
     /// What `status` calls the path: `direct` (the data socket), `relay` (ICE through a TURN
     /// server), `ice` (the ICE connection, peer to peer).
     pub fn path(&self) -> &'static str {
-        match (self.is_direct(), self.relayed) {
+        match (self.is_direct(), self.pair.relayed) {
             (true, _) => "direct",
             (false, true) => "relay",
             (false, false) => "ice",

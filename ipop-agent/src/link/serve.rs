@@ -26,7 +26,7 @@ use crate::{
         event::{LinkCmd, LinkEvent},
         params::LinkParams,
         receive::{Receiver, Registration},
-        send::{DataTx, Direct},
+        send::{DataTx, Direct, IcePair},
         session::{self, Aead, Initiator, Opener, Sealer, Session},
         signal::{Creds, Signal, parse_signal},
         timers::{
@@ -56,8 +56,8 @@ pub struct LinkIo {
     pub plan: Option<Plan>,
     /// What the pair agreed on.
     pub aead: Aead,
-    /// ICE selected a pair through a TURN relay.
-    pub relayed: bool,
+    /// The pair ICE selected.
+    pub pair: Arc<IcePair>,
 }
 
 /// How a link attempt ended.
@@ -266,7 +266,7 @@ impl<'a> Serve<'a> {
         }
         self.io.last_rx.store(clock_ms(), Ordering::Relaxed);
         self.sealer = Some(tx.clone());
-        DataTx { sealer: tx, conn: self.io.conn.clone(), direct: self.probe.direct.clone(), relayed: self.io.relayed }
+        DataTx { sealer: tx, conn: self.io.conn.clone(), direct: self.probe.direct.clone(), pair: self.io.pair.clone() }
     }
 
     /// Sends a probe or an answer on the data socket. Both are as large as the largest data
@@ -308,7 +308,7 @@ impl<'a> Serve<'a> {
                 info!(peer = %self.p.peer_node, from = %d.to, to = %from, "the peer's data socket moved: following it");
                 d.to = from;
                 let data =
-                    DataTx { sealer, conn: self.io.conn.clone(), direct: Some(d.clone()), relayed: self.io.relayed };
+                    DataTx { sealer, conn: self.io.conn.clone(), direct: Some(d.clone()), pair: self.io.pair.clone() };
                 self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
             }
             Some(_) => {}
@@ -330,7 +330,7 @@ impl<'a> Serve<'a> {
         self.probe.direct = Some(direct.clone());
         self.probe.since = None;
         self.probe.said_slow = false;
-        let data = DataTx { sealer, conn: self.io.conn.clone(), direct: Some(direct), relayed: self.io.relayed };
+        let data = DataTx { sealer, conn: self.io.conn.clone(), direct: Some(direct), pair: self.io.pair.clone() };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }
@@ -432,7 +432,7 @@ impl<'a> Serve<'a> {
         self.probe.direct = None;
         self.probe.since = Some(Instant::now());
         let data =
-            DataTx { sealer: sealer.clone(), conn: self.io.conn.clone(), direct: None, relayed: self.io.relayed };
+            DataTx { sealer: sealer.clone(), conn: self.io.conn.clone(), direct: None, pair: self.io.pair.clone() };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }

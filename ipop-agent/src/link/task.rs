@@ -26,6 +26,7 @@ use crate::link::{
     ice_server::IceServer,
     params::LinkParams,
     receive::Registration,
+    send::IcePair,
     serve::{Ended, LinkIo, Plan, serve},
     session::Opener,
     signal::{Creds, Signal, parse_signal},
@@ -158,9 +159,7 @@ async fn connect_and_serve(
     // NAT that keeps ports (as most do for a new mapping) lets it through, else the probe
     // fails and data stays on ICE.
     let pair = agent.get_selected_candidate_pair();
-    let relayed = pair
-        .as_ref()
-        .is_some_and(|p| [p.local.candidate_type(), p.remote.candidate_type()].contains(&CandidateType::Relay));
+    let ice_pair = Arc::new(pair.as_ref().map_or_else(IcePair::default, |p| describe(&*p.local, &*p.remote)));
     let plan = match (&p.shared.data, remote.data, pair) {
         (Some(_), Some((port, peer_index)), Some(pair)) => {
             Some(Plan { my_index, peer_addr: SocketAddr::new(pair.remote.addr().ip(), port), peer_index })
@@ -176,7 +175,7 @@ async fn connect_and_serve(
     let reader =
         tokio::spawn(read_datagrams(p.peer, conn.clone(), p.shared.events.clone(), dg_tx, opener_rx, last_rx.clone()));
     let aead = p.shared.aead.agree(remote.aead);
-    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead, relayed };
+    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead, pair: ice_pair };
     let result = serve(p, cmds, io, session_id, last_handshake).await;
     if let Some(d) = &p.shared.data {
         let _ = d.registrations.send(Registration::Remove(my_index));
@@ -259,6 +258,13 @@ async fn connect(
             }
         }
     }
+}
+
+/// The selected pair in words, for `status`.
+fn describe(local: &(dyn Candidate + Send + Sync), remote: &(dyn Candidate + Send + Sync)) -> IcePair {
+    let show = |c: &(dyn Candidate + Send + Sync)| format!("{} {}:{}", c.candidate_type(), c.address(), c.port());
+    let relayed = [local.candidate_type(), remote.candidate_type()].contains(&CandidateType::Relay);
+    IcePair { local: show(local), remote: show(remote), relayed }
 }
 
 /// The candidates of one attempt, to say why it failed.
