@@ -185,6 +185,8 @@ fn cone_nat_on_both_sides_is_direct_both_ways() {
     for h in [&a, &b] {
         eventually_within(40, "the link is up", || h.link_up());
         eventually_within(10, "data on the data socket, both ways", || path(h) == "direct");
+        let rtt = peer(h)["rtt_ms"].as_f64();
+        assert!(rtt.is_some_and(|ms| ms > 0.0 && ms < 1000.0), "the path's round trip: {rtt:?}");
     }
     let out = a.in_container(0, &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.0.3.20"]);
     assert_eq!(received(&out), 5, "{}", String::from_utf8_lossy(&out.stdout));

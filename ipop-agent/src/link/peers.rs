@@ -228,6 +228,7 @@ fn peer_status(node: &str, p: &Peer) -> serde_json::Value {
         "path": p.data.as_ref().map(DataTx::path),
         "local_candidate": pair.map(|c| &c.local),
         "remote_candidate": pair.map(|c| &c.remote),
+        "rtt_ms": p.data.as_ref().and_then(DataTx::rtt).map(|d| d.as_secs_f64() * 1000.0),
         "reason": p.reason,
     })
 }

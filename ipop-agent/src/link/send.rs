@@ -1,7 +1,13 @@
 //! The send side of an up link: the agent seals and sends itself, on the data socket once
 //! its path is proven, else on the ICE connection, without a hop through the link task.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use webrtc_util::Conn;
 
@@ -18,6 +24,8 @@ pub struct DataTx {
     pub(crate) direct: Option<Direct>,
     /// The pair ICE selected for this session.
     pub(crate) pair: Arc<IcePair>,
+    /// The data socket path's round trip (probe to answer), microseconds; 0: not measured.
+    pub(crate) rtt: Arc<AtomicU64>,
 }
 
 /// The candidate pair ICE selected: each side's type and address (`"srflx 203.0.113.2:4000"`),
@@ -52,6 +60,12 @@ impl DataTx {
     /// The pair ICE selected (the ICE path, and where probing the data socket started).
     pub fn ice_pair(&self) -> &IcePair {
         &self.pair
+    }
+
+    /// The data socket path's last measured round trip.
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        let us = self.rtt.load(Ordering::Relaxed);
+        (us > 0).then(|| std::time::Duration::from_micros(us))
     }
 
     /// What `status` calls the path: `direct` (the data socket), `relay` (ICE through a TURN

@@ -139,6 +139,10 @@ struct Probing {
     /// Where the peer's authenticated probes last came from: its data socket as our side of
     /// the path sees it (through its NAT), probed instead of the address ICE gave.
     learned: Option<SocketAddr>,
+    /// When the last probe went out, and the round trip its answer took (microseconds, 0:
+    /// none yet), shared with the `DataTx` for `status`.
+    sent: Instant,
+    rtt: Arc<AtomicU64>,
     since: Option<Instant>,
     last_probe: Instant,
     said_slow: bool,
@@ -172,6 +176,8 @@ impl<'a> Serve<'a> {
                 direct_rx: Arc::new(AtomicU64::new(0)),
                 direct: None,
                 learned: None,
+                sent: now,
+                rtt: Arc::new(AtomicU64::new(0)),
                 since: None,
                 last_probe: now,
                 said_slow: false,
@@ -266,7 +272,13 @@ impl<'a> Serve<'a> {
         }
         self.io.last_rx.store(clock_ms(), Ordering::Relaxed);
         self.sealer = Some(tx.clone());
-        DataTx { sealer: tx, conn: self.io.conn.clone(), direct: self.probe.direct.clone(), pair: self.io.pair.clone() }
+        DataTx {
+            sealer: tx,
+            conn: self.io.conn.clone(),
+            direct: self.probe.direct.clone(),
+            pair: self.io.pair.clone(),
+            rtt: self.probe.rtt.clone(),
+        }
     }
 
     /// Sends a probe or an answer on the data socket. Both are as large as the largest data
@@ -275,6 +287,9 @@ impl<'a> Serve<'a> {
     fn send_direct(&mut self, inner: Inner, to: SocketAddr) {
         let (Some(s), Some(d), Some(plan)) = (&self.sealer, &self.p.shared.data, &self.io.plan) else { return };
         self.out.clear();
+        if inner == Inner::Probe {
+            self.probe.sent = Instant::now();
+        }
         if s.seal_indexed(plan.peer_index, inner, &[&PROBE_PADDING], &mut self.out).is_ok() {
             let _ = d.underlay.send(to, &self.out, self.out.len());
         }
@@ -290,8 +305,15 @@ impl<'a> Serve<'a> {
                 self.send_direct(Inner::ProbeAck, from);
                 self.peer_seen_at(sealer, from).await?;
             }
-            Inner::ProbeAck if self.probe.direct.is_some() => self.probe.last_ack = Instant::now(),
-            Inner::ProbeAck => self.direct_up(sealer, from).await?,
+            Inner::ProbeAck => {
+                // Probes go out at most every 250 ms: an answer is to the last one sent.
+                let rtt = self.probe.sent.elapsed().as_micros().max(1) as u64;
+                self.probe.rtt.store(rtt, Ordering::Relaxed);
+                match self.probe.direct {
+                    Some(_) => self.probe.last_ack = Instant::now(),
+                    None => self.direct_up(sealer, from).await?,
+                }
+            }
             _ => {}
         }
         Ok(None)
@@ -307,8 +329,13 @@ impl<'a> Serve<'a> {
             Some(d) if d.to != from => {
                 info!(peer = %self.p.peer_node, from = %d.to, to = %from, "the peer's data socket moved: following it");
                 d.to = from;
-                let data =
-                    DataTx { sealer, conn: self.io.conn.clone(), direct: Some(d.clone()), pair: self.io.pair.clone() };
+                let data = DataTx {
+                    sealer,
+                    conn: self.io.conn.clone(),
+                    direct: Some(d.clone()),
+                    pair: self.io.pair.clone(),
+                    rtt: self.probe.rtt.clone(),
+                };
                 self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
             }
             Some(_) => {}
@@ -330,7 +357,13 @@ impl<'a> Serve<'a> {
         self.probe.direct = Some(direct.clone());
         self.probe.since = None;
         self.probe.said_slow = false;
-        let data = DataTx { sealer, conn: self.io.conn.clone(), direct: Some(direct), pair: self.io.pair.clone() };
+        let data = DataTx {
+            sealer,
+            conn: self.io.conn.clone(),
+            direct: Some(direct),
+            pair: self.io.pair.clone(),
+            rtt: self.probe.rtt.clone(),
+        };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }
@@ -431,8 +464,13 @@ impl<'a> Serve<'a> {
         warn!(peer = %self.p.peer_node, "data socket path quiet: data back on ICE");
         self.probe.direct = None;
         self.probe.since = Some(Instant::now());
-        let data =
-            DataTx { sealer: sealer.clone(), conn: self.io.conn.clone(), direct: None, pair: self.io.pair.clone() };
+        let data = DataTx {
+            sealer: sealer.clone(),
+            conn: self.io.conn.clone(),
+            direct: None,
+            pair: self.io.pair.clone(),
+            rtt: self.probe.rtt.clone(),
+        };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }
