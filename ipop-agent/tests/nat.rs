@@ -228,3 +228,36 @@ fn two_hosts_behind_one_nat_link_over_their_private_addresses() {
     let out = hosts[0].in_container(0, &["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.0.3.20"]);
     assert_eq!(received(&out), 5, "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn an_idle_minute_behind_nats_that_forget_udp_after_30_s_loses_nothing() {
+    let mut internet = Underlay::internet();
+    internet.start_rendezvous(SECRET);
+    internet.start_turn(TURN_USER, TURN_PASSWORD);
+    let routers = [Router::home(&internet, 1, Nat::Cone), Router::home(&internet, 2, Nat::Cone)];
+    for r in &routers {
+        r.set_udp_timeout(30);
+    }
+    let mut a = Host::new(&["10.0.3.10"]);
+    let mut b = Host::new(&["10.0.3.20"]);
+    a.behind(&routers[0]);
+    b.behind(&routers[1]);
+    member(&mut a, &internet, "a");
+    member(&mut b, &internet, "b");
+    for h in [&a, &b] {
+        eventually_within(40, "the link is up", || h.link_up());
+        eventually_within(10, "direct", || path(h) == "direct");
+    }
+    // Nothing from the containers for a minute: only the agents' keepalives and probes cross.
+    std::thread::sleep(std::time::Duration::from_secs(65));
+    for h in [&a, &b] {
+        assert!(h.link_up() && path(h) == "direct", "the link and its path held: {}", peer(h));
+    }
+    let out = b.in_container(0, &["ping", "-c", "5", "-i", "0.2", "-W", "1", "10.0.3.10"]);
+    assert_eq!(
+        received(&out),
+        5,
+        "the first pings after the idle minute cross:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
