@@ -31,6 +31,13 @@ fn member(host: &mut Host, internet: &Underlay, node: &str) {
     ]);
 }
 
+/// Starts an agent on `host` with no STUN or TURN server.
+fn member_without_servers(host: &mut Host, rendezvous: &str, node: &str) {
+    let pins = host.pin_dir("lxcbr0");
+    let args = ["--pin-dir", pins.to_str().unwrap(), "--node-id", node, "--rendezvous", rendezvous];
+    host.start_agent(&[&args[..], &["--secret", SECRET]].concat());
+}
+
 fn path(host: &Host) -> serde_json::Value {
     peer(host)["path"].clone()
 }
@@ -47,18 +54,32 @@ fn pair(host: &Host) -> (String, String) {
     (text("local_candidate"), text("remote_candidate"))
 }
 
-#[test]
-fn symmetric_nat_on_both_sides_links_through_the_turn_relay() {
+/// Hosts behind two routers, with the agents started: the internet (rendezvous and coturn),
+/// its routers, and hosts a (container 10.0.3.10) and b (10.0.3.20). Drop order: hosts first.
+struct Sites {
+    a: Host,
+    b: Host,
+    routers: [Router; 2],
+    _internet: Underlay,
+}
+
+/// Two sites behind routers made by `router` (WAN 203.0.113.1 and .2), agents started.
+fn two_sites(router: fn(&Underlay, u8, Nat) -> Router, kind: Nat) -> Sites {
     let mut internet = Underlay::internet();
     internet.start_rendezvous(SECRET);
     internet.start_turn(TURN_USER, TURN_PASSWORD);
-    let routers = [Router::new(&internet, 1, Nat::Symmetric), Router::new(&internet, 2, Nat::Symmetric)];
-    let mut a = Host::new(&["10.0.3.10"]);
-    let mut b = Host::new(&["10.0.3.20"]);
+    let routers = [router(&internet, 1, kind), router(&internet, 2, kind)];
+    let (mut a, mut b) = (Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]));
     a.behind(&routers[0]);
     b.behind(&routers[1]);
     member(&mut a, &internet, "a");
     member(&mut b, &internet, "b");
+    Sites { a, b, routers, _internet: internet }
+}
+
+#[test]
+fn symmetric_nat_on_both_sides_links_through_the_turn_relay() {
+    let Sites { a, b, .. } = &two_sites(Router::new, Nat::Symmetric);
 
     for h in [&a, &b] {
         eventually_within(40, "the link is up through the relay", || h.link_up());
@@ -148,18 +169,7 @@ fn behind_nat_without_stun_status_says_why_the_link_is_down() {
     let rendezvous = internet.rendezvous();
     for (i, (h, r)) in hosts.iter_mut().zip(&routers).enumerate() {
         h.behind(r);
-        let pins = h.pin_dir("lxcbr0");
-        let node = format!("h{i}");
-        h.start_agent(&[
-            "--pin-dir",
-            pins.to_str().unwrap(),
-            "--node-id",
-            &node,
-            "--rendezvous",
-            &rendezvous,
-            "--secret",
-            SECRET,
-        ]);
+        member_without_servers(h, &rendezvous, &format!("h{i}"));
     }
     let reason = |h: &Host| status(h, &h.pin_dir("lxcbr0"))["peers"][0]["reason"].as_str().map(str::to_owned);
     eventually_within(45, "a reason for the down link", || reason(&hosts[0]).is_some());
@@ -172,16 +182,7 @@ fn behind_nat_without_stun_status_says_why_the_link_is_down() {
 
 #[test]
 fn cone_nat_on_both_sides_is_direct_both_ways() {
-    let mut internet = Underlay::internet();
-    internet.start_rendezvous(SECRET);
-    internet.start_turn(TURN_USER, TURN_PASSWORD);
-    let routers = [Router::home(&internet, 1, Nat::Cone), Router::home(&internet, 2, Nat::Cone)];
-    let mut a = Host::new(&["10.0.3.10"]);
-    let mut b = Host::new(&["10.0.3.20"]);
-    a.behind(&routers[0]);
-    b.behind(&routers[1]);
-    member(&mut a, &internet, "a");
-    member(&mut b, &internet, "b");
+    let Sites { a, b, .. } = &two_sites(Router::home, Nat::Cone);
     for h in [&a, &b] {
         eventually_within(40, "the link is up", || h.link_up());
         eventually_within(10, "data on the data socket, both ways", || path(h) == "direct");
@@ -202,18 +203,7 @@ fn two_hosts_behind_one_nat_link_over_their_private_addresses() {
     for (i, h) in hosts.iter_mut().enumerate() {
         let lan = h.behind(&router);
         assert_eq!(lan, format!("192.168.1.{}", i + 2));
-        let pins = h.pin_dir("lxcbr0");
-        let node = format!("h{i}");
-        h.start_agent(&[
-            "--pin-dir",
-            pins.to_str().unwrap(),
-            "--node-id",
-            &node,
-            "--rendezvous",
-            &rendezvous,
-            "--secret",
-            SECRET,
-        ]);
+        member_without_servers(h, &rendezvous, &format!("h{i}"));
     }
     for h in &hosts {
         eventually_within(40, "the link is up, without STUN", || h.link_up());
@@ -231,19 +221,10 @@ fn two_hosts_behind_one_nat_link_over_their_private_addresses() {
 
 #[test]
 fn an_idle_minute_behind_nats_that_forget_udp_after_30_s_loses_nothing() {
-    let mut internet = Underlay::internet();
-    internet.start_rendezvous(SECRET);
-    internet.start_turn(TURN_USER, TURN_PASSWORD);
-    let routers = [Router::home(&internet, 1, Nat::Cone), Router::home(&internet, 2, Nat::Cone)];
-    for r in &routers {
+    let Sites { a, b, routers, .. } = &two_sites(Router::home, Nat::Cone);
+    for r in routers {
         r.set_udp_timeout(30);
     }
-    let mut a = Host::new(&["10.0.3.10"]);
-    let mut b = Host::new(&["10.0.3.20"]);
-    a.behind(&routers[0]);
-    b.behind(&routers[1]);
-    member(&mut a, &internet, "a");
-    member(&mut b, &internet, "b");
     for h in [&a, &b] {
         eventually_within(40, "the link is up", || h.link_up());
         eventually_within(10, "direct", || path(h) == "direct");
