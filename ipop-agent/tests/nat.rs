@@ -12,30 +12,8 @@ const TURN_PASSWORD: &str = "turn pass 1";
 
 /// Starts an agent on `host` for the internet's rendezvous, with its STUN and TURN server.
 fn member(host: &mut Host, internet: &Underlay, node: &str) {
-    let pins = host.pin_dir("lxcbr0");
     let (stun, turn) = internet.ice_urls(TURN_USER, TURN_PASSWORD);
-    let rendezvous = internet.rendezvous();
-    host.start_agent(&[
-        "--pin-dir",
-        pins.to_str().unwrap(),
-        "--node-id",
-        node,
-        "--rendezvous",
-        &rendezvous,
-        "--secret",
-        SECRET,
-        "--stun",
-        &stun,
-        "--turn",
-        &turn,
-    ]);
-}
-
-/// Starts an agent on `host` with no STUN or TURN server.
-fn member_without_servers(host: &mut Host, rendezvous: &str, node: &str) {
-    let pins = host.pin_dir("lxcbr0");
-    let args = ["--pin-dir", pins.to_str().unwrap(), "--node-id", node, "--rendezvous", rendezvous];
-    host.start_agent(&[&args[..], &["--secret", SECRET]].concat());
+    host.start_member_at(&internet.rendezvous(), node, SECRET, &["--stun", &stun, "--turn", &turn]);
 }
 
 fn path(host: &Host) -> serde_json::Value {
@@ -169,7 +147,7 @@ fn behind_nat_without_stun_status_says_why_the_link_is_down() {
     let rendezvous = internet.rendezvous();
     for (i, (h, r)) in hosts.iter_mut().zip(&routers).enumerate() {
         h.behind(r);
-        member_without_servers(h, &rendezvous, &format!("h{i}"));
+        h.start_member_at(&rendezvous, &format!("h{i}"), SECRET, &[]);
     }
     let reason = |h: &Host| status(h, &h.pin_dir("lxcbr0"))["peers"][0]["reason"].as_str().map(str::to_owned);
     eventually_within(45, "a reason for the down link", || reason(&hosts[0]).is_some());
@@ -203,7 +181,7 @@ fn two_hosts_behind_one_nat_link_over_their_private_addresses() {
     for (i, h) in hosts.iter_mut().enumerate() {
         let lan = h.behind(&router);
         assert_eq!(lan, format!("192.168.1.{}", i + 2));
-        member_without_servers(h, &rendezvous, &format!("h{i}"));
+        h.start_member_at(&rendezvous, &format!("h{i}"), SECRET, &[]);
     }
     for h in &hosts {
         eventually_within(40, "the link is up, without STUN", || h.link_up());

@@ -148,9 +148,14 @@ impl Host {
     /// Starts an overlay member on lxcbr0: this host's pins, `node` as its node id, the
     /// underlay's rendezvous (`RENDEZVOUS`) and `secret`, then `extra`; waits until it is ready.
     pub fn start_member(&mut self, node: &str, secret: &str, extra: &[&str]) -> usize {
+        self.start_member_at(RENDEZVOUS, node, secret, extra)
+    }
+
+    /// `start_member` for the rendezvous at `rendezvous` (another underlay's, the internet's).
+    pub fn start_member_at(&mut self, rendezvous: &str, node: &str, secret: &str, extra: &[&str]) -> usize {
         let pins = self.pin_dir("lxcbr0");
         let mut args = vec!["--pin-dir", pins.to_str().unwrap(), "--node-id", node];
-        args.extend_from_slice(&["--rendezvous", RENDEZVOUS, "--secret", secret]);
+        args.extend_from_slice(&["--rendezvous", rendezvous, "--secret", secret]);
         args.extend_from_slice(extra);
         self.start_agent(&args)
     }

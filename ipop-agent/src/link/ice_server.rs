@@ -78,13 +78,13 @@ impl IceServer {
 
 /// `text` with any password replaced, for error messages.
 fn redact(text: &str) -> String {
-    match (text.split_once(':'), text.rsplit_once('@')) {
-        (Some((scheme, rest)), Some((userinfo, host))) if rest.contains('@') => {
-            let user = userinfo.trim_start_matches(scheme).trim_start_matches(':');
-            let user = user.split(':').next().unwrap_or_default();
-            format!("{scheme}:{user}:***@{host}")
+    match text.rsplit_once('@') {
+        // "scheme:user:password" before the host: everything after the last ':' goes.
+        Some((userinfo, host)) => {
+            let before = userinfo.rsplit_once(':').map_or(userinfo, |(before, _)| before);
+            format!("{before}:***@{host}")
         }
-        _ => text.to_owned(),
+        None => text.to_owned(),
     }
 }
 
