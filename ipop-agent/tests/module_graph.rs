@@ -88,7 +88,8 @@ fn code_only(text: &str) -> String {
 /// The modules `module` uses: the longest known module named by each path it mentions.
 fn edges(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
     // Inline test modules' `super` is the file itself, not its parent: leave them out.
-    let code = code_only(text.split("#[cfg(test)]\nmod tests {").next().unwrap());
+    let text = text.split("#[cfg(test)]\nmod tests {").next().unwrap();
+    let code = code_only(text.split("#[cfg(test)]\npub(crate) mod tests {").next().unwrap());
     let mut paths = Vec::new();
     let mut rest = code.as_str();
     while let Some(i) = rest.find("use ") {

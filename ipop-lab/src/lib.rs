@@ -12,6 +12,10 @@
 //!   ([`Host::behind`]): nftables `masquerade` ([`Nat::Cone`]) or `masquerade
 //!   random,fully-random` ([`Nat::Symmetric`]), optionally a home router's input filter, its
 //!   own conntrack UDP timeout and flush.
+//! - [`SignalingProxy`]: a rendezvous that misbehaves, in front of the real one: every line
+//!   cut into fragments, or the first signal between every two nodes dropped ([`Faults`]).
+//! - [`NeighbourLimits`]: room in the kernel's neighbour table (one for all namespaces) for
+//!   a lab of many hosts, raised for the run and restored after.
 //!
 //! Names: each value takes a prefix unique to the process and call ([`unique_prefix`]:
 //! `il<pid>x<n>_`, at most 15 bytes) for its namespaces, its pins (`/sys/fs/bpf/<prefix>`),
@@ -39,8 +43,10 @@ mod host;
 mod lab;
 mod lxc;
 mod nat;
+mod neigh;
 mod netns;
 mod process;
+mod proxy;
 mod underlay;
 
 pub use agent::{agent_binary, prog_name, remove_pins, set_agent, stats, status, tcx_links};
@@ -49,6 +55,8 @@ pub use host::Host;
 pub use lab::{Scratch, sweep_stale, unique_prefix};
 pub use lxc::{Lxc, lxc_available};
 pub use nat::{Nat, Router};
+pub use neigh::NeighbourLimits;
 pub use netns::Netns;
 pub use process::Proc;
+pub use proxy::{Faults, SignalingProxy};
 pub use underlay::{RENDEZVOUS, Underlay};

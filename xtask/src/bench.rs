@@ -210,6 +210,26 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
     }))
 }
 
+/// Idle: the bytes host 0's underlay leg carries (its one link, both ways) and the daemon's
+/// CPU, over `IDLE` with nothing crossing the overlay.
+fn idle(hosts: &[Host], pid: u32) -> Result<Value> {
+    const IDLE: Duration = Duration::from_secs(20);
+    let bytes = || -> Result<f64> {
+        let mut sum = 0.0;
+        for dir in ["rx_bytes", "tx_bytes"] {
+            let file = format!("/sys/class/net/wan0/statistics/{dir}");
+            sum += exec(&hosts[0].ns, &["cat", &file])?.trim().parse::<f64>()?;
+        }
+        Ok(sum)
+    };
+    thread::sleep(Duration::from_secs(3)); // the links settle (probing done)
+    let (b0, (c0, _)) = (bytes()?, cpu_and_rss(pid)?);
+    thread::sleep(IDLE);
+    let (b1, (c1, _)) = (bytes()?, cpu_and_rss(pid)?);
+    let secs = IDLE.as_secs_f64();
+    Ok(json!({"idle_bytes_per_s": (b1 - b0) / secs, "idle_cpu_pct": 100.0 * (c1 - c0) / secs}))
+}
+
 fn container_path(hosts: &[Host]) -> Path2 {
     Path2 {
         client: hosts[0].containers[0].clone(),
@@ -382,7 +402,10 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
     let tinc = tinc_up(&mut hosts, &addrs)?;
     connected(&cp)?;
     let pid = hosts[0].service(tinc[0]).pid();
-    results.insert("tinc".into(), measure(Mode::Tinc, &cp, Some(pid), &opts, Path::new(&agent), "")?);
+    let quiet = idle(&hosts, pid)?;
+    let mut tinc_r = measure(Mode::Tinc, &cp, Some(pid), &opts, Path::new(&agent), "")?;
+    merge(&mut tinc_r, quiet);
+    results.insert("tinc".into(), tinc_r);
     for (h, t) in hosts.iter_mut().zip(tinc) {
         h.stop_service(t);
     }
@@ -390,7 +413,9 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
     let (procs, pins) = ipop_up(&mut underlay, &mut hosts, &agent)?;
     connected(&cp)?;
     let pid = hosts[0].service(procs[0]).pid();
+    let quiet = idle(&hosts, pid)?;
     let mut ipop = measure(Mode::Ipop, &cp, Some(pid), &opts, Path::new(&agent), &pins[0])?;
+    merge(&mut ipop, quiet);
     ipop["arp_pipeline"] = ipop_pipeline(&hosts[0].containers[1], &agent, &pins[0], 10_000, 2)?;
     results.insert("ipop".into(), ipop);
     drop(hosts);
@@ -406,6 +431,42 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
     eprintln!("bench: wrote target/bench/latest.json and BENCHMARKS.md");
     Ok(())
 }
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
+
+/// `cargo xtask bench --scale ...`: the scale table, into target/bench/scale.json and the
+/// "Scale" section of BENCHMARKS.md (the rest of the file stays).
+pub fn run_scale(agent: &Path, sizes: &[usize]) -> Result<()> {
+    let rows = crate::scale::run(agent, sizes)?;
+    let table = crate::scale::table(&rows);
+    println!("{table}");
+    let out_dir = crate::root().join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    fs::write(out_dir.join("scale.json"), serde_json::to_string_pretty(&json!({"machine": machine(), "rows": rows}))?)?;
+    let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
+    let section = format!(
+        "{SCALE}\n\nThe latest `cargo xtask bench --scale {}`, {}: N hosts on one flat underlay, each with bridge\n\
+         lxcbr0 and one container, one rendezvous, every agent started at once. Full mesh: every agent has\n\
+         logged `link up` for every other, timed from the last agent's start. Failed link attempts: `link not\n\
+         up` lines in all logs (each costs a retry). Idle: 20 s with nothing crossing, after 5 s to settle;\n\
+         bytes are every host's underlay transmit counter, shared out per link. Raw figures in\n\
+         target/bench/scale.json.\n\n{table}",
+        sizes.join(","),
+        sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),
+    );
+    let path = crate::root().join("BENCHMARKS.md");
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    let head = old.split(SCALE).next().unwrap_or("").trim_end();
+    fs::write(&path, format!("{head}\n\n{section}"))?;
+    eprintln!("bench: wrote target/bench/scale.json and the Scale section of BENCHMARKS.md");
+    Ok(())
+}
+
+const SCALE: &str = "## Scale";
 
 /// Which in-kernel encrypted tunnels this kernel was built with, e.g. "WIREGUARD=n, ...".
 fn kernel_ciphers() -> String {
@@ -444,7 +505,7 @@ fn ratio(a: &Value, b: &Value) -> String {
 }
 
 fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
-    let rows: [(&str, &str, usize); 10] = [
+    let rows: [(&str, &str, usize); 12] = [
         ("TCP 1 stream (Gbit/s)", "tcp_1_gbps", 2),
         ("TCP 4 streams (Gbit/s)", "tcp_4_gbps", 2),
         ("UDP 64 B delivered (pkt/s)", "udp64_pps", 0),
@@ -455,6 +516,8 @@ fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
         ("ARP remote, learned (us)", "arp_remote_learned_us", 1),
         ("daemon CPU s in TCP 1 stream", "daemon_cpu_s_tcp1", 2),
         ("daemon peak RSS (MiB)", "daemon_peak_rss_mib", 1),
+        ("idle link, underlay bytes/s both ways", "idle_bytes_per_s", 0),
+        ("idle daemon CPU (% of a core)", "idle_cpu_pct", 2),
     ];
     let mut t = String::new();
     t.push_str("| measure | ipop | tinc (switch) | VXLAN | underlay | ipop/tinc | ipop/VXLAN |\n|---|---|---|---|---|---|---|\n");
@@ -558,7 +621,11 @@ fn write_benchmarks_md(table: &str, opts: &Options) -> Result<()> {
         sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),
         kernel_ciphers(),
     );
-    fs::write(crate::root().join("BENCHMARKS.md"), text)?;
+    // The scale section comes from its own command: kept.
+    let path = crate::root().join("BENCHMARKS.md");
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    let kept = old.find(SCALE).map(|i| format!("\n{}", &old[i..])).unwrap_or_default();
+    fs::write(path, text + &kept)?;
     Ok(())
 }
 

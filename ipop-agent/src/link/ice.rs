@@ -30,7 +30,7 @@ use crate::{
         event::LinkEvent,
         ice_server::IceServer,
         session::Opener,
-        timers::{DEAD_AFTER, KEEPALIVE, clock_ms},
+        timers::{ICE_CHECKING, ICE_CONSENT, clock_ms},
         underlay::force_buffers,
     },
 };
@@ -53,9 +53,12 @@ pub async fn new_agent(ice_urls: &[IceServer], exclude: &[String]) -> Result<Arc
         interface_filter: Arc::new(Some(Box::new(move |name: &str| {
             name != "lo" && !exclude.iter().any(|e| e == name)
         }))),
-        disconnected_timeout: Some(DEAD_AFTER),
-        failed_timeout: Some(DEAD_AFTER * 2),
-        keepalive_interval: Some(KEEPALIVE),
+        // While checking, ICE gives up after `ICE_CHECKING`; once connected it never declares
+        // the pair failed (the link's own keepalives judge liveness, and ICE stays quiet while
+        // data takes the data socket).
+        disconnected_timeout: Some(ICE_CHECKING),
+        failed_timeout: Some(Duration::ZERO),
+        keepalive_interval: Some(ICE_CONSENT),
         check_interval: Duration::from_millis(100),
         ..Default::default()
     };

@@ -21,7 +21,12 @@ use crate::{
         switch::PeerId,
         wire::{Datagram, Inner},
     },
-    link::{event::LinkEvent, session::Opener, timers::clock_ms, underlay::Underlay},
+    link::{
+        event::LinkEvent,
+        session::Opener,
+        timers::{PROBE_PADDING, clock_ms},
+        underlay::Underlay,
+    },
 };
 
 /// GRO hands over up to 64 KiB per datagram run; a few runs per `recvmmsg`.
@@ -36,8 +41,36 @@ pub struct Receiver {
     pub opener: Arc<Mutex<Opener>>,
     /// When anything authentic last arrived on either path (`clock_ms`).
     pub last_rx: Arc<AtomicU64>,
-    /// Probes and their answers go to the link task, with the address they came from.
-    pub probes: mpsc::UnboundedSender<(Inner, SocketAddr)>,
+    /// When the peer last heard us on this path (`clock_ms`), from its keepalives.
+    pub confirmed: Arc<AtomicU64>,
+    /// Probes, their answers and keepalives go to the link task, with the address they came
+    /// from (a peer that moves is followed).
+    pub probes: mpsc::UnboundedSender<PathMsg>,
+}
+
+/// A probe, an answer or a keepalive from the data socket, for the link task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathMsg {
+    pub inner: Inner,
+    pub from: SocketAddr,
+    /// A full-size probe or answer (it proves the path carries the largest data datagram).
+    pub full: bool,
+}
+
+/// A keepalive on the data socket says, in 4 bytes, how many milliseconds ago its sender
+/// last heard us there (`u32::MAX`: not yet). That tells each side its own direction works,
+/// with no answer to send.
+pub fn heard_age(last_rx_ms: u64) -> [u8; 4] {
+    let age =
+        if last_rx_ms == 0 { u32::MAX } else { clock_ms().saturating_sub(last_rx_ms).min(u32::MAX as u64 - 1) as u32 };
+    age.to_be_bytes()
+}
+
+/// When the peer last heard us, from a keepalive's payload; `None` if it never did (or the
+/// payload is not one).
+pub fn heard_at(payload: &[u8]) -> Option<u64> {
+    let age = u32::from_be_bytes(payload.try_into().ok()?);
+    (age != u32::MAX).then(|| clock_ms().saturating_sub(age as u64))
 }
 
 pub enum Registration {
@@ -115,9 +148,14 @@ fn open_one(
     };
     rx.last_rx.store(clock_ms(), Ordering::Relaxed);
     match inner {
-        Inner::Keepalive => {}
-        Inner::Probe | Inner::ProbeAck => {
-            let _ = rx.probes.send((inner, from));
+        Inner::Keepalive | Inner::Probe | Inner::ProbeAck => {
+            if inner == Inner::Keepalive
+                && let Some(at) = heard_at(plain)
+            {
+                rx.confirmed.fetch_max(at, Ordering::Relaxed);
+            }
+            let full = plain.len() == PROBE_PADDING.len();
+            let _ = rx.probes.send(PathMsg { inner, from, full });
         }
         Inner::Rpc => out.push(LinkEvent::Received(rx.peer, inner, std::mem::take(plain))),
         Inner::Ethernet => match frames.push(plain) {
@@ -177,8 +215,10 @@ mod tests {
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read(rx.clone(), reg_rx, ev_tx));
         let last_rx = Arc::new(AtomicU64::new(0));
+        let confirmed = Arc::new(AtomicU64::new(0));
+        let opener = Arc::new(Mutex::new(opener));
         let receiver =
-            Receiver { peer: 3, opener: Arc::new(Mutex::new(opener)), last_rx: last_rx.clone(), probes: probe_tx };
+            Receiver { peer: 3, opener, last_rx: last_rx.clone(), confirmed: confirmed.clone(), probes: probe_tx };
         reg_tx.send(Registration::Add(77, receiver)).unwrap();
 
         // A stranger's bytes and a datagram for an unknown index come first: dropped unread.
@@ -207,8 +247,20 @@ mod tests {
         let mut probe = Vec::new();
         sealer.seal_indexed(77, Inner::Probe, &[], &mut probe).unwrap();
         tx.send(to, &probe, probe.len()).unwrap();
-        let (inner, from) = tokio::time::timeout(Duration::from_secs(5), probe_rx.recv()).await.unwrap().unwrap();
-        assert_eq!((inner, from), (Inner::Probe, SocketAddr::from((Ipv4Addr::LOCALHOST, tx.port()))));
+        let from = SocketAddr::from((Ipv4Addr::LOCALHOST, tx.port()));
+        let msg = tokio::time::timeout(Duration::from_secs(5), probe_rx.recv()).await.unwrap().unwrap();
+        assert_eq!(msg, PathMsg { inner: Inner::Probe, from, full: false });
+        // A keepalive saying the peer heard us just now: this side's direction is confirmed.
+        let mut keepalive = Vec::new();
+        sealer.seal_indexed(77, Inner::Keepalive, &[&0u32.to_be_bytes()], &mut keepalive).unwrap();
+        clock_ms();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = clock_ms();
+        tx.send(to, &keepalive, keepalive.len()).unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), probe_rx.recv()).await.unwrap().unwrap();
+        assert_eq!(msg, PathMsg { inner: Inner::Keepalive, from, full: false });
+        let at = confirmed.load(Ordering::Relaxed);
+        assert!(before > 0 && at >= before && at <= clock_ms(), "confirmed {at}, sent at {before}");
         drop(reg_tx);
         reader.await.unwrap();
     }

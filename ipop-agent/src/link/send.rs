@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -43,6 +43,9 @@ pub(crate) struct Direct {
     pub(crate) underlay: Arc<Underlay>,
     pub(crate) to: SocketAddr,
     pub(crate) index: u32,
+    /// Set when full-size data goes out: the link proves the path's size again (once a
+    /// minute) only on a link that carries data, so an idle one stays quiet.
+    pub(crate) carried: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for DataTx {
@@ -110,6 +113,7 @@ impl DataTx {
                 segment = scratch.len();
             }
         }
+        d.carried.store(true, Ordering::Relaxed);
         Some(d.underlay.send(d.to, scratch, segment).is_ok())
     }
 }

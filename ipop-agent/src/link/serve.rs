@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
 };
@@ -25,13 +25,13 @@ use crate::{
     link::{
         event::{LinkCmd, LinkEvent},
         params::LinkParams,
-        receive::{Receiver, Registration},
+        receive::{PathMsg, Receiver, Registration, heard_age},
         send::{DataTx, Direct, IcePair},
         session::{self, Aead, Initiator, Opener, Sealer, Session},
         signal::{Creds, Signal, parse_signal},
         timers::{
             DEAD_AFTER, DIRECT_QUIET, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PROBE_EVERY, PROBE_FOR,
-            PROBE_PADDING, PROBE_SLOW, clock_ms, now_ns,
+            PROBE_PADDING, PROBE_SLOW, SIZE_CHECK, TICK, clock_ms, now_ns,
         },
     },
 };
@@ -92,7 +92,7 @@ pub async fn serve(
                 Some(dg) => s.on_datagram(&dg).await,
                 None => Ok(Some(Ended::Retry)),
             },
-            Some((inner, from)) = probe_rx.recv() => s.on_probe(inner, from).await,
+            Some(msg) = probe_rx.recv() => s.on_path(msg).await,
             _ = probe_tick.tick(), if s.probe.since.is_some() => {
                 s.on_probe_tick();
                 Ok(None)
@@ -121,32 +121,44 @@ struct Serve<'a> {
     /// The last first message answered, and the answer (the responder's side).
     answered: Option<(Vec<u8>, Vec<u8>)>,
     started: Instant,
+    /// The last datagram on the ICE path, and the last keepalive on either path.
     last_tx: Instant,
+    last_keepalive: Instant,
     /// Handshake retries until the first session, then keepalives and liveness checks.
     tick: Interval,
     out: Vec<u8>,
     probe: Probing,
 }
 
-/// The data socket path: probed from each new session until it answers (then `direct`), for
-/// `PROBE_FOR` quickly and then slowly.
+/// The data socket path: probed from each new session until a full-size probe is answered
+/// (then `direct`), quickly for `PROBE_FOR`, then slowly with small probes; once direct,
+/// checked by the peer's keepalives and, on a link that carries data, a full-size probe a
+/// minute.
 struct Probing {
-    /// Where the data socket's reader sends probes and answers for this link.
-    tx: mpsc::UnboundedSender<(Inner, SocketAddr)>,
+    /// Where the data socket's reader sends probes, answers and keepalives for this link.
+    tx: mpsc::UnboundedSender<PathMsg>,
     /// When anything authentic last arrived on the data socket (`clock_ms`).
     direct_rx: Arc<AtomicU64>,
+    /// When the peer last heard us there, as its keepalives say (`clock_ms`).
+    confirmed: Arc<AtomicU64>,
     direct: Option<Direct>,
-    /// Where the peer's authenticated probes last came from: its data socket as our side of
+    /// Where the peer's authenticated datagrams last came from: its data socket as our side of
     /// the path sees it (through its NAT), probed instead of the address ICE gave.
     learned: Option<SocketAddr>,
-    /// When the last probe went out, and the round trip its answer took (microseconds, 0:
-    /// none yet), shared with the `DataTx` for `status`.
+    /// When the last full-size probe went out, and the round trip its answer took
+    /// (microseconds, 0: none yet), shared with the `DataTx` for `status`.
     sent: Instant,
     rtt: Arc<AtomicU64>,
+    /// Probing since (not direct).
     since: Option<Instant>,
     last_probe: Instant,
     said_slow: bool,
-    last_ack: Instant,
+    /// The last full-size probe a small answer earned (probing slowly).
+    earned: Option<Instant>,
+    /// Direct: when the path's size was last proven, and since when a check waits for its
+    /// answer.
+    size_ok: Instant,
+    size_check: Option<Instant>,
 }
 
 impl<'a> Serve<'a> {
@@ -155,7 +167,7 @@ impl<'a> Serve<'a> {
         io: LinkIo,
         session_id: u64,
         last_handshake: &'a mut Option<u64>,
-        probes: mpsc::UnboundedSender<(Inner, SocketAddr)>,
+        probes: mpsc::UnboundedSender<PathMsg>,
     ) -> Self {
         let now = Instant::now();
         Serve {
@@ -169,11 +181,13 @@ impl<'a> Serve<'a> {
             answered: None,
             started: now,
             last_tx: now,
-            tick: tokio::time::interval(if p.controlling { HANDSHAKE_RETRY } else { KEEPALIVE / 2 }),
+            last_keepalive: now,
+            tick: tokio::time::interval(if p.controlling { HANDSHAKE_RETRY } else { TICK }),
             out: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
             probe: Probing {
                 tx: probes,
                 direct_rx: Arc::new(AtomicU64::new(0)),
+                confirmed: Arc::new(AtomicU64::new(0)),
                 direct: None,
                 learned: None,
                 sent: now,
@@ -181,7 +195,9 @@ impl<'a> Serve<'a> {
                 since: None,
                 last_probe: now,
                 said_slow: false,
-                last_ack: now,
+                earned: None,
+                size_ok: now,
+                size_check: None,
             },
         }
     }
@@ -246,7 +262,7 @@ impl<'a> Serve<'a> {
         match self.initiator.take().expect("checked by the caller").finish(body) {
             Ok(s) => {
                 let data = self.established(s);
-                self.tick = tokio::time::interval(KEEPALIVE / 2);
+                self.tick = tokio::time::interval(TICK);
                 info!(peer = %p.peer_node, aead = self.io.aead.name(), "link up");
                 p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
                 Ok(())
@@ -266,7 +282,8 @@ impl<'a> Serve<'a> {
         let _ = self.io.openers.send(rx.clone());
         if let (Some(d), Some(plan)) = (&self.p.shared.data, &self.io.plan) {
             let probes = self.probe.tx.clone();
-            let receiver = Receiver { peer: self.p.peer, opener: rx, last_rx: self.probe.direct_rx.clone(), probes };
+            let (last_rx, confirmed) = (self.probe.direct_rx.clone(), self.probe.confirmed.clone());
+            let receiver = Receiver { peer: self.p.peer, opener: rx, last_rx, confirmed, probes };
             let _ = d.registrations.send(Registration::Add(plan.my_index, receiver));
             self.probe.since = Some(Instant::now());
         }
@@ -281,45 +298,64 @@ impl<'a> Serve<'a> {
         }
     }
 
-    /// Sends a probe or an answer on the data socket. Both are as large as the largest data
-    /// datagram: a path that drops full-size datagrams (a smaller MTU, DF set) must fail the
-    /// probe, not black-hole data.
-    fn send_direct(&mut self, inner: Inner, to: SocketAddr) {
+    /// Sends a probe, an answer or a keepalive on the data socket. Full-size ones are as large
+    /// as the largest data datagram: a path that drops those (a smaller MTU, DF set) must fail
+    /// the probe, not black-hole data.
+    fn send_direct(&mut self, inner: Inner, to: SocketAddr, payload: &[u8]) {
         let (Some(s), Some(d), Some(plan)) = (&self.sealer, &self.p.shared.data, &self.io.plan) else { return };
         self.out.clear();
-        if inner == Inner::Probe {
+        if inner == Inner::Probe && payload.len() == PROBE_PADDING.len() {
             self.probe.sent = Instant::now();
         }
-        if s.seal_indexed(plan.peer_index, inner, &[&PROBE_PADDING], &mut self.out).is_ok() {
+        if s.seal_indexed(plan.peer_index, inner, &[payload], &mut self.out).is_ok() {
             let _ = d.underlay.send(to, &self.out, self.out.len());
         }
     }
 
-    /// A probe or an answer from the data socket's reader, with the address it came from.
-    async fn on_probe(&mut self, inner: Inner, from: SocketAddr) -> Step {
+    fn send_probe(&mut self, to: SocketAddr, full: bool) {
+        self.send_direct(Inner::Probe, to, if full { &PROBE_PADDING } else { &[] });
+    }
+
+    /// A probe, an answer or a keepalive from the data socket's reader.
+    async fn on_path(&mut self, msg: PathMsg) -> Step {
         let Some(sealer) = self.sealer.clone() else { return Ok(None) };
-        match inner {
-            // The peer reached our socket from `from`: answer there (through its NAT), and
-            // follow it there.
+        match msg.inner {
+            // The peer reached our socket from `from`: answer there (through its NAT), as
+            // large as it asked, and follow it there.
             Inner::Probe => {
-                self.send_direct(Inner::ProbeAck, from);
-                self.peer_seen_at(sealer, from).await?;
+                self.send_direct(Inner::ProbeAck, msg.from, if msg.full { &PROBE_PADDING } else { &[] });
+                self.peer_seen_at(sealer, msg.from).await?;
             }
-            Inner::ProbeAck => {
-                // Probes go out at most every 250 ms: an answer is to the last one sent.
-                let rtt = self.probe.sent.elapsed().as_micros().max(1) as u64;
-                self.probe.rtt.store(rtt, Ordering::Relaxed);
-                match self.probe.direct {
-                    Some(_) => self.probe.last_ack = Instant::now(),
-                    None => self.direct_up(sealer, from).await?,
-                }
+            Inner::Keepalive => self.peer_seen_at(sealer, msg.from).await?,
+            Inner::ProbeAck if msg.full => self.on_full_ack(sealer, msg.from).await?,
+            // Probing slowly, a small answer says the path is open again: prove its size.
+            Inner::ProbeAck
+                if self.probe.direct.is_none() && self.probe.earned.is_none_or(|t| t.elapsed() >= SIZE_CHECK) =>
+            {
+                self.probe.earned = Some(Instant::now());
+                self.send_probe(msg.from, true);
             }
             _ => {}
         }
         Ok(None)
     }
 
-    /// An authenticated probe came from `from`. Not direct yet: probe it at once, since its
+    /// A full-size probe was answered: the round trip, and the path proven (up, or still).
+    async fn on_full_ack(&mut self, sealer: Sealer, from: SocketAddr) -> Result<()> {
+        // Full-size probes go out at most every 250 ms: an answer is to the last one sent.
+        let rtt = self.probe.sent.elapsed().as_micros().max(1) as u64;
+        self.probe.rtt.store(rtt, Ordering::Relaxed);
+        match self.probe.direct {
+            Some(_) => {
+                self.probe.size_ok = Instant::now();
+                self.probe.size_check = None;
+                Ok(())
+            }
+            None => self.direct_up(sealer, from).await,
+        }
+    }
+
+    /// An authenticated datagram came from `from`. Not direct yet: probe it at once, since its
     /// NAT may have mapped its socket to another port than the one it announced (one side
     /// public, or both behind port-changing NATs). Direct to another address: the peer moved
     /// (a NAT rebinding, a new mapping after a flush), and data follows it, as WireGuard
@@ -329,47 +365,46 @@ impl<'a> Serve<'a> {
             Some(d) if d.to != from => {
                 info!(peer = %self.p.peer_node, from = %d.to, to = %from, "the peer's data socket moved: following it");
                 d.to = from;
-                let data = DataTx {
-                    sealer,
-                    conn: self.io.conn.clone(),
-                    direct: Some(d.clone()),
-                    pair: self.io.pair.clone(),
-                    rtt: self.probe.rtt.clone(),
-                };
-                self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
+                let direct = Some(d.clone());
+                self.publish(sealer, direct).await?;
             }
             Some(_) => {}
             None if self.probe.learned != Some(from) => {
                 self.probe.learned = Some(from);
-                self.send_direct(Inner::Probe, from);
+                self.send_probe(from, true);
             }
             None => {}
         }
         Ok(())
     }
 
-    /// The first answer: data moves to the data socket, at the address the answer came from.
-    async fn direct_up(&mut self, sealer: Sealer, from: SocketAddr) -> Result<()> {
-        let (Some(d), Some(plan)) = (&self.p.shared.data, &self.io.plan) else { return Ok(()) };
-        let direct = Direct { underlay: d.underlay.clone(), to: from, index: plan.peer_index };
-        info!(peer = %self.p.peer_node, addr = %from, "data path up on the data socket");
-        self.probe.last_ack = Instant::now();
-        self.probe.direct = Some(direct.clone());
-        self.probe.since = None;
-        self.probe.said_slow = false;
-        let data = DataTx {
-            sealer,
-            conn: self.io.conn.clone(),
-            direct: Some(direct),
-            pair: self.io.pair.clone(),
-            rtt: self.probe.rtt.clone(),
-        };
+    /// Tells the agent how to send from now on: on the data socket (`direct`) or on ICE.
+    async fn publish(&self, sealer: Sealer, direct: Option<Direct>) -> Result<()> {
+        let (conn, pair, rtt) = (self.io.conn.clone(), self.io.pair.clone(), self.probe.rtt.clone());
+        let data = DataTx { sealer, conn, direct, pair, rtt };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }
 
-    /// Probes the peer's data socket: every `PROBE_EVERY` for `PROBE_FOR`, then every
-    /// `PROBE_SLOW` (data meanwhile on the ICE path).
+    /// The first answer to a full-size probe: data moves to the data socket, at the address
+    /// the answer came from.
+    async fn direct_up(&mut self, sealer: Sealer, from: SocketAddr) -> Result<()> {
+        let (Some(d), Some(plan)) = (&self.p.shared.data, &self.io.plan) else { return Ok(()) };
+        let carried = Arc::new(AtomicBool::new(false));
+        let direct = Direct { underlay: d.underlay.clone(), to: from, index: plan.peer_index, carried };
+        info!(peer = %self.p.peer_node, addr = %from, "data path up on the data socket");
+        // The answer proves both directions and the size, as of now.
+        self.probe.confirmed.fetch_max(clock_ms(), Ordering::Relaxed);
+        self.probe.size_ok = Instant::now();
+        self.probe.size_check = None;
+        self.probe.direct = Some(direct.clone());
+        self.probe.since = None;
+        self.probe.said_slow = false;
+        self.publish(sealer, Some(direct)).await
+    }
+
+    /// Probes the peer's data socket: full-size every `PROBE_EVERY` for `PROBE_FOR`, then
+    /// small ones every `PROBE_SLOW` (data meanwhile on the ICE path).
     fn on_probe_tick(&mut self) {
         let (Some(_), Some(plan), Some(since)) = (&self.sealer, &self.io.plan, self.probe.since) else { return };
         let to = self.probe.learned.unwrap_or(plan.peer_addr);
@@ -380,7 +415,7 @@ impl<'a> Serve<'a> {
         }
         let every = if slow { PROBE_SLOW } else { PROBE_EVERY };
         if self.probe.last_probe.elapsed() + PROBE_EVERY / 2 >= every {
-            self.send_direct(Inner::Probe, to);
+            self.send_probe(to, !slow);
             self.probe.last_probe = Instant::now();
         }
     }
@@ -428,15 +463,28 @@ impl<'a> Serve<'a> {
             return Ok(Some(Ended::Retry));
         }
         self.check_direct(&sealer).await?;
-        // Keepalives go out regardless of data sent by the agent directly: one a second is
-        // nothing, and the link task cannot see those sends.
-        if self.last_tx.elapsed() >= KEEPALIVE {
+        self.keepalive(&sealer).await?;
+        Ok(None)
+    }
+
+    /// One small keepalive a second, on the path data takes: on the data socket it says when
+    /// we last heard the peer there; on ICE it is empty. The agent's own sends do not count,
+    /// since the link task cannot see those.
+    async fn keepalive(&mut self, sealer: &Sealer) -> Result<()> {
+        if self.last_keepalive.elapsed() < KEEPALIVE {
+            return Ok(());
+        }
+        self.last_keepalive = Instant::now();
+        if let Some(to) = self.probe.direct.as_ref().map(|d| d.to) {
+            let age = heard_age(self.probe.direct_rx.load(Ordering::Relaxed));
+            self.send_direct(Inner::Keepalive, to, &age);
+        } else if self.last_tx.elapsed() >= KEEPALIVE {
             self.out.clear();
             sealer.seal(Inner::Keepalive, &[], &mut self.out)?;
             let _ = self.io.conn.send(&self.out).await;
             self.last_tx = Instant::now();
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Before the first session: the initiator resends its first message (it may have been
@@ -451,27 +499,35 @@ impl<'a> Serve<'a> {
         Ok(())
     }
 
-    /// While direct, a probe every tick keeps the path checked (and any NAT mapping alive); no
-    /// answer for `DIRECT_QUIET` moves data back to ICE.
+    /// While direct: the peer's keepalives must keep saying it hears us, and on a link that
+    /// carried data a full-size probe a minute must be answered; else data goes back to ICE
+    /// (which still lives, or the link would be down) and the data socket is probed again.
     async fn check_direct(&mut self, sealer: &Sealer) -> Result<()> {
-        let Some(to) = self.probe.direct.as_ref().map(|d| d.to) else { return Ok(()) };
-        if self.probe.last_ack.elapsed() <= DIRECT_QUIET {
-            self.send_direct(Inner::Probe, to);
+        let Some((to, carried)) = self.probe.direct.as_ref().map(|d| (d.to, d.carried.clone())) else { return Ok(()) };
+        let quiet =
+            clock_ms().saturating_sub(self.probe.confirmed.load(Ordering::Relaxed)) > DIRECT_QUIET.as_millis() as u64;
+        let too_small = self.probe.size_check.is_some_and(|t| t.elapsed() > DIRECT_QUIET);
+        if !quiet && !too_small {
+            if self.probe.size_check.is_some() {
+                self.send_probe(to, true); // answers may be lost: a few tries
+            } else if self.probe.size_ok.elapsed() >= SIZE_CHECK {
+                self.probe.size_ok = Instant::now();
+                if carried.swap(false, Ordering::Relaxed) {
+                    self.probe.size_check = Some(Instant::now());
+                    self.send_probe(to, true);
+                }
+            }
             return Ok(());
         }
-        // The ICE path still lives (else the link would be down): data goes back there, and
-        // the data socket is probed again.
-        warn!(peer = %self.p.peer_node, "data socket path quiet: data back on ICE");
+        let why = if quiet { "the peer no longer hears us there" } else { "full-size datagrams no longer pass" };
+        warn!(peer = %self.p.peer_node, "data socket path lost ({why}): data back on ICE");
         self.probe.direct = None;
+        self.probe.size_check = None;
         self.probe.since = Some(Instant::now());
-        let data = DataTx {
-            sealer: sealer.clone(),
-            conn: self.io.conn.clone(),
-            direct: None,
-            pair: self.io.pair.clone(),
-            rtt: self.probe.rtt.clone(),
-        };
-        self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
-        Ok(())
+        // A keepalive on ICE at once: the peer's liveness has been fed by the data socket,
+        // and it must hear us before `DEAD_AFTER`.
+        self.last_keepalive = Instant::now().checked_sub(KEEPALIVE).unwrap_or_else(Instant::now);
+        self.last_tx = self.last_keepalive;
+        self.publish(sealer.clone(), None).await
     }
 }

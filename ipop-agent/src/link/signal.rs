@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::link::session::Aead;
+use crate::{link::session::Aead, signaling::Signaling};
 
 /// An offer or answer from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,5 +40,29 @@ pub fn parse_signal(v: &Value) -> Option<Signal> {
         "answer" => Some(Signal::Answer(creds()?)),
         "cand" => Some(Signal::Candidate(session, text("c")?)),
         _ => None,
+    }
+}
+
+/// What this side signalled in one attempt (its offer or answer, then its candidates), kept
+/// to send again: the signaling service may drop any of them, and a lost offer or answer
+/// would otherwise cost the whole connect timeout. The controlling side resends until the
+/// answer comes; the controlled side resends when the same offer comes again.
+#[derive(Debug, Default)]
+pub struct Sent {
+    signals: Vec<Value>,
+}
+
+impl Sent {
+    /// Sends `v` to `to` and keeps it.
+    pub fn push(&mut self, signaling: &Signaling, to: &str, v: Value) {
+        signaling.send(to, v.clone());
+        self.signals.push(v);
+    }
+
+    /// Sends everything again, in the same order.
+    pub fn again(&self, signaling: &Signaling, to: &str) {
+        for v in &self.signals {
+            signaling.send(to, v.clone());
+        }
     }
 }

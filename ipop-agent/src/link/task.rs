@@ -11,12 +11,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info};
 use webrtc_ice::{
     agent::Agent,
     candidate::{Candidate, CandidateType},
+    state::ConnectionState,
 };
 use webrtc_util::Conn;
 
@@ -29,8 +30,8 @@ use crate::link::{
     send::IcePair,
     serve::{Ended, LinkIo, Plan, serve},
     session::Opener,
-    signal::{Creds, Signal, parse_signal},
-    timers::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT},
+    signal::{Creds, Sent, Signal, parse_signal},
+    timers::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, RESEND_MAX, RESEND_MIN},
 };
 
 type IceConn = Arc<dyn Conn + Send + Sync>;
@@ -119,8 +120,9 @@ async fn attempt(
     result
 }
 
-/// This side's credentials for an attempt: its session number and receiver index, sent to the peer.
-fn send_credentials(p: &LinkParams, ufrag: String, pwd: String, offer: Option<&Creds>) -> Result<(u64, u32)> {
+/// This side's credentials for an attempt: its session number, receiver index, and the offer
+/// or answer that carries them to the peer.
+fn credentials(p: &LinkParams, ufrag: String, pwd: String, offer: Option<&Creds>) -> Result<(u64, u32, Value)> {
     let session_id = match offer {
         Some(o) => o.session,
         None => {
@@ -136,8 +138,7 @@ fn send_credentials(p: &LinkParams, ufrag: String, pwd: String, offer: Option<&C
         creds["dp"] = d.underlay.port().into();
         creds["ix"] = my_index.into();
     }
-    p.shared.signaling.send(&p.peer_node, creds);
-    Ok((session_id, my_index))
+    Ok((session_id, my_index, creds))
 }
 
 async fn connect_and_serve(
@@ -148,8 +149,10 @@ async fn connect_and_serve(
     last_handshake: &mut Option<u64>,
 ) -> Result<(Ended, bool)> {
     let (ufrag, pwd) = agent.get_local_user_credentials().await;
-    let (session_id, my_index) = send_credentials(p, ufrag, pwd, offer.as_ref())?;
-    let (conn, remote) = match connect(p, cmds, agent, offer, session_id).await? {
+    let (session_id, my_index, creds) = credentials(p, ufrag, pwd, offer.as_ref())?;
+    let mut sent = Sent::default();
+    sent.push(&p.shared.signaling, &p.peer_node, creds);
+    let (conn, remote) = match connect(p, cmds, agent, offer, session_id, sent).await? {
         Connected::Yes(conn, remote) => (conn, remote),
         Connected::No(ended) => return Ok((ended, false)),
     };
@@ -193,21 +196,17 @@ enum Connected {
 }
 
 /// Gathers and relays candidates, waits for the peer's credentials and dials (or accepts) once
-/// they are here, until ICE connects or `CONNECT_TIMEOUT` passes.
+/// they are here, until ICE connects, ICE gives up, or `CONNECT_TIMEOUT` passes. What this
+/// side signalled goes again while the peer seems not to have it (`Sent`).
 async fn connect(
     p: &LinkParams,
     cmds: &mut mpsc::Receiver<LinkCmd>,
     agent: &Arc<Agent>,
     offer: Option<Creds>,
     session_id: u64,
+    mut sent: Sent,
 ) -> Result<Connected> {
-    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<(String, CandidateType, bool)>();
-    agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
-        if let Some(c) = c {
-            let _ = cand_tx.send((c.marshal(), c.candidate_type(), ice::is_public(&c.address())));
-        }
-        Box::pin(async {})
-    }));
+    let (mut cand_rx, mut failed_rx) = (watch_candidates(agent), watch_failure(agent));
     let mut seen = Gathered::default();
     agent.gather_candidates().context("gathering candidates")?;
 
@@ -217,7 +216,10 @@ async fn connect(
     let mut cancel_rx = Some(cancel_rx);
     let mut dial: Option<JoinHandle<Result<IceConn>>> = None;
     let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
-    tokio::pin!(deadline);
+    let mut resend_every = RESEND_MIN;
+    let resend = tokio::time::sleep(resend_every);
+    tokio::pin!(deadline, resend);
+    let (signaling, to) = (&p.shared.signaling, p.peer_node.as_str());
     loop {
         if dial.is_none()
             && let Some(r) = &remote
@@ -232,24 +234,35 @@ async fn connect(
                 let _ = cancel_tx.try_send(());
                 bail!("no ICE connection within {CONNECT_TIMEOUT:?}: {}", seen.explain(&p.shared.ice_urls));
             }
+            Some(()) = failed_rx.recv() => {
+                let _ = cancel_tx.try_send(());
+                bail!("ICE gave up: {}", seen.explain(&p.shared.ice_urls));
+            }
+            _ = &mut resend, if p.controlling && remote.is_none() => {
+                debug!(peer = %to, "no answer yet: offering again");
+                sent.again(signaling, to);
+                resend_every = (resend_every * 2).min(RESEND_MAX);
+                resend.as_mut().reset(tokio::time::Instant::now() + resend_every);
+            }
             Some((c, kind, public)) = cand_rx.recv() => {
                 seen.local(kind, public);
-                p.shared.signaling.send(&p.peer_node, json!({"t": "cand", "s": session_id, "c": c}));
+                sent.push(signaling, to, json!({"t": "cand", "s": session_id, "c": c}));
             }
             cmd = cmds.recv() => match cmd {
                 None => { let _ = cancel_tx.try_send(()); return Ok(Connected::No(Ended::Closed)) }
                 Some(LinkCmd::Send(..)) => {}
-                Some(LinkCmd::Signal(v)) => match parse_signal(&v) {
-                    Some(Signal::Answer(a)) if p.controlling && a.session == session_id && remote.is_none() => remote = Some(a),
-                    Some(Signal::Offer(o)) if !p.controlling && o.session != session_id => {
+                Some(LinkCmd::Signal(v)) => match heard(p.controlling, &v, session_id, remote.is_some()) {
+                    Heard::Answer(a) => remote = Some(a),
+                    Heard::NewOffer(o) => {
                         let _ = cancel_tx.try_send(());
                         return Ok(Connected::No(Ended::NewOffer(o)));
                     }
-                    Some(Signal::Candidate(s, c)) if s == session_id => {
+                    Heard::SameOffer => sent.again(signaling, to),
+                    Heard::Candidate(c) => {
                         seen.remote += 1;
-                        if remote.is_some() && dial.is_some() { add_candidate(agent, &c) } else { early_candidates.push(c) }
+                        if dial.is_some() { add_candidate(agent, &c) } else { early_candidates.push(c) }
                     }
-                    _ => {}
+                    Heard::Nothing => {}
                 },
             },
             res = async { dial.as_mut().unwrap().await }, if dial.is_some() => {
@@ -258,6 +271,54 @@ async fn connect(
             }
         }
     }
+}
+
+/// What a signal means to an attempt in progress.
+enum Heard {
+    /// The answer the controlling side waits for.
+    Answer(Creds),
+    /// The peer started a new attempt: this one ends, and that one is answered.
+    NewOffer(Creds),
+    /// This attempt's offer again: our answer (or candidates) went missing.
+    SameOffer,
+    Candidate(String),
+    Nothing,
+}
+
+fn heard(controlling: bool, v: &Value, session_id: u64, have_remote: bool) -> Heard {
+    match parse_signal(v) {
+        Some(Signal::Answer(a)) if controlling && a.session == session_id && !have_remote => Heard::Answer(a),
+        Some(Signal::Offer(o)) if !controlling && o.session != session_id => Heard::NewOffer(o),
+        Some(Signal::Offer(_)) if !controlling => Heard::SameOffer,
+        Some(Signal::Candidate(s, c)) if s == session_id => Heard::Candidate(c),
+        _ => Heard::Nothing,
+    }
+}
+
+/// This attempt's local candidates as they are gathered: each in text, its type, and
+/// whether its address is public.
+fn watch_candidates(agent: &Agent) -> mpsc::UnboundedReceiver<(String, CandidateType, bool)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+        if let Some(c) = c {
+            let _ = tx.send((c.marshal(), c.candidate_type(), ice::is_public(&c.address())));
+        }
+        Box::pin(async {})
+    }));
+    rx
+}
+
+/// Says when ICE gives up on every pair, so a new attempt starts at once rather than at the
+/// connect deadline.
+fn watch_failure(agent: &Agent) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    agent.on_connection_state_change(Box::new(move |state| {
+        if state == ConnectionState::Failed {
+            let _ = tx.try_send(());
+        }
+        Box::pin(async {})
+    }));
+    rx
 }
 
 /// The selected pair in words, for `status`.

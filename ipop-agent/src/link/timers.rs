@@ -8,25 +8,39 @@ use std::{
 
 use crate::core::{chunk, wire};
 
-/// A link sends a keepalive when it has sent nothing for this long...
+/// A link's clock ticks this often once up: keepalives, liveness and the data path's checks.
+pub const TICK: Duration = Duration::from_millis(250);
+/// A link sends one small keepalive this often, on the path data takes (the data socket when
+/// direct, else ICE)...
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// ...and declares the peer dead when it has received nothing for this long.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// ICE's own consent checks on the selected pair (a STUN request each way): they hold the ICE
+/// path's NAT mappings while data and keepalives take the data socket.
+pub const ICE_CONSENT: Duration = Duration::from_secs(15);
+/// ICE gives up on an attempt when no pair answered for this long.
+pub const ICE_CHECKING: Duration = Duration::from_secs(8);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The controlling side sends its offer (and candidates) again after this long without an
+/// answer, doubling up to `RESEND_MAX`: a signal the service dropped costs a second or two.
+pub const RESEND_MIN: Duration = Duration::from_millis(500);
+pub const RESEND_MAX: Duration = Duration::from_secs(4);
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
-/// How often a link probes the data socket path until it answers...
+/// The data socket path is probed with full-size probes this often until one is answered...
 pub const PROBE_EVERY: Duration = Duration::from_millis(250);
-/// ...for this long, then only every `PROBE_SLOW` (data meanwhile on the ICE path). Once up,
-/// a probe crosses it every half second, and the data path is given up when none was answered for
-/// `DIRECT_QUIET`: answers, not just arrivals, so a path blocked one way is noticed on both
-/// sides.
+/// ...for this long; then with small probes every `PROBE_SLOW` (data meanwhile on ICE), and
+/// a small answer earns one full-size probe (at most one per `SIZE_CHECK` after the first).
 pub const PROBE_FOR: Duration = Duration::from_secs(5);
 pub const PROBE_SLOW: Duration = Duration::from_secs(5);
-pub const DIRECT_QUIET: Duration = Duration::from_millis(2500);
-/// A probe's payload: it makes the probe exactly `chunk::DIRECT_DATAGRAM` bytes.
+/// Once direct: data goes back to ICE when the peer's keepalives have not said it heard us
+/// for this long (each side checks its own direction), or when a full-size probe, sent once
+/// per `SIZE_CHECK` on a link that carried data, is not answered within it.
+pub const DIRECT_QUIET: Duration = Duration::from_secs(4);
+pub const SIZE_CHECK: Duration = Duration::from_secs(60);
+/// A full-size probe's payload: it makes the probe exactly `chunk::DIRECT_DATAGRAM` bytes.
 pub const PROBE_PADDING: [u8; chunk::DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN] =
     [0; chunk::DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN];
 

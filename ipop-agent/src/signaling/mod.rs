@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::{io::BufReader, net::TcpStream, sync::mpsc};
+use tokio::{net::TcpStream, sync::mpsc};
 use tracing::{info, warn};
 
 pub mod rendezvous;
@@ -93,7 +93,7 @@ async fn session(
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
     stream.set_nodelay(true)?;
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
+    let mut r = rendezvous::lines(r);
     let joined = tokio::time::timeout(
         rendezvous::JOIN_TIMEOUT,
         rendezvous::join(&mut r, &mut w, &creds.overlay, &creds.secret, &creds.node_id, &creds.public_key),
@@ -113,7 +113,7 @@ async fn session(
             }
             line = rendezvous::read_line(&mut r) => {
                 let Some(line) = line? else { anyhow::bail!("the rendezvous closed the connection") };
-                let event = match serde_json::from_slice(&line)? {
+                let event = match serde_json::from_str(&line)? {
                     ServerMsg::Joined(m) => SignalEvent::Joined(m),
                     ServerMsg::Left { node_id } => SignalEvent::Left(node_id),
                     ServerMsg::Signal { from, data } => SignalEvent::Signal { from, data },
@@ -171,6 +171,53 @@ mod tests {
             }
         }
         assert!(seen, "a and b found each other again after the restart");
+    }
+
+    /// A rendezvous that writes every line in fragments while the agent sends signals as fast
+    /// as it can: nothing is lost and the connection holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_split_at_random_places_lose_nothing_while_signals_go_out() {
+        const N: usize = 300;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            let mut r = rendezvous::lines(r);
+            rendezvous::write_msg(&mut w, &ServerMsg::Hello { nonce: "00".into() }).await.unwrap();
+            rendezvous::read_line(&mut r).await.unwrap().unwrap();
+            rendezvous::write_msg(&mut w, &ServerMsg::Welcome { members: vec![] }).await.unwrap();
+            let reader = tokio::spawn(async move {
+                let mut n = 0;
+                while n < N {
+                    rendezvous::read_line(&mut r).await.unwrap().expect("the agent stays connected");
+                    n += 1;
+                }
+            });
+            let mut seed = 0x2545_f491_4f6c_dd1d;
+            for i in 0..N {
+                let mut line = serde_json::to_vec(&ServerMsg::Signal { from: "b".into(), data: i.into() }).unwrap();
+                line.push(b'\n');
+                rendezvous::tests::write_fragmented(&mut w, &line, &mut seed).await;
+            }
+            reader.await.unwrap();
+            w
+        });
+        let (sig, mut rx) = connect_rendezvous(addr.to_string(), creds("a", "s"));
+        assert_eq!(next(&mut rx).await, SignalEvent::Members(vec![]));
+        let sender = tokio::spawn(async move {
+            for i in 0..N {
+                sig.send("b", serde_json::json!({"n": i}));
+                tokio::task::yield_now().await;
+            }
+            sig
+        });
+        for i in 0..N {
+            assert_eq!(next(&mut rx).await, SignalEvent::Signal { from: "b".into(), data: i.into() });
+        }
+        let _sig = sender.await.unwrap();
+        let _w = server.await.unwrap();
+        assert!(rx.try_recv().is_err(), "no reconnect");
     }
 
     #[tokio::test]

@@ -16,13 +16,15 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
-    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{Mutex, Semaphore, mpsc},
 };
+use tokio_util::codec::{FramedRead, LinesCodec};
 use tracing::{debug, info, warn};
 
 use crate::core::{
@@ -77,16 +79,20 @@ pub fn join_proof(secret: &str, nonce: &str, overlay: &str, node_id: &str, publi
     ))
 }
 
-/// Reads one line of at most `MAX_LINE` bytes; `None` at end of stream.
-pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
-    let n = (&mut *r).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await?;
-    if n == 0 {
-        return Ok(None);
+/// The reading half of a connection, split into lines. The partial line lives here, not in
+/// a future: reading is one branch of a `select!`, and a branch that loses must lose nothing.
+pub type Lines<R> = FramedRead<R, LinesCodec>;
+
+pub fn lines<R: AsyncRead>(r: R) -> Lines<R> {
+    FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE))
+}
+
+/// The next line of at most `MAX_LINE` bytes; `None` at end of stream. Cancel-safe.
+pub async fn read_line<R: AsyncRead + Unpin>(r: &mut Lines<R>) -> Result<Option<String>> {
+    match r.next().await.transpose() {
+        Ok(line) => Ok(line),
+        Err(e) => anyhow::bail!("reading a line: {e} (at most {MAX_LINE} bytes)"),
     }
-    anyhow::ensure!(buf.ends_with(b"\n"), "line longer than {MAX_LINE} bytes (or truncated)");
-    buf.pop();
-    Ok(Some(buf))
 }
 
 pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
@@ -106,6 +112,46 @@ struct Overlay {
     members: Mutex<HashMap<String, Seat>>,
     pending: Semaphore,
     pending_by_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    dropped: std::sync::Mutex<Dropped>,
+}
+
+/// Signals the rendezvous could not deliver, counted by reason and said at info level at most
+/// every `DROP_LOG_EVERY`: agents resend what matters, but an operator should see the losses.
+#[derive(Debug, Default)]
+struct Dropped {
+    /// To a node that is not a member (not yet joined, or gone).
+    absent: u64,
+    /// To a member whose queue is full (a stuck or slow connection).
+    full: u64,
+    /// Counts already said, and when.
+    said: (u64, u64),
+    said_at: Option<std::time::Instant>,
+}
+
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Dropped {
+    fn note(&mut self, full: bool, from: &str, to: &str) {
+        if full {
+            self.full += 1
+        } else {
+            self.absent += 1
+        }
+        if self.said_at.is_some_and(|t| t.elapsed() < DROP_LOG_EVERY) {
+            return;
+        }
+        let (absent, full) = (self.absent - self.said.0, self.full - self.said.1);
+        info!(
+            absent,
+            full,
+            total = self.absent + self.full,
+            last_from = from,
+            last_to = to,
+            "signals dropped: to nodes that are not members, or to members whose queue is full"
+        );
+        self.said = (self.absent, self.full);
+        self.said_at = Some(std::time::Instant::now());
+    }
 }
 
 /// Serves one overlay on `listener` until dropped (which closes every connection).
@@ -116,6 +162,7 @@ pub async fn serve(listener: TcpListener, overlay: String, secret: String) -> Re
         members: Mutex::new(HashMap::new()),
         pending: Semaphore::new(MAX_PENDING),
         pending_by_ip: std::sync::Mutex::new(HashMap::new()),
+        dropped: Default::default(),
     });
     info!(addr = %listener.local_addr()?, overlay = %state.name, "rendezvous listening");
     let mut next_conn = 0u64;
@@ -162,7 +209,7 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
         return Ok(());
     };
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
+    let mut r = lines(r);
     let Some((node_id, public_key)) = challenge(&state, &mut r, &mut w, peer).await? else { return Ok(()) };
     drop((permit, per_ip));
     let Some(rx) = seat(&state, &mut w, &node_id, public_key, conn).await? else { return Ok(()) };
@@ -190,9 +237,9 @@ fn refuse(reason: &str) -> ServerMsg {
 
 /// Sends a fresh nonce and checks the join that answers it: the node id and key of a member
 /// that proved the secret, or `None` (refused, and told why).
-async fn challenge<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
+async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     state: &Overlay,
-    r: &mut R,
+    r: &mut Lines<R>,
     w: &mut W,
     peer: SocketAddr,
 ) -> Result<Option<(String, String)>> {
@@ -204,7 +251,7 @@ async fn challenge<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
         .await
         .context("join timed out")??
         .context("closed before joining")?;
-    let Ok(ClientMsg::Join { overlay, node_id, public_key, proof }) = serde_json::from_slice::<ClientMsg>(&line) else {
+    let Ok(ClientMsg::Join { overlay, node_id, public_key, proof }) = serde_json::from_str::<ClientMsg>(&line) else {
         write_msg(w, &refuse("expected a join message")).await?;
         return Ok(None);
     };
@@ -262,9 +309,9 @@ async fn seat<W: AsyncWrite + Unpin>(
 }
 
 /// Relays: what others queue for this member goes out; its signals go to their members.
-async fn relay<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
+async fn relay<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     state: &Overlay,
-    r: &mut R,
+    r: &mut Lines<R>,
     w: &mut W,
     mut rx: mpsc::Receiver<ServerMsg>,
     node_id: &str,
@@ -277,14 +324,16 @@ async fn relay<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
             },
             line = read_line(r) => {
                 let Some(line) = line? else { return Ok(()) };
-                let Ok(ClientMsg::Signal { to, data }) = serde_json::from_slice::<ClientMsg>(&line) else {
+                let Ok(ClientMsg::Signal { to, data }) = serde_json::from_str::<ClientMsg>(&line) else {
                     anyhow::bail!("unexpected message from a member");
                 };
                 let members = state.members.lock().await;
-                if let Some((_, target, _)) = members.get(&to)
-                    && target.try_send(ServerMsg::Signal { from: node_id.to_owned(), data }).is_err()
-                {
-                    debug!(%node_id, %to, "signal dropped: member's queue is full");
+                let delivered = members.get(&to).map(|(_, target, _)| {
+                    target.try_send(ServerMsg::Signal { from: node_id.to_owned(), data }).is_ok()
+                });
+                if delivered != Some(true) {
+                    let mut dropped = state.dropped.lock().unwrap_or_else(|e| e.into_inner());
+                    dropped.note(delivered.is_some(), node_id, &to);
                 }
             }
         }
@@ -310,7 +359,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Joins the overlay over an established stream: reads the hello, proves the secret,
 /// returns the members or the refusal.
 pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    r: &mut BufReader<R>,
+    r: &mut Lines<R>,
     w: &mut W,
     overlay: &str,
     secret: &str,
@@ -318,7 +367,7 @@ pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     public_key: &str,
 ) -> Result<Result<Vec<Member>, String>> {
     let line = read_line(r).await?.context("rendezvous closed before hello")?;
-    let ServerMsg::Hello { nonce } = serde_json::from_slice(&line).context("bad hello")? else {
+    let ServerMsg::Hello { nonce } = serde_json::from_str(&line).context("bad hello")? else {
         anyhow::bail!("expected hello from the rendezvous");
     };
     let proof = join_proof(secret, &nonce, overlay, node_id, public_key);
@@ -326,7 +375,7 @@ pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         ClientMsg::Join { overlay: overlay.into(), node_id: node_id.into(), public_key: public_key.into(), proof };
     write_msg(w, &join).await?;
     let line = read_line(r).await?.context("rendezvous closed before answering the join")?;
-    match serde_json::from_slice(&line).context("bad answer to join")? {
+    match serde_json::from_str(&line).context("bad answer to join")? {
         ServerMsg::Welcome { members } => Ok(Ok(members)),
         ServerMsg::Refused { reason } => Ok(Err(reason)),
         other => anyhow::bail!("unexpected answer to join: {other:?}"),
@@ -334,7 +383,7 @@ pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     async fn start(secret: &str) -> SocketAddr {
@@ -345,14 +394,14 @@ mod tests {
     }
 
     struct Client {
-        r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        r: Lines<tokio::net::tcp::OwnedReadHalf>,
         w: tokio::net::tcp::OwnedWriteHalf,
     }
 
     impl Client {
         async fn join(addr: SocketAddr, secret: &str, id: &str) -> (Client, Result<Vec<Member>, String>) {
             let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-            let mut r = BufReader::new(r);
+            let mut r = lines(r);
             let key = hex(&[id.len() as u8; 32]);
             let res = join(&mut r, &mut w, "lab", secret, id, &key).await.unwrap();
             (Client { r, w }, res)
@@ -361,7 +410,7 @@ mod tests {
         async fn next(&mut self) -> ServerMsg {
             let line =
                 tokio::time::timeout(Duration::from_secs(2), read_line(&mut self.r)).await.unwrap().unwrap().unwrap();
-            serde_json::from_slice(&line).unwrap()
+            serde_json::from_str(&line).unwrap()
         }
     }
 
@@ -398,13 +447,61 @@ mod tests {
         let (_, res) = Client::join(addr, "s3cret", "bad id!").await;
         assert!(res.unwrap_err().contains("node id"));
         let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-        let mut r = BufReader::new(r);
+        let mut r = lines(r);
         read_line(&mut r).await.unwrap().unwrap();
         w.write_all(&vec![b'x'; MAX_LINE + 10]).await.unwrap();
         // The server gives up on the line and closes without admitting anyone.
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), r.read_to_end(&mut rest)).await.unwrap();
-        assert!(!String::from_utf8_lossy(&rest).contains("welcome"));
+        let end = tokio::time::timeout(Duration::from_secs(2), read_line(&mut r)).await.unwrap();
+        assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    }
+
+    /// Writes `line` in fragments cut at pseudo-random places, yielding between them, so the
+    /// reader sees partial lines while it has other work.
+    pub async fn write_fragmented<W: AsyncWrite + Unpin>(w: &mut W, line: &[u8], seed: &mut u64) {
+        let mut rest = line;
+        while !rest.is_empty() {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            let n = (*seed % 24 + 1).min(rest.len() as u64) as usize;
+            w.write_all(&rest[..n]).await.unwrap();
+            rest = &rest[n..];
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_writing_in_fragments_while_signals_flow_to_it_loses_nothing() {
+        const N: usize = 200;
+        let addr = start("s3cret").await;
+        let (mut a, _) = Client::join(addr, "s3cret", "a").await;
+        let (mut b, _) = Client::join(addr, "s3cret", "bb").await;
+        assert!(matches!(a.next().await, ServerMsg::Joined(_)));
+        // b writes its signals to a in fragments while a's signals to b keep b's relay busy.
+        let writer = tokio::spawn(async move {
+            let mut seed = 0x9e37_79b9_7f4a_7c15;
+            for i in 0..N {
+                let mut line = serde_json::to_vec(&ClientMsg::Signal { to: "a".into(), data: i.into() }).unwrap();
+                line.push(b'\n');
+                write_fragmented(&mut b.w, &line, &mut seed).await;
+            }
+            let mut got = Vec::new();
+            while got.len() < N {
+                match b.next().await {
+                    ServerMsg::Signal { data, .. } => got.push(data),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            got
+        });
+        for i in 0..N {
+            write_msg(&mut a.w, &ClientMsg::Signal { to: "bb".into(), data: i.into() }).await.unwrap();
+        }
+        for i in 0..N {
+            assert_eq!(a.next().await, ServerMsg::Signal { from: "bb".into(), data: i.into() });
+        }
+        let to_b = writer.await.unwrap();
+        assert_eq!(to_b, (0..N).map(Value::from).collect::<Vec<_>>());
     }
 
     #[tokio::test]
@@ -425,7 +522,7 @@ mod tests {
             let s = tokio::net::TcpSocket::new_v4().unwrap();
             s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
             let (r, mut w) = s.connect(addr).await.unwrap().into_split();
-            let mut r = BufReader::new(r);
+            let mut r = lines(r);
             let _ = join(&mut r, &mut w, "lab", "guess", &format!("m{i}"), &hex(&[9; 32])).await;
         }
         // A member from elsewhere still joins, and signals still flow.

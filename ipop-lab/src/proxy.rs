@@ -1,0 +1,175 @@
+//! A rendezvous that misbehaves the way real networks and servers do: a TCP proxy in the
+//! underlay's namespace, in front of the real rendezvous, that cuts every line it forwards
+//! into fragments at random places (as TCP may deliver them), or drops the first signal
+//! between every two nodes (as a server with a full queue, or a member not yet joined, does).
+//! Agents point `--rendezvous` at it instead of the real one.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::underlay::Underlay;
+
+/// What the proxy does to the lines it forwards.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Write every line (both ways) in pieces of 1 to 24 bytes, a short pause between them.
+    pub fragment: bool,
+    /// Drop the first signal each node sends to each other node.
+    pub drop_first_signal: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    dropped: AtomicU64,
+    connections: AtomicU64,
+    /// (from, to) pairs whose first signal is gone.
+    seen: Mutex<HashSet<(String, String)>>,
+    streams: Mutex<Vec<TcpStream>>,
+}
+
+pub struct SignalingProxy {
+    /// Where agents connect: "<underlay>.254:<port>".
+    pub addr: String,
+    shared: Arc<Shared>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SignalingProxy {
+    /// Listens on `port` at the underlay's server address and forwards to the rendezvous
+    /// there, with `faults`.
+    pub fn start(underlay: &Underlay, port: u16, faults: Faults) -> SignalingProxy {
+        let addr = format!("{}:{port}", underlay.addr);
+        let upstream = underlay.rendezvous();
+        let netns = File::open(format!("/run/netns/{}", underlay.ns)).expect("the underlay's namespace");
+        let shared = Arc::new(Shared::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (s, listen) = (shared.clone(), addr.clone());
+        let thread = thread::spawn(move || {
+            // Sockets belong to the namespace of the thread that makes them; threads spawned
+            // from here inherit it.
+            assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            let listener = TcpListener::bind(&listen).expect("the proxy's port");
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            accept_loop(&listener, &upstream, faults, &s);
+        });
+        ready_rx.recv().expect("the proxy started");
+        SignalingProxy { addr, shared, thread: Some(thread) }
+    }
+
+    /// Signals dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far (one per agent, unless agents reconnected).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SignalingProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for s in self.shared.streams.lock().unwrap().iter() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, upstream: &str, faults: Faults, s: &Arc<Shared>) {
+    while !s.stop.load(Ordering::Relaxed) {
+        let Ok((client, _)) = listener.accept() else {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let Ok(server) = TcpStream::connect(upstream) else { continue };
+        client.set_nonblocking(false).unwrap();
+        s.connections.fetch_add(1, Ordering::Relaxed);
+        for stream in [&client, &server] {
+            stream.set_nodelay(true).unwrap();
+            s.streams.lock().unwrap().push(stream.try_clone().unwrap());
+        }
+        let (c2, s2, shared) = (client.try_clone().unwrap(), server.try_clone().unwrap(), s.clone());
+        thread::spawn(move || pump(client, server, faults, Some(&shared)));
+        thread::spawn(move || pump(s2, c2, faults, None));
+    }
+}
+
+/// Forwards lines from `from` to `to`. Lines from a member (`shared` given) are where
+/// signals can be dropped.
+fn pump(from: TcpStream, mut to: TcpStream, faults: Faults, shared: Option<&Shared>) {
+    let mut rng = Xorshift::seeded();
+    let mut node = String::new();
+    for line in BufReader::new(from).split(b'\n') {
+        let Ok(mut line) = line else { break };
+        if let Some(s) = shared
+            && faults.drop_first_signal
+            && drop_signal(s, &mut node, &line)
+        {
+            continue;
+        }
+        line.push(b'\n');
+        let sent = if faults.fragment { write_fragmented(&mut to, &line, &mut rng) } else { to.write_all(&line) };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Learns the member's node id from its join; true for the first signal to each node.
+fn drop_signal(s: &Shared, node: &mut String, line: &[u8]) -> bool {
+    let Ok(msg) = serde_json::from_slice::<serde_json::Value>(line) else { return false };
+    if let Some(id) = msg["join"]["node_id"].as_str() {
+        *node = id.to_owned();
+    }
+    let Some(to) = msg["signal"]["to"].as_str() else { return false };
+    let first = s.seen.lock().unwrap().insert((node.clone(), to.to_owned()));
+    if first {
+        s.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    first
+}
+
+fn write_fragmented(to: &mut TcpStream, line: &[u8], rng: &mut Xorshift) -> std::io::Result<()> {
+    let mut rest = line;
+    while !rest.is_empty() {
+        let n = (rng.next() % 24 + 1).min(rest.len() as u64) as usize;
+        to.write_all(&rest[..n])?;
+        rest = &rest[n..];
+        thread::sleep(Duration::from_micros(300));
+    }
+    Ok(())
+}
+
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn seeded() -> Xorshift {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Xorshift(t.as_nanos() as u64 | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

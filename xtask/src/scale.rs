@@ -1,0 +1,147 @@
+//! `cargo xtask bench --scale N,...`: N hosts on the lab's flat underlay, each with bridge
+//! lxcbr0 and one container, one rendezvous, every agent started at once. Per N: the time
+//! from the last agent's start to the full mesh (every agent logs `link up` for every
+//! other), link attempts that failed on the way, then an idle minute's share: agent CPU and
+//! RSS, and underlay bytes per link per second.
+
+use std::{
+    collections::HashSet,
+    fs,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipop_lab::{Host, NeighbourLimits, RENDEZVOUS, Underlay};
+use serde_json::{Value, json};
+
+use crate::sh;
+
+const SECRET: &str = "scale secret 0123";
+/// Idle time measured, after the links settle.
+const IDLE: Duration = Duration::from_secs(20);
+const SETTLE: Duration = Duration::from_secs(5);
+
+pub fn run(agent: &Path, sizes: &[usize]) -> Result<Value> {
+    ipop_lab::set_agent(agent);
+    let mut rows = Vec::new();
+    for &n in sizes {
+        eprintln!("bench: scale {n} hosts");
+        rows.push(one(agent, n)?);
+    }
+    Ok(Value::Array(rows))
+}
+
+fn one(agent: &Path, n: usize) -> Result<Value> {
+    if !(2..=200).contains(&n) {
+        bail!("--scale takes 2 to 200 hosts, not {n}");
+    }
+    let _limits = NeighbourLimits::raise((4 * n * n).max(1024) as u64);
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut hosts: Vec<Host> = (0..n).map(|i| Host::new(&[&format!("10.0.{}.{}", 3, 10 + i)])).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+    }
+    let agent = agent.to_str().context("agent path")?;
+    let agents: Vec<usize> = hosts.iter_mut().enumerate().map(|(i, h)| start(h, agent, i)).collect();
+    let started = Instant::now();
+    let logs = |hosts: &mut Vec<Host>| -> Vec<String> {
+        hosts.iter_mut().zip(&agents).map(|(h, &a)| h.service(a).log_text()).collect()
+    };
+    let deadline = started + Duration::from_secs(120);
+    while !logs(&mut hosts).iter().all(|l| peers_up(l) >= n - 1) {
+        if Instant::now() > deadline {
+            bail!("{n} hosts: no full mesh within 120 s");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mesh_s = started.elapsed().as_secs_f64();
+    thread::sleep(SETTLE);
+    let pids: Vec<u32> = hosts.iter_mut().zip(&agents).map(|(h, &a)| h.service(a).pid()).collect();
+    let (cpu0, bytes0) = (cpu_ticks(&pids)?, underlay_bytes(&hosts)?);
+    thread::sleep(IDLE);
+    let (cpu1, bytes1) = (cpu_ticks(&pids)?, underlay_bytes(&hosts)?);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let links = (n * (n - 1) / 2) as f64;
+    let failed: usize = logs(&mut hosts).iter().map(|l| l.matches("link not up").count()).sum();
+    let rss: Vec<f64> = pids.iter().map(|&p| rss_mib(p)).collect::<Result<_>>()?;
+    let row = json!({
+        "hosts": n,
+        "links": links,
+        "mesh_s": mesh_s,
+        "failed_attempts": failed,
+        "idle_cpu_pct_per_agent": 100.0 * (cpu1 - cpu0) / hz / IDLE.as_secs_f64() / n as f64,
+        "idle_bytes_per_s_per_link": (bytes1 - bytes0) / IDLE.as_secs_f64() / links,
+        "rss_mib_per_agent": rss.iter().sum::<f64>() / n as f64,
+    });
+    eprintln!("bench: scale {n}: {row}");
+    Ok(row)
+}
+
+fn start(h: &mut Host, agent: &str, i: usize) -> usize {
+    let pin = h.pin_dir("lxcbr0").to_str().unwrap().to_owned();
+    let node = format!("h{i:02}");
+    let args = [agent, "run", "--pin-dir", &pin, "--node-id", &node, "--rendezvous", RENDEZVOUS, "--secret", SECRET];
+    h.spawn(&args, "agent.log")
+}
+
+/// Distinct peers an agent's log says a link came up with.
+fn peers_up(log: &str) -> usize {
+    let peers: HashSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("link up"))
+        .filter_map(|l| l.split("peer=").nth(1)?.split_whitespace().next())
+        .collect();
+    peers.len()
+}
+
+/// User and system ticks of these processes together.
+fn cpu_ticks(pids: &[u32]) -> Result<f64> {
+    let mut total = 0.0;
+    for pid in pids {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat.rsplit_once(") ").context("stat")?.1.split_whitespace().collect();
+        total += fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    }
+    Ok(total)
+}
+
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).context("VmRSS")?;
+    Ok(kb.trim().trim_end_matches("kB").trim().parse::<f64>()? / 1024.0)
+}
+
+/// Bytes every host sent on its underlay leg: each link's traffic, both ways, once.
+fn underlay_bytes(hosts: &[Host]) -> Result<f64> {
+    let mut total = 0.0;
+    for h in hosts {
+        total += sh(&["ip", "netns", "exec", &h.ns, "cat", "/sys/class/net/wan0/statistics/tx_bytes"])?
+            .trim()
+            .parse::<f64>()?;
+    }
+    Ok(total)
+}
+
+/// The scale rows as a markdown table.
+pub fn table(rows: &Value) -> String {
+    let mut out = String::from(
+        "| hosts | links | full mesh after the last start | failed link attempts | idle CPU per agent | idle bytes/s per link (both ways) | RSS per agent |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows.as_array().into_iter().flatten() {
+        out += &format!(
+            "| {} | {} | {:.1} s | {} | {:.2}% of a core | {:.0} | {:.1} MiB |\n",
+            r["hosts"],
+            r["links"],
+            r["mesh_s"].as_f64().unwrap_or(0.0),
+            r["failed_attempts"],
+            r["idle_cpu_pct_per_agent"].as_f64().unwrap_or(0.0),
+            r["idle_bytes_per_s_per_link"].as_f64().unwrap_or(0.0),
+            r["rss_mib_per_agent"].as_f64().unwrap_or(0.0),
+        );
+    }
+    out
+}
