@@ -453,8 +453,9 @@ pub fn run_scale(agent: &Path, sizes: &[usize]) -> Result<()> {
          lxcbr0 and one container, one rendezvous, every agent started at once. Full mesh: every agent has\n\
          logged `link up` for every other, timed from the last agent's start. Failed link attempts: `link not\n\
          up` lines in all logs (each costs a retry). Idle: 20 s with nothing crossing, after 5 s to settle;\n\
-         bytes are every host's underlay transmit counter, shared out per link. Raw figures in\n\
-         target/bench/scale.json.\n\n{table}",
+         bytes are every host's underlay transmit counter (whole Ethernet frames), shared out per link:\n\
+         a keepalive a second each way (76 bytes on the wire) and ICE's consent check every 15 s.\n\
+         Raw figures in target/bench/scale.json.\n\n{table}",
         sizes.join(","),
         sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),
     );

@@ -70,7 +70,7 @@ fn one(agent: &Path, n: usize) -> Result<Value> {
     let rss: Vec<f64> = pids.iter().map(|&p| rss_mib(p)).collect::<Result<_>>()?;
     let row = json!({
         "hosts": n,
-        "links": links,
+        "links": n * (n - 1) / 2,
         "mesh_s": mesh_s,
         "failed_attempts": failed,
         "idle_cpu_pct_per_agent": 100.0 * (cpu1 - cpu0) / hz / IDLE.as_secs_f64() / n as f64,

@@ -1,10 +1,10 @@
 //! The link once ICE is connected, one method per event: the handshake (the controlling side
 //! initiates and resends; the controlled side answers, and answers a repeated first message
 //! with the same answer), then keepalives and liveness, and the data socket path: probed until
-//! it answers, used while probes are answered, given up when they are not. Handshakes,
-//! keepalives and liveness stay on ICE, so the link never depends on the data socket. Data
-//! bypasses this task: the readers deliver, and the agent sends through the `DataTx` it got
-//! with `Up`.
+//! a full-size probe is answered, used while the peer's keepalives say it hears us, given up
+//! when they do not. Handshakes stay on ICE, and ICE stays up, so the link never depends on
+//! the data socket. Data bypasses this task: the readers deliver, and the agent sends through
+//! the `DataTx` it got with `Up`.
 
 use std::{
     net::SocketAddr,
