@@ -137,22 +137,31 @@ fn arping_us(ns: &str, iface: &str, ip: &str, count: u32) -> Result<Vec<f64>> {
         .collect())
 }
 
-fn cpu_and_rss(pid: u32) -> Result<(f64, f64)> {
+/// A process's CPU time so far (user and system), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = stat.rsplit_once(") ").context("stat")?.1.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("VmHWM")?
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks / hz, hwm_kb / 1024.0))
+    Ok(ticks / hz)
+}
+
+/// A memory figure of /proc/PID/status (`VmHWM`: peak, `VmRSS`: now), in MiB.
+pub fn memory_mib(pid: u32, key: &str) -> Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).context(key.to_owned())?;
+    Ok(kb.trim().trim_end_matches("kB").trim().parse::<f64>()? / 1024.0)
+}
+
+/// CPU seconds so far and peak RSS (MiB).
+fn cpu_and_rss(pid: u32) -> Result<(f64, f64)> {
+    Ok((cpu_seconds(pid)?, memory_mib(pid, "VmHWM")?))
+}
+
+/// A counter of the underlay leg `wan0` in namespace `ns` (`rx_bytes`, `tx_bytes`).
+pub fn wan0_counter(ns: &str, name: &str) -> Result<f64> {
+    Ok(exec(ns, &["cat", &format!("/sys/class/net/wan0/statistics/{name}")])?.trim().parse()?)
 }
 
 /// The measurements of one mode, each a list over runs.
@@ -214,14 +223,8 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
 /// CPU, over `IDLE` with nothing crossing the overlay.
 fn idle(hosts: &[Host], pid: u32) -> Result<Value> {
     const IDLE: Duration = Duration::from_secs(20);
-    let bytes = || -> Result<f64> {
-        let mut sum = 0.0;
-        for dir in ["rx_bytes", "tx_bytes"] {
-            let file = format!("/sys/class/net/wan0/statistics/{dir}");
-            sum += exec(&hosts[0].ns, &["cat", &file])?.trim().parse::<f64>()?;
-        }
-        Ok(sum)
-    };
+    let ns = &hosts[0].ns;
+    let bytes = || -> Result<f64> { Ok(wan0_counter(ns, "rx_bytes")? + wan0_counter(ns, "tx_bytes")?) };
     thread::sleep(Duration::from_secs(3)); // the links settle (probing done)
     let (b0, (c0, _)) = (bytes()?, cpu_and_rss(pid)?);
     thread::sleep(IDLE);

@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashSet,
-    fs,
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -16,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use ipop_lab::{Host, NeighbourLimits, RENDEZVOUS, Underlay};
 use serde_json::{Value, json};
 
-use crate::sh;
+use crate::bench;
 
 const SECRET: &str = "scale secret 0123";
 /// Idle time measured, after the links settle.
@@ -60,20 +59,18 @@ fn one(agent: &Path, n: usize) -> Result<Value> {
     let mesh_s = started.elapsed().as_secs_f64();
     thread::sleep(SETTLE);
     let pids: Vec<u32> = hosts.iter_mut().zip(&agents).map(|(h, &a)| h.service(a).pid()).collect();
-    let (cpu0, bytes0) = (cpu_ticks(&pids)?, underlay_bytes(&hosts)?);
+    let (cpu0, bytes0) = (cpu_seconds(&pids)?, underlay_bytes(&hosts)?);
     thread::sleep(IDLE);
-    let (cpu1, bytes1) = (cpu_ticks(&pids)?, underlay_bytes(&hosts)?);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (cpu1, bytes1) = (cpu_seconds(&pids)?, underlay_bytes(&hosts)?);
     let links = (n * (n - 1) / 2) as f64;
     let failed: usize = logs(&mut hosts).iter().map(|l| l.matches("link not up").count()).sum();
-    let rss: Vec<f64> = pids.iter().map(|&p| rss_mib(p)).collect::<Result<_>>()?;
+    let rss: Vec<f64> = pids.iter().map(|&p| bench::memory_mib(p, "VmRSS")).collect::<Result<_>>()?;
     let row = json!({
         "hosts": n,
         "links": n * (n - 1) / 2,
         "mesh_s": mesh_s,
         "failed_attempts": failed,
-        "idle_cpu_pct_per_agent": 100.0 * (cpu1 - cpu0) / hz / IDLE.as_secs_f64() / n as f64,
+        "idle_cpu_pct_per_agent": 100.0 * (cpu1 - cpu0) / IDLE.as_secs_f64() / n as f64,
         "idle_bytes_per_s_per_link": (bytes1 - bytes0) / IDLE.as_secs_f64() / links,
         "rss_mib_per_agent": rss.iter().sum::<f64>() / n as f64,
     });
@@ -98,32 +95,14 @@ fn peers_up(log: &str) -> usize {
     peers.len()
 }
 
-/// User and system ticks of these processes together.
-fn cpu_ticks(pids: &[u32]) -> Result<f64> {
-    let mut total = 0.0;
-    for pid in pids {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat.rsplit_once(") ").context("stat")?.1.split_whitespace().collect();
-        total += fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    }
-    Ok(total)
-}
-
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).context("VmRSS")?;
-    Ok(kb.trim().trim_end_matches("kB").trim().parse::<f64>()? / 1024.0)
+/// CPU seconds of these processes together.
+fn cpu_seconds(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|&p| bench::cpu_seconds(p)).sum()
 }
 
 /// Bytes every host sent on its underlay leg: each link's traffic, both ways, once.
 fn underlay_bytes(hosts: &[Host]) -> Result<f64> {
-    let mut total = 0.0;
-    for h in hosts {
-        total += sh(&["ip", "netns", "exec", &h.ns, "cat", "/sys/class/net/wan0/statistics/tx_bytes"])?
-            .trim()
-            .parse::<f64>()?;
-    }
-    Ok(total)
+    hosts.iter().map(|h| bench::wan0_counter(&h.ns, "tx_bytes")).sum()
 }
 
 /// The scale rows as a markdown table.

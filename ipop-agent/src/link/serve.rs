@@ -503,7 +503,8 @@ impl<'a> Serve<'a> {
     /// carried data a full-size probe a minute must be answered; else data goes back to ICE
     /// (which still lives, or the link would be down) and the data socket is probed again.
     async fn check_direct(&mut self, sealer: &Sealer) -> Result<()> {
-        let Some((to, carried)) = self.probe.direct.as_ref().map(|d| (d.to, d.carried.clone())) else { return Ok(()) };
+        let Some(d) = &self.probe.direct else { return Ok(()) };
+        let to = d.to;
         let quiet =
             clock_ms().saturating_sub(self.probe.confirmed.load(Ordering::Relaxed)) > DIRECT_QUIET.as_millis() as u64;
         let too_small = self.probe.size_check.is_some_and(|t| t.elapsed() > DIRECT_QUIET);
@@ -512,7 +513,7 @@ impl<'a> Serve<'a> {
                 self.send_probe(to, true); // answers may be lost: a few tries
             } else if self.probe.size_ok.elapsed() >= SIZE_CHECK {
                 self.probe.size_ok = Instant::now();
-                if carried.swap(false, Ordering::Relaxed) {
+                if d.carried.swap(false, Ordering::Relaxed) {
                     self.probe.size_check = Some(Instant::now());
                     self.send_probe(to, true);
                 }
