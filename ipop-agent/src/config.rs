@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::{
     core::{limit::Rate, node_id::check_node_id, switch::Limits},
     kernel::datapath::default_pin_dir,
-    link::ice_server::IceServer,
+    link::ice_server::{IceServer, Transport},
 };
 
 /// Defaults, as documented in README.md.
@@ -50,6 +50,10 @@ pub struct Settings {
     /// TURN credentials for the `turn` urls that carry none.
     pub turn_user: Option<String>,
     pub turn_password: Option<String>,
+    /// A file holding `turn_password` (read at start, by the command line; one of the two).
+    pub turn_password_file: Option<PathBuf>,
+    /// PEM certificates a `turns:` server's certificate may chain to, beside the system's.
+    pub turn_ca_file: Option<PathBuf>,
     /// ARP RPCs a second one local source may cause (0: unlimited).
     pub arp_rpc_rate: Option<u32>,
     /// Broadcast and multicast frames a second flooded to the peers (0: unlimited).
@@ -80,9 +84,31 @@ impl Settings {
             turn: over.turn.or(self.turn),
             turn_user: over.turn_user.or(self.turn_user),
             turn_password: over.turn_password.or(self.turn_password),
+            turn_password_file: over.turn_password_file.or(self.turn_password_file),
+            turn_ca_file: over.turn_ca_file.or(self.turn_ca_file),
             arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
         }
+    }
+
+    /// `turn_password_file` read (by `read`, e.g. `std::fs::read_to_string`) into
+    /// `turn_password`, its last line break dropped. Giving both is an error.
+    pub fn with_password_file(
+        mut self,
+        read: impl FnOnce(&std::path::Path) -> std::io::Result<String>,
+    ) -> Result<Settings, String> {
+        let Some(file) = self.turn_password_file.take() else { return Ok(self) };
+        if self.turn_password.is_some() {
+            return Err("turn_password and turn_password_file are both given: keep one".into());
+        }
+        let text = read(&file).map_err(|e| format!("turn_password_file {}: {e}", file.display()))?;
+        let password = text.strip_suffix('\n').unwrap_or(&text);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        if password.is_empty() {
+            return Err(format!("turn_password_file {} is empty", file.display()));
+        }
+        self.turn_password = Some(password.to_owned());
+        Ok(self)
     }
 
     /// Checks the settings together and fills in defaults.
@@ -116,18 +142,26 @@ impl Settings {
         let overlay = match self.rendezvous {
             None => {
                 let ice = self.stun.is_some() || self.turn.is_some() || self.turn_user.is_some();
-                if self.secret.is_some() || ice || self.turn_password.is_some() || self.overlay.is_some() {
+                let turn_files = self.turn_password_file.is_some() || self.turn_ca_file.is_some();
+                if self.secret.is_some() || ice || self.turn_password.is_some() || turn_files || self.overlay.is_some()
+                {
                     return Err("overlay, secret, stun and turn need a rendezvous to join".into());
                 }
                 None
             }
-            Some(rendezvous) => Some(overlay_config(
-                rendezvous,
-                self.secret,
-                self.node_id,
-                self.overlay,
-                ice_servers(self.stun, self.turn, self.turn_user, self.turn_password)?,
-            )?),
+            Some(rendezvous) => {
+                if self.turn_password_file.is_some() {
+                    return Err("turn_password_file must be read before the settings are resolved".into());
+                }
+                let ice_urls = ice_servers(self.stun, self.turn, self.turn_user, self.turn_password)?;
+                let tls = ice_urls.iter().any(|s| s.transport == Transport::Tls);
+                if let Some(file) = self.turn_ca_file.as_ref().filter(|_| !tls) {
+                    return Err(format!("turn_ca_file {} is set but no turn url is turns: (TLS)", file.display()));
+                }
+                let mut o = overlay_config(rendezvous, self.secret, self.node_id, self.overlay, ice_urls)?;
+                o.turn_ca_file = self.turn_ca_file;
+                Some(o)
+            }
         };
         Ok(AgentConfig {
             bridge,
@@ -168,7 +202,7 @@ fn overlay_config(
     if name.is_empty() || name.len() > 64 {
         return Err("overlay must be 1-64 characters".into());
     }
-    Ok(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls })
+    Ok(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls, turn_ca_file: None })
 }
 
 /// Every STUN and TURN url, parsed and checked now: a bad one names its key and url.
@@ -216,6 +250,8 @@ pub struct OverlayConfig {
     pub secret: String,
     pub rendezvous: String,
     pub ice_urls: Vec<IceServer>,
+    /// Roots for `turns:` servers beside the system's.
+    pub turn_ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for OverlayConfig {
@@ -344,6 +380,38 @@ mod tests {
         assert!(err.contains("go together"), "{err}");
         let err = Settings::from_json(r#"{"turn_user": "u", "turn_password": "p"}"#).unwrap().resolve().unwrap_err();
         assert!(err.contains("need a rendezvous"), "{err}");
+    }
+
+    #[test]
+    fn a_turn_password_file_gives_the_password_and_only_one_of_the_two_may_be_given() {
+        let base = r#""rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough", "turn_user": "u""#;
+        let settings = |extra: &str| Settings::from_json(&format!("{{{base}, {extra}}}")).unwrap();
+        let with_file = settings(r#""turn": ["turn:203.0.113.1"], "turn_password_file": "/etc/ipop/turn""#);
+        let read = with_file.clone().with_password_file(|p| {
+            assert_eq!(p, std::path::Path::new("/etc/ipop/turn"));
+            Ok("from the file\n".into())
+        });
+        let o = read.unwrap().resolve().unwrap().overlay.unwrap();
+        assert_eq!(o.ice_urls[0].password, "from the file", "its line break dropped");
+        let err = with_file.clone().with_password_file(|_| Err(std::io::ErrorKind::NotFound.into())).unwrap_err();
+        assert!(err.starts_with("turn_password_file /etc/ipop/turn: "), "{err}");
+        let err = with_file.clone().with_password_file(|_| Ok("\n".into())).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        let both = settings(r#""turn_password": "p", "turn_password_file": "/etc/ipop/turn""#);
+        assert!(both.with_password_file(|_| Ok("q".into())).unwrap_err().contains("keep one"));
+        assert!(with_file.resolve().is_err(), "an unread file is never taken for no password");
+    }
+
+    #[test]
+    fn turns_urls_take_a_ca_file_and_a_ca_file_needs_one() {
+        let base = r#""rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough""#;
+        let resolve = |extra: &str| Settings::from_json(&format!("{{{base}, {extra}}}")).unwrap().resolve();
+        let o = resolve(r#""turn": ["turns:u:p@turn.example.org"], "turn_ca_file": "/etc/ipop/ca.pem""#);
+        let o = o.unwrap().overlay.unwrap();
+        assert_eq!(o.turn_ca_file.as_deref(), Some(std::path::Path::new("/etc/ipop/ca.pem")));
+        assert_eq!((o.ice_urls[0].transport, o.ice_urls[0].port), (Transport::Tls, 5349));
+        let err = resolve(r#""turn": ["turn:u:p@h?transport=tcp"], "turn_ca_file": "/ca.pem""#).unwrap_err();
+        assert!(err.contains("turn_ca_file /ca.pem is set but no turn url is turns:"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod support;
 
 use std::{
     os::fd::AsRawFd as _,
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -15,6 +16,7 @@ use ipop_agent::{
     core::{digest::hex, wire::Inner},
     link::{
         event::LinkEvent,
+        ice::IceConfig,
         params::LinkShared,
         peers::{LinkTemplate, Peers},
         session::{self, Identity},
@@ -55,7 +57,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let shared = LinkShared {
         identity,
         psk: session::overlay_psk(OVERLAY, SECRET),
-        ice_urls: Vec::new(),
+        ice: Arc::new(IceConfig::start(Vec::new(), None).unwrap()),
         exclude_ifaces: vec!["lxcbr0".into()],
         signaling,
         events: events_tx,

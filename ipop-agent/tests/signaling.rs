@@ -77,3 +77,26 @@ fn a_rendezvous_whose_lines_arrive_in_fragments_loses_nothing() {
         assert!(!log.contains("lost the rendezvous"), "host {i} lost the rendezvous:\n{log}");
     }
 }
+
+#[test]
+fn status_says_when_signaling_is_unreachable_and_the_links_that_are_up_stay() {
+    let mut underlay = Underlay::new();
+    let rendezvous = underlay.start_rendezvous(SECRET);
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+        h.start_member(&format!("h{i}"), SECRET, &[]);
+    }
+    let signaling = |h: &Host| status(h, &h.pin_dir("lxcbr0"))["signaling"].clone();
+    for h in &hosts {
+        eventually_within(20, "the link is up", || h.link_up());
+        assert_eq!(signaling(h)["up"], true, "{}", signaling(h));
+    }
+    underlay.stop_service(rendezvous);
+    eventually_within(10, "status says signaling is down", || signaling(&hosts[0])["up"] == false);
+    let why = signaling(&hosts[0])["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(why.starts_with("rendezvous 192.168.77.254:7000: "), "{why}");
+    assert!(hosts[0].link_up(), "the link that was up stays up");
+    let log = hosts[0].agent_log(0);
+    assert!(log.contains("WARN") && log.contains("signaling unreachable (rendezvous"), "logged:\n{log}");
+}

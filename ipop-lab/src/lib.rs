@@ -47,6 +47,7 @@ mod neigh;
 mod netns;
 mod process;
 mod proxy;
+mod tls;
 mod underlay;
 
 pub use agent::{agent_binary, prog_name, remove_pins, set_agent, stats, status, tcx_links};

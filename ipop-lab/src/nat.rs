@@ -124,6 +124,12 @@ impl Router {
         self.netns.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", &secs.to_string());
     }
 
+    /// Drops every UDP datagram from the LAN toward the WAN, as networks that allow only TCP
+    /// (web proxies, some corporate and guest networks) do.
+    pub fn block_outbound_udp(&self) {
+        self.nft(BLOCK_UDP);
+    }
+
     /// Forgets every mapping, as a rebooted router would (`conntrack -F`).
     pub fn flush(&self) {
         let out = self.exec(&["conntrack", "-F"]);
@@ -149,6 +155,10 @@ fn parse_mapping(line: &str) -> Option<(u16, String, u16)> {
     let outside = field("dport=").nth(1)?.parse().ok()?;
     Some((sport, dst, outside))
 }
+
+const BLOCK_UDP: &str = "table inet ipopblock {\n  chain forward {\n    \
+    type filter hook forward priority filter; policy accept;\n    \
+    oifname \"wan0\" meta l4proto udp drop\n  }\n}\n";
 
 fn ruleset(kind: Nat, filter: bool) -> String {
     let flags = match kind {

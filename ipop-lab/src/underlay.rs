@@ -157,14 +157,29 @@ impl Underlay {
         idx
     }
 
-    /// Starts coturn (STUN and TURN on UDP 3478 at "<net>.254", long-term credentials
+    /// Starts coturn (STUN and TURN on UDP and TCP 3478 at "<net>.254", long-term credentials
     /// `user`/`password`, realm "ipop") and waits until it answers; its index. The routed
     /// internet's default route matters: coturn closes allocations that relay toward unknown
     /// destinations.
     pub fn start_turn(&mut self, user: &str, password: &str) -> usize {
+        self.turnserver(user, password, &["--no-tls", "--no-dtls"])
+    }
+
+    /// The same, also on TLS 5349 with a certificate for "<net>.254" from a CA made for the
+    /// run; its index and the CA's certificate (PEM), for the agents' `turn_ca_file`.
+    pub fn start_turn_tls(&mut self, user: &str, password: &str) -> (usize, PathBuf) {
+        let (ca, cert, key) = (self.file("turn-ca.pem"), self.file("turn-cert.pem"), self.file("turn-key.pem"));
+        crate::tls::issue(&self.addr, &ca, &cert, &key, &self.file("turn-ca-key.pem"));
+        let tls = ["--cert", cert.to_str().unwrap(), "--pkey", key.to_str().unwrap(), "--tls-listening-port", "5349"];
+        let idx = self.turnserver(user, password, &[&tls[..], &["--no-dtls"]].concat());
+        eventually("coturn listens on TLS 5349", || !self.exec(&["ss", "-Htln", "sport = :5349"]).stdout.is_empty());
+        (idx, ca)
+    }
+
+    fn turnserver(&mut self, user: &str, password: &str, extra: &[&str]) -> usize {
         let (pid, log) = (self.file("turnserver.pid"), self.file("turnserver.log"));
         let (credentials, addr) = (format!("{user}:{password}"), self.addr.clone());
-        let args = [
+        let mut args = vec![
             "turnserver",
             "--listening-ip",
             &addr,
@@ -178,23 +193,52 @@ impl Underlay {
             "--realm",
             "ipop",
             "--no-cli",
-            "--no-tls",
-            "--no-dtls",
             "--pidfile",
             pid.to_str().unwrap(),
             "--log-file",
             log.to_str().unwrap(),
             "--simple-log",
         ];
+        args.extend_from_slice(extra);
         let idx = self.spawn(&args, &format!("turnserver{}.err", self.netns.services()));
         let listening = || !self.exec(&["ss", "-Huln", "sport = :3478"]).stdout.is_empty();
         eventually("coturn listens on UDP 3478", listening);
         idx
     }
 
+    /// Counts, from now on, the TURN messages that reach the server over UDP by kind: Send
+    /// indications (type 0x0016) and ChannelData (first two bits 01), with nftables counters.
+    pub fn count_turn_messages(&self) {
+        let rules = "table inet ipopturn {\n  counter send_indications {}\n  counter channel_data {}\n  \
+                     chain input {\n    type filter hook input priority filter; policy accept;\n    \
+                     udp dport 3478 @th,64,16 0x0016 counter name send_indications\n    \
+                     udp dport 3478 @th,64,2 1 counter name channel_data\n  }\n}\n";
+        let file = self.file("turn-counters.nft");
+        std::fs::write(&file, rules).unwrap();
+        let out = self.exec(&["nft", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// (Send indications, ChannelData messages) counted since `count_turn_messages`.
+    pub fn turn_messages(&self) -> (u64, u64) {
+        let packets = |name: &str| {
+            let out = self.exec(&["nft", "list", "counter", "inet", "ipopturn", name]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let n = text.split_whitespace().skip_while(|w| *w != "packets").nth(1).and_then(|n| n.parse().ok());
+            n.unwrap_or_else(|| panic!("no counter {name}: {text}"))
+        };
+        (packets("send_indications"), packets("channel_data"))
+    }
+
     /// The STUN and TURN urls of the server `start_turn` runs.
     pub fn ice_urls(&self, user: &str, password: &str) -> (String, String) {
         (format!("stun:{}:3478", self.addr), format!("turn:{user}:{password}@{}:3478?transport=udp", self.addr))
+    }
+
+    /// Its TURN urls over TCP and, with `start_turn_tls`, TLS.
+    pub fn turn_stream_urls(&self, user: &str, password: &str) -> (String, String) {
+        let addr = &self.addr;
+        (format!("turn:{user}:{password}@{addr}:3478?transport=tcp"), format!("turns:{user}:{password}@{addr}:5349"))
     }
 
     /// Stops service `idx` (SIGTERM, then SIGKILL).

@@ -9,8 +9,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: eBPF inspection, namespaces and veth, the tools the tests drive, conntrack
-/// (the lab's NAT routers: list and flush mappings), and lxc with busybox-static (the lab's
-/// real LXC containers, from the busybox template).
+/// (the lab's NAT routers: list and flush mappings), lxc with busybox-static (the lab's
+/// real LXC containers, from the busybox template), coturn (STUN and TURN) and openssl (the
+/// lab's certificates for TURN over TLS).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -24,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "lxc",
     "busybox-static",
     "coturn",
+    "openssl",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13";

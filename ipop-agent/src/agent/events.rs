@@ -95,7 +95,10 @@ impl Shell {
             return;
         };
         let replaced = match ev {
-            SignalEvent::Members(members) => members.iter().filter_map(|m| peers.ensure(m)).collect(),
+            SignalEvent::Members(members) => {
+                peers.set_signaling(None);
+                members.iter().filter_map(|m| peers.ensure(m)).collect()
+            }
             SignalEvent::Joined(m) => peers.ensure(&m).into_iter().collect(),
             SignalEvent::Left(node) => {
                 peers.left(&node);
@@ -105,8 +108,11 @@ impl Shell {
                 peers.signal(&from, data);
                 Vec::new()
             }
-            SignalEvent::Lost => {
-                warn!("lost the rendezvous: links that are up keep working; reconnecting");
+            SignalEvent::Lost(why) => {
+                // Said once per change: a rendezvous that stays away is not news every retry.
+                if peers.set_signaling(Some(why.clone())) {
+                    warn!("signaling unreachable ({why}): links that are up keep working; reconnecting");
+                }
                 Vec::new()
             }
             SignalEvent::Refused(_) => Vec::new(),

@@ -31,7 +31,7 @@ use crate::{
         preflight,
         tap::Tap,
     },
-    link::event::LinkEvent,
+    link::{event::LinkEvent, ice::IceConfig},
     ops::{control::ControlSocket, lock},
     signaling::SignalEvent,
 };
@@ -65,6 +65,8 @@ fn watch<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     preflight::check_privileges()?;
     preflight::check_bpffs(&cfg.pin_dir)?;
+    // Before anything is made: a turns: server's roots that cannot be read stop the start.
+    let ice = setup::ice(&cfg)?;
     let nl = Netlink::connect()?;
     let bridge = nl.bridge(&cfg.bridge).await?;
     let _lock = lock::acquire(&cfg.bridge, bridge.index, &cfg.pin_dir)?;
@@ -76,7 +78,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let (tap, tap_link) = setup::tap(&nl, &cfg, &bridge, &mut datapath).await?;
     let switch = setup::switch(&nl, &cfg, &bridge).await?;
     let devices = Devices { nl, cfg: &cfg, bridge, tap: tap_link };
-    let result = serve(&devices, &mut datapath, tap, switch).await;
+    let result = serve(&devices, &mut datapath, tap, switch, ice).await;
     finish(result, datapath)
 }
 
@@ -89,7 +91,13 @@ struct Devices<'a> {
 }
 
 /// Joins the overlay and runs the loop until a signal or an error; drops what it made.
-async fn serve(dev: &Devices<'_>, datapath: &mut Datapath, tap: Tap, mut switch: Switch) -> Result<()> {
+async fn serve(
+    dev: &Devices<'_>,
+    datapath: &mut Datapath,
+    tap: Tap,
+    mut switch: Switch,
+    ice: Option<Arc<IceConfig>>,
+) -> Result<()> {
     let cfg = dev.cfg;
     let mut events = watch(datapath.take_events()?)?;
     let mut logger = watch(datapath.take_logger()?)?;
@@ -103,7 +111,7 @@ async fn serve(dev: &Devices<'_>, datapath: &mut Datapath, tap: Tap, mut switch:
     }
     let removals = switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left);
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
-    let (peers, mut signals) = setup::overlay(cfg, link_tx)?;
+    let (peers, mut signals) = setup::overlay(cfg, ice, link_tx)?;
     let tap = Arc::new(watch(tap)?);
     let mut shell = Shell::new(switch, arp_table, tap.clone(), peers);
     shell.apply(removals);

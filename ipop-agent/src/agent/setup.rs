@@ -25,6 +25,7 @@ use crate::{
     },
     link::{
         event::LinkEvent,
+        ice::IceConfig,
         params::{DataSocket, LinkShared},
         peers::{LinkTemplate, Peers},
         receive,
@@ -101,12 +102,21 @@ pub fn take_learned(table: &mut ArpTable, overlay: bool) -> Vec<(Ipv4Addr, Orpha
     Vec::new()
 }
 
+/// The overlay's STUN and TURN servers, with a stream relay for each TURN server over TCP or
+/// TLS.
+pub fn ice(cfg: &AgentConfig) -> Result<Option<Arc<IceConfig>>> {
+    let Some(o) = &cfg.overlay else { return Ok(None) };
+    let ice = IceConfig::start(o.ice_urls.clone(), o.turn_ca_file.as_deref()).context("the turns: servers")?;
+    Ok(Some(Arc::new(ice)))
+}
+
 /// Joins the overlay, if there is one: signaling, the data socket and its reader, the peers.
 pub fn overlay(
     cfg: &AgentConfig,
+    ice: Option<Arc<IceConfig>>,
     links: mpsc::Sender<LinkEvent>,
 ) -> Result<(Option<Peers>, Option<mpsc::Receiver<SignalEvent>>)> {
-    let Some(o) = &cfg.overlay else { return Ok((None, None)) };
+    let (Some(o), Some(ice)) = (&cfg.overlay, ice) else { return Ok((None, None)) };
     let identity = Identity::generate();
     let credentials = signaling::Credentials {
         overlay: o.overlay.clone(),
@@ -128,7 +138,7 @@ pub fn overlay(
     let shared = LinkShared {
         identity,
         psk: session::overlay_psk(&o.overlay, &o.secret),
-        ice_urls: o.ice_urls.clone(),
+        ice,
         exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
         signaling,
         events: links,

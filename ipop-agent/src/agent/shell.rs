@@ -59,6 +59,7 @@ impl Shell {
         serde_json::json!({
             "node_id": node_id,
             "peers": self.peers.as_ref().map(Peers::status).unwrap_or_default(),
+            "signaling": self.peers.as_ref().map(Peers::signaling_status),
             "data_port": self.peers.as_ref().and_then(Peers::data_port),
             "switch": self.switch.counters(),
             "queue_drops": self.peers.as_ref().map_or(0, |p| p.queue_drops),

@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// TURN password, for turn urls without credentials (prefer the config file or IPOP_TURN_PASSWORD).
     #[arg(long, env = "IPOP_TURN_PASSWORD", hide_env_values = true)]
     pub turn_password: Option<String>,
+    /// A file holding the TURN password (instead of --turn-password).
+    #[arg(long)]
+    pub turn_password_file: Option<PathBuf>,
+    /// PEM certificates that a turns: server's certificate may chain to, beside the system's.
+    #[arg(long)]
+    pub turn_ca_file: Option<PathBuf>,
     /// ARP RPCs a second one local source may cause (0: unlimited) [default: 10000].
     #[arg(long)]
     pub arp_rpc_rate: Option<u32>,

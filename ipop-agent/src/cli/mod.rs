@@ -126,10 +126,13 @@ fn run(args: RunArgs) -> Result<()> {
         turn: (!args.turn.is_empty()).then_some(args.turn),
         turn_user: args.turn_user,
         turn_password: args.turn_password,
+        turn_password_file: args.turn_password_file,
+        turn_ca_file: args.turn_ca_file,
         arp_rpc_rate: args.arp_rpc_rate,
         broadcast_rate: args.broadcast_rate,
     };
-    let cfg = file.overridden_by(cli).resolve().map_err(anyhow::Error::msg)?;
+    let settings = file.overridden_by(cli).with_password_file(|f| std::fs::read_to_string(f));
+    let cfg = settings.and_then(Settings::resolve).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(agent::run(cfg))
 }

@@ -12,5 +12,6 @@ pub mod node_id;
 pub mod replay;
 pub mod rpc;
 pub mod switch;
+pub mod turn_frame;
 pub mod vnet;
 pub mod wire;

@@ -2,6 +2,7 @@
 //! an ICE connection.
 
 use std::{
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -17,6 +18,7 @@ use webrtc_ice::{
     candidate::{Candidate, CandidateType, candidate_base::unmarshal_candidate},
     mdns::MulticastDnsMode,
     network_type::NetworkType,
+    url::Url,
 };
 use webrtc_util::Conn;
 
@@ -28,18 +30,75 @@ use crate::{
     },
     link::{
         event::LinkEvent,
-        ice_server::IceServer,
+        ice_server::{IceServer, Transport},
         session::Opener,
         timers::{ICE_CHECKING, ICE_CONSENT, clock_ms},
+        turn_check::{CheckTarget, TurnChecks},
+        turn_stream::{self, StreamRelay, Target},
         underlay::force_buffers,
     },
 };
 
+/// The STUN and TURN servers as links use them: as configured (to say why an attempt failed),
+/// as webrtc-ice is given them (TURN over TCP or TLS through its stream relay), and the
+/// checks that ask a TURN server why it gave no relay.
+pub struct IceConfig {
+    pub servers: Vec<IceServer>,
+    urls: Vec<Url>,
+    /// Beside `servers`: the stream relay of each TCP or TLS one.
+    relays: Vec<Option<StreamRelay>>,
+    checks: TurnChecks,
+}
+
+impl IceConfig {
+    /// Starts a stream relay for each TURN server over TCP or TLS (`turns:` certificates
+    /// checked against the system's roots and `ca_file`'s).
+    pub fn start(servers: Vec<IceServer>, ca_file: Option<&Path>) -> Result<IceConfig> {
+        let needs_tls = servers.iter().any(|s| s.transport == Transport::Tls);
+        let tls = if needs_tls { Some(turn_stream::tls_config(ca_file)?) } else { None };
+        let (mut urls, mut relays) = (Vec::new(), Vec::new());
+        for s in &servers {
+            let relay = match s.transport {
+                Transport::Udp => None,
+                Transport::Tcp | Transport::Tls => {
+                    let tls = (s.transport == Transport::Tls).then(|| tls.clone().expect("made above"));
+                    Some(StreamRelay::start(Target { host: s.host.clone(), port: s.port, tls })?)
+                }
+            };
+            urls.push(s.to_url(relay.as_ref().map(|r| r.local)));
+            relays.push(relay);
+        }
+        Ok(IceConfig { servers, urls, relays, checks: TurnChecks::default() })
+    }
+
+    /// What each TURN server says when asked for an allocation now, for those that refuse or
+    /// do not answer (in words, naming the server); empty when every one allocates.
+    pub async fn turn_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ((s, url), relay) in self.servers.iter().zip(&self.urls).zip(&self.relays) {
+            if !s.is_turn() {
+                continue;
+            }
+            let target = CheckTarget {
+                addr: format!("{}:{}", url.host, url.port),
+                username: &s.username,
+                password: &s.password,
+            };
+            let Err(e) = self.checks.check(&target).await else { continue };
+            // Through a stream relay, no answer most often means no stream: say why.
+            let e = relay.as_ref().and_then(StreamRelay::last_error).unwrap_or(e);
+            let verb = if e.contains("error response") { "refused" } else { "did not answer" };
+            out.push(format!("TURN server {} {verb}: {e}", s.url));
+        }
+        out
+    }
+}
+
 /// An ICE agent for one attempt: UDP4 host candidates on every interface but loopback and
 /// `exclude` (the overlay must not run over itself), plus server-reflexive and relay ones
-/// when STUN/TURN `urls` are given.
-pub async fn new_agent(ice_urls: &[IceServer], exclude: &[String]) -> Result<Arc<Agent>> {
-    let urls: Vec<_> = ice_urls.iter().map(IceServer::to_url).collect();
+/// when STUN/TURN servers are configured.
+pub async fn new_agent(ice: &IceConfig, exclude: &[String]) -> Result<Arc<Agent>> {
+    let urls = ice.urls.clone();
     let mut candidate_types = vec![CandidateType::Host];
     if !urls.is_empty() {
         candidate_types.extend([CandidateType::ServerReflexive, CandidateType::Relay]);
@@ -196,15 +255,28 @@ pub fn is_public(address: &str) -> bool {
     }
 }
 
-/// Adds a remote candidate from a signal; a bad one is logged and skipped.
-pub fn add_candidate(agent: &Arc<Agent>, c: &str) {
+/// A candidate as webrtc-ice shares it.
+pub type IceCandidate = Arc<dyn Candidate + Send + Sync>;
+
+/// A remote candidate from a signal; a bad one is logged and skipped.
+pub fn parse_candidate(c: &str) -> Option<IceCandidate> {
     match unmarshal_candidate(c) {
-        Ok(c) => {
-            let c: Arc<dyn Candidate + Send + Sync> = Arc::new(c);
-            if let Err(e) = agent.add_remote_candidate(&c) {
-                debug!("remote candidate refused: {e}");
-            }
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            debug!("unparsable remote candidate: {e}");
+            None
         }
-        Err(e) => debug!("unparsable remote candidate: {e}"),
     }
+}
+
+/// Gives the agent a remote candidate; one it refuses is logged.
+pub fn add_candidate(agent: &Agent, c: &IceCandidate) {
+    if let Err(e) = agent.add_remote_candidate(c) {
+        debug!("remote candidate refused: {e}");
+    }
+}
+
+/// A candidate in words: its type and address (`"srflx 203.0.113.2:4000"`).
+pub fn describe(kind: CandidateType, c: &(dyn Candidate + Send + Sync)) -> String {
+    format!("{kind} {}:{}", c.address(), c.port())
 }

@@ -1,18 +1,32 @@
 //! STUN and TURN servers as the config names them, checked when the config is read:
-//! `stun:host:port`, `turn:host:port?transport=udp`, with TURN's credentials in the url
-//! (`turn:user:pass@host:port`) or given apart (`turn_user`, `turn_password`). webrtc-ice's own
-//! url parser drops credentials, so they are taken out here and handed over in its fields.
+//! `stun:host:port`, `turn:host:port?transport=udp|tcp`, `turns:host:port` (TLS), with TURN's
+//! credentials in the url (`turn:user:pass@host:port`) or given apart (`turn_user`,
+//! `turn_password`). webrtc-ice's own url parser drops credentials, so they are taken out here
+//! and handed over in its fields.
 
 use std::fmt;
 
 use webrtc_ice::url::{ProtoType, SchemeType, Url};
 
-/// One checked server: its url without credentials, and TURN's credentials.
+/// One checked server: its url without credentials, where it is, how it is reached, and
+/// TURN's credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IceServer {
     pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
     pub username: String,
     pub password: String,
+}
+
+/// How this host reaches a server. webrtc-ice itself speaks UDP only; TCP and TLS go through
+/// a stream relay (`link::turn_stream`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
 }
 
 /// Never print a password (config dumps, debug logs).
@@ -45,14 +59,26 @@ impl IceServer {
             ("turn", false) => return Err(bad("a stun url under turn".into())),
             _ => {}
         }
+        let transport = match (url.scheme, url.proto) {
+            (SchemeType::Stun | SchemeType::Turn, ProtoType::Udp) => Transport::Udp,
+            (SchemeType::Turn, ProtoType::Tcp) => Transport::Tcp,
+            (SchemeType::Turns, ProtoType::Tcp) => Transport::Tls,
+            (SchemeType::Stuns, _) => return Err(bad("STUN over TLS is not supported: use stun:".into())),
+            _ => return Err(bad("TURN over DTLS is not supported: use turns: (TLS over TCP)".into())),
+        };
+        let server = |username: &str, password: &str| IceServer {
+            url: url_text.clone(),
+            host: url.host.clone(),
+            port: url.port,
+            transport,
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
         if !turn {
             if userinfo.is_some() {
                 return Err(bad("a STUN url takes no credentials".into()));
             }
-            return Ok(IceServer { url: url_text, username: String::new(), password: String::new() });
-        }
-        if url.scheme == SchemeType::Turns || url.proto != ProtoType::Udp {
-            return Err(bad("only TURN over UDP is supported (the ICE library gathers relays over UDP only)".into()));
+            return Ok(server("", ""));
         }
         let (username, password) = match userinfo {
             Some(u) => u.split_once(':').ok_or_else(|| bad("credentials must be user:password".into()))?,
@@ -64,12 +90,21 @@ impl IceServer {
         if username.is_empty() || password.is_empty() {
             return Err(bad("empty user name or password".into()));
         }
-        Ok(IceServer { url: url_text, username: username.to_owned(), password: password.to_owned() })
+        Ok(server(username, password))
     }
 
-    /// The url for webrtc-ice, credentials in its fields.
-    pub fn to_url(&self) -> Url {
+    pub fn is_turn(&self) -> bool {
+        self.url.starts_with("turn")
+    }
+
+    /// The url for webrtc-ice, credentials in its fields; `via` is the loopback address of the
+    /// stream relay that stands in for a TCP or TLS server (webrtc-ice reaches it over UDP).
+    pub fn to_url(&self, via: Option<std::net::SocketAddr>) -> Url {
         let mut url = Url::parse_url(&self.url).expect("checked when the config was read");
+        if let Some(local) = via {
+            (url.scheme, url.proto) = (SchemeType::Turn, ProtoType::Udp);
+            (url.host, url.port) = (local.ip().to_string(), local.port());
+        }
         url.username.clone_from(&self.username);
         url.password.clone_from(&self.password);
         url
@@ -100,14 +135,26 @@ mod tests {
     fn credentials_come_from_the_url_or_apart_and_reach_the_ice_library() {
         let s = ok("turn", "turn:ipop:s3cret@203.0.113.254:3478?transport=udp", None);
         assert_eq!(s.url, "turn:203.0.113.254:3478?transport=udp");
-        let url = s.to_url();
+        let url = s.to_url(None);
         assert_eq!((url.username.as_str(), url.password.as_str(), url.port), ("ipop", "s3cret", 3478));
+        assert_eq!((s.host.as_str(), s.port, s.transport), ("203.0.113.254", 3478, Transport::Udp));
         let apart = ok("turn", "turn:203.0.113.254:3478", Some(("ipop", "s3cret")));
         assert_eq!((apart.username.as_str(), apart.password.as_str()), ("ipop", "s3cret"));
         let own = ok("turn", "turn:a:b@203.0.113.254", Some(("ipop", "s3cret")));
         assert_eq!(own.username, "a", "the url's own credentials win");
         let stun = ok("stun", "stun:192.0.2.1:3478", None);
-        assert_eq!((stun.url.as_str(), stun.to_url().username.as_str()), ("stun:192.0.2.1:3478", ""));
+        assert_eq!((stun.url.as_str(), stun.to_url(None).username.as_str()), ("stun:192.0.2.1:3478", ""));
+    }
+
+    #[test]
+    fn turn_over_tcp_and_tls_reach_the_ice_library_through_a_local_relay() {
+        let tcp = ok("turn", "turn:u:p@turn.example.org:3478?transport=tcp", None);
+        assert_eq!((tcp.host.as_str(), tcp.port, tcp.transport), ("turn.example.org", 3478, Transport::Tcp));
+        let tls = ok("turn", "turns:u:p@turn.example.org", None);
+        assert_eq!((tls.port, tls.transport), (5349, Transport::Tls), "turns: defaults to 5349");
+        let url = tls.to_url(Some("127.0.0.1:40000".parse().unwrap()));
+        assert_eq!((url.scheme, url.proto), (SchemeType::Turn, ProtoType::Udp));
+        assert_eq!((url.host.as_str(), url.port, url.username.as_str()), ("127.0.0.1", 40000, "u"));
     }
 
     #[test]
@@ -117,8 +164,9 @@ mod tests {
             ("turn", "turn:host:3478", "no credentials"),
             ("turn", "turn:u@host:3478", "user:password"),
             ("turn", "turn::p@host:3478", "empty"),
-            ("turn", "turn:u:p@host:3478?transport=tcp", "only TURN over UDP"),
-            ("turn", "turns:u:p@host:5349", "only TURN over UDP"),
+            ("turn", "turns:u:p@host:5349?transport=udp", "DTLS is not supported"),
+            ("turn", "turn:u:p@host:3478?transport=sctp", "turn url"),
+            ("stun", "stuns:host:5349", "STUN over TLS"),
             ("turn", "stun:host:3478", "a stun url under turn"),
             ("stun", "turn:u:p@host", "a turn url under stun"),
             ("stun", "stun:u:p@host", "no credentials"),

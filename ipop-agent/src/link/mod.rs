@@ -21,4 +21,6 @@ pub mod session;
 pub mod signal;
 pub mod task;
 pub mod timers;
+pub mod turn_check;
+pub mod turn_stream;
 pub mod underlay;

@@ -8,7 +8,7 @@ use crate::{
     core::switch::PeerId,
     link::{
         event::LinkEvent,
-        ice_server::IceServer,
+        ice::IceConfig,
         receive::Registration,
         session::{Aead, Identity},
         underlay::Underlay,
@@ -21,8 +21,8 @@ use crate::{
 pub struct LinkShared {
     pub identity: Identity,
     pub psk: [u8; 32],
-    /// STUN/TURN urls for server-reflexive and relay candidates.
-    pub ice_urls: Vec<IceServer>,
+    /// STUN/TURN servers for server-reflexive and relay candidates.
+    pub ice: Arc<IceConfig>,
     /// Interfaces never used for candidates (the bridge, the TAP: the overlay must not run
     /// over itself).
     pub exclude_ifaces: Vec<String>,

@@ -47,6 +47,8 @@ pub struct Peers {
     next_id: PeerId,
     /// Datagrams not queued because a link's queue was full.
     pub queue_drops: u64,
+    /// Why signaling is unreachable, while it is (new links wait for it).
+    signaling_down: Option<String>,
     scratch: Vec<u8>,
 }
 
@@ -58,6 +60,7 @@ impl Peers {
             names: HashMap::new(),
             next_id: 1,
             queue_drops: 0,
+            signaling_down: Some("not joined yet".into()),
             scratch: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
         }
     }
@@ -141,6 +144,18 @@ impl Peers {
         }
     }
 
+    /// Records whether signaling is reachable (`None`) or why not; true if that changed.
+    pub fn set_signaling(&mut self, down: Option<String>) -> bool {
+        let changed = self.signaling_down != down;
+        self.signaling_down = down;
+        changed
+    }
+
+    /// The signaling service in `status`: where, whether it is reachable, and why not.
+    pub fn signaling_status(&self) -> serde_json::Value {
+        serde_json::json!({"up": self.signaling_down.is_none(), "reason": self.signaling_down})
+    }
+
     /// The tag of `id`'s node id kept with the kernel entries it vouches for (0: unknown).
     pub fn tag(&self, id: PeerId) -> u32 {
         self.names.get(&id).map_or(0, |n| peer_tag(n))
@@ -158,7 +173,8 @@ impl Peers {
 
     /// Every peer with its link state, sorted by node id.
     pub fn status(&self) -> Vec<serde_json::Value> {
-        let mut list: Vec<_> = self.by_node.iter().map(|(n, p)| peer_status(n, p)).collect();
+        let down = self.signaling_down.as_deref();
+        let mut list: Vec<_> = self.by_node.iter().map(|(n, p)| peer_status(n, p, down)).collect();
         list.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
         list
     }
@@ -219,9 +235,18 @@ pub fn peer_tag(node_id: &str) -> u32 {
 }
 
 /// Which way data to `p` goes: "direct" (the data socket), "ice", or null while down.
-/// One peer in `status`: whether its link is up, on which path and ICE pair, or why not.
-fn peer_status(node: &str, p: &Peer) -> serde_json::Value {
+/// One peer in `status`: whether its link is up, on which path and ICE pair, or why not
+/// (first of all, while `signaling_down` says why, that signaling is unreachable).
+fn peer_status(node: &str, p: &Peer, signaling_down: Option<&str>) -> serde_json::Value {
     let pair = p.data.as_ref().map(DataTx::ice_pair);
+    let reason = match (p.up, signaling_down) {
+        (true, _) => None,
+        (false, Some(why)) => {
+            let last = p.reason.as_deref().map(|r| format!("; last attempt: {r}")).unwrap_or_default();
+            Some(format!("signaling unreachable: {why}{last}"))
+        }
+        (false, None) => p.reason.clone(),
+    };
     serde_json::json!({
         "node_id": node,
         "up": p.up,
@@ -229,7 +254,7 @@ fn peer_status(node: &str, p: &Peer) -> serde_json::Value {
         "local_candidate": pair.map(|c| &c.local),
         "remote_candidate": pair.map(|c| &c.remote),
         "rtt_ms": p.data.as_ref().and_then(DataTx::rtt).map(|d| d.as_secs_f64() * 1000.0),
-        "reason": p.reason,
+        "reason": reason,
     })
 }
 

@@ -6,6 +6,7 @@
 //! agree without talking.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::AtomicU64},
 };
@@ -23,7 +24,7 @@ use webrtc_util::Conn;
 
 use crate::link::{
     event::{LinkCmd, LinkEvent},
-    ice::{self, add_candidate, enlarge_udp_buffers, read_datagrams},
+    ice::{self, IceCandidate, add_candidate, enlarge_udp_buffers, parse_candidate, read_datagrams},
     ice_server::IceServer,
     params::LinkParams,
     receive::Registration,
@@ -114,7 +115,7 @@ async fn attempt(
             }
         },
     };
-    let agent = ice::new_agent(&p.shared.ice_urls, &p.shared.exclude_ifaces).await?;
+    let agent = ice::new_agent(&p.shared.ice, &p.shared.exclude_ifaces).await?;
     let result = connect_and_serve(p, cmds, &agent, offer, last_handshake).await;
     let _ = agent.close().await;
     result
@@ -152,8 +153,8 @@ async fn connect_and_serve(
     let (session_id, my_index, creds) = credentials(p, ufrag, pwd, offer.as_ref())?;
     let mut sent = Sent::default();
     sent.push(&p.shared.signaling, &p.peer_node, creds);
-    let (conn, remote) = match connect(p, cmds, agent, offer, session_id, sent).await? {
-        Connected::Yes(conn, remote) => (conn, remote),
+    let (conn, remote, seen) = match connect(p, cmds, agent, offer, session_id, sent).await? {
+        Connected::Yes(conn, remote, seen) => (conn, remote, seen),
         Connected::No(ended) => return Ok((ended, false)),
     };
     debug!(peer = %p.peer_node, "ICE connected; handshaking");
@@ -162,7 +163,7 @@ async fn connect_and_serve(
     // NAT that keeps ports (as most do for a new mapping) lets it through, else the probe
     // fails and data stays on ICE.
     let pair = agent.get_selected_candidate_pair();
-    let ice_pair = Arc::new(pair.as_ref().map_or_else(IcePair::default, |p| describe(&*p.local, &*p.remote)));
+    let ice_pair = Arc::new(pair.as_ref().map_or_else(IcePair::default, |p| describe(&*p.local, &*p.remote, &seen)));
     let plan = match (&p.shared.data, remote.data, pair) {
         (Some(_), Some((port, peer_index)), Some(pair)) => {
             Some(Plan { my_index, peer_addr: SocketAddr::new(pair.remote.addr().ip(), port), peer_index })
@@ -191,7 +192,7 @@ async fn connect_and_serve(
 /// How connecting ended: a connection with the peer's credentials, or not (closed, or a new
 /// offer to answer instead).
 enum Connected {
-    Yes(IceConn, Creds),
+    Yes(IceConn, Creds, Gathered),
     No(Ended),
 }
 
@@ -211,7 +212,7 @@ async fn connect(
     agent.gather_candidates().context("gathering candidates")?;
 
     let mut remote = offer;
-    let mut early_candidates: Vec<String> = Vec::new();
+    let mut early_candidates: Vec<IceCandidate> = Vec::new();
     let (cancel_tx, cancel_rx) = mpsc::channel::<()>(1);
     let mut cancel_rx = Some(cancel_rx);
     let mut dial: Option<JoinHandle<Result<IceConn>>> = None;
@@ -232,11 +233,11 @@ async fn connect(
         tokio::select! {
             _ = &mut deadline => {
                 let _ = cancel_tx.try_send(());
-                bail!("no ICE connection within {CONNECT_TIMEOUT:?}: {}", seen.explain(&p.shared.ice_urls));
+                bail!("no ICE connection within {CONNECT_TIMEOUT:?}: {}", why(p, agent, &seen).await);
             }
             Some(()) = failed_rx.recv() => {
                 let _ = cancel_tx.try_send(());
-                bail!("ICE gave up: {}", seen.explain(&p.shared.ice_urls));
+                bail!("ICE gave up: {}", why(p, agent, &seen).await);
             }
             _ = &mut resend, if p.controlling && remote.is_none() => {
                 debug!(peer = %to, "no answer yet: offering again");
@@ -244,9 +245,9 @@ async fn connect(
                 resend_every = (resend_every * 2).min(RESEND_MAX);
                 resend.as_mut().reset(tokio::time::Instant::now() + resend_every);
             }
-            Some((c, kind, public)) = cand_rx.recv() => {
-                seen.local(kind, public);
-                sent.push(signaling, to, json!({"t": "cand", "s": session_id, "c": c}));
+            Some(c) = cand_rx.recv() => {
+                seen.local_candidate(&*c);
+                sent.push(signaling, to, json!({"t": "cand", "s": session_id, "c": c.marshal()}));
             }
             cmd = cmds.recv() => match cmd {
                 None => { let _ = cancel_tx.try_send(()); return Ok(Connected::No(Ended::Closed)) }
@@ -258,16 +259,16 @@ async fn connect(
                         return Ok(Connected::No(Ended::NewOffer(o)));
                     }
                     Heard::SameOffer => sent.again(signaling, to),
-                    Heard::Candidate(c) => {
-                        seen.remote += 1;
+                    Heard::Candidate(c) => if let Some(c) = parse_candidate(&c) {
+                        seen.remote(&*c);
                         if dial.is_some() { add_candidate(agent, &c) } else { early_candidates.push(c) }
-                    }
+                    },
                     Heard::Nothing => {}
                 },
             },
             res = async { dial.as_mut().unwrap().await }, if dial.is_some() => {
                 let conn = res.map_err(|e| anyhow!("dial task: {e}"))??;
-                return Ok(Connected::Yes(conn, remote.expect("dialled with the peer's credentials")));
+                return Ok(Connected::Yes(conn, remote.expect("dialled with the peer's credentials"), seen));
             }
         }
     }
@@ -295,13 +296,12 @@ fn heard(controlling: bool, v: &Value, session_id: u64, have_remote: bool) -> He
     }
 }
 
-/// This attempt's local candidates as they are gathered: each in text, its type, and
-/// whether its address is public.
-fn watch_candidates(agent: &Agent) -> mpsc::UnboundedReceiver<(String, CandidateType, bool)> {
+/// This attempt's local candidates as they are gathered.
+fn watch_candidates(agent: &Agent) -> mpsc::UnboundedReceiver<IceCandidate> {
     let (tx, rx) = mpsc::unbounded_channel();
-    agent.on_candidate(Box::new(move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+    agent.on_candidate(Box::new(move |c: Option<IceCandidate>| {
         if let Some(c) = c {
-            let _ = tx.send((c.marshal(), c.candidate_type(), ice::is_public(&c.address())));
+            let _ = tx.send(c);
         }
         Box::pin(async {})
     }));
@@ -321,11 +321,33 @@ fn watch_failure(agent: &Agent) -> mpsc::Receiver<()> {
     rx
 }
 
-/// The selected pair in words, for `status`.
-fn describe(local: &(dyn Candidate + Send + Sync), remote: &(dyn Candidate + Send + Sync)) -> IcePair {
-    let show = |c: &(dyn Candidate + Send + Sync)| format!("{} {}:{}", c.candidate_type(), c.address(), c.port());
-    let relayed = [local.candidate_type(), remote.candidate_type()].contains(&CandidateType::Relay);
-    IcePair { local: show(local), remote: show(remote), relayed }
+/// Why an attempt failed, in words: what was gathered and missing, what the TURN servers say
+/// when no relay came, and the pairs ICE tried.
+async fn why(p: &LinkParams, agent: &Agent, seen: &Gathered) -> String {
+    let ice = &p.shared.ice;
+    let turn = ice.servers.iter().any(IceServer::is_turn);
+    let problems = if turn && !seen.relay { ice.turn_problems().await } else { Vec::new() };
+    let pairs = agent.get_candidate_pairs_stats().await;
+    // Candidates are named from what this attempt saw (webrtc-ice forgets them when it gives
+    // up); a remote one known only from its checks is peer-reflexive.
+    let name = |id: &str| seen.names.get(id).map_or("prflx", String::as_str).to_owned();
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|s| format!("{} -> {} ({})", name(&s.local_candidate_id), name(&s.remote_candidate_id), s.state))
+        .collect();
+    seen.explain(&ice.servers, &problems, &pairs)
+}
+
+/// The selected pair in words, for `status`. A peer-reflexive remote (its check came before
+/// its candidate's signal) at the address of a relay candidate the peer signalled is that relay.
+fn describe(local: &(dyn Candidate + Send + Sync), remote: &(dyn Candidate + Send + Sync), seen: &Gathered) -> IcePair {
+    let kind = |c: &(dyn Candidate + Send + Sync)| match c.candidate_type() {
+        CandidateType::PeerReflexive if seen.remote_relays.contains(&(c.address(), c.port())) => CandidateType::Relay,
+        other => other,
+    };
+    let (lk, rk) = (kind(local), kind(remote));
+    let relayed = [lk, rk].contains(&CandidateType::Relay);
+    IcePair { local: ice::describe(lk, local), remote: ice::describe(rk, remote), relayed }
 }
 
 /// The candidates of one attempt, to say why it failed.
@@ -336,6 +358,10 @@ struct Gathered {
     reflexive: bool,
     relay: bool,
     remote: usize,
+    /// The peer's relay candidates, (address, port).
+    remote_relays: Vec<(String, u16)>,
+    /// Every candidate of this attempt in words, by webrtc-ice's id.
+    names: HashMap<String, String>,
 }
 
 impl Gathered {
@@ -346,11 +372,34 @@ impl Gathered {
         self.relay |= kind == CandidateType::Relay;
     }
 
-    /// In words: how many candidates, and what was missing.
-    fn explain(&self, servers: &[IceServer]) -> String {
-        let mut out = format!("{} local and {} remote candidates, no pair answered", self.local, self.remote);
-        let stun = servers.iter().any(|s| s.url.starts_with("stun"));
-        let turn = servers.iter().any(|s| s.url.starts_with("turn"));
+    fn local_candidate(&mut self, c: &(dyn Candidate + Send + Sync)) {
+        self.local(c.candidate_type(), ice::is_public(&c.address()));
+        self.names.insert(c.id(), ice::describe(c.candidate_type(), c));
+    }
+
+    fn remote(&mut self, c: &(dyn Candidate + Send + Sync)) {
+        self.remote += 1;
+        if c.candidate_type() == CandidateType::Relay {
+            self.remote_relays.push((c.address(), c.port()));
+        }
+        self.names.insert(c.id(), ice::describe(c.candidate_type(), c));
+    }
+
+    /// In words: how many candidates, what was missing, what the TURN servers said
+    /// (`turn_problems`) and which `pairs` were tried.
+    fn explain(&self, servers: &[IceServer], turn_problems: &[String], pairs: &[String]) -> String {
+        let mut out = format!("{} local and {} remote candidates", self.local, self.remote);
+        match pairs.len() {
+            0 => out += ", no pair to check",
+            n => {
+                let shown = pairs.iter().take(MAX_PAIRS_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+                let more =
+                    if n > MAX_PAIRS_SHOWN { format!(" and {} more", n - MAX_PAIRS_SHOWN) } else { String::new() };
+                out += &format!(", all {n} pairs failed: {shown}{more}");
+            }
+        }
+        let stun = servers.iter().any(|s| !s.is_turn());
+        let turn = servers.iter().any(IceServer::is_turn);
         if servers.is_empty() && !self.public {
             out += "; this host has only private addresses and no STUN server is configured \
                     (behind NAT, give stun and turn servers)";
@@ -359,7 +408,11 @@ impl Gathered {
             out += "; no server-reflexive candidate: the STUN server did not answer";
         }
         if turn && !self.relay {
-            out += "; no relay candidate: the TURN server refused or did not answer";
+            out += "; no relay candidate";
+            match turn_problems {
+                [] => out += " (the TURN server allocates when asked now)",
+                problems => out += &format!(": {}", problems.join("; ")),
+            }
         }
         if self.remote == 0 {
             out += "; the peer sent no candidates";
@@ -367,6 +420,9 @@ impl Gathered {
         out
     }
 }
+
+/// Pairs named in a failure reason; the rest are counted.
+const MAX_PAIRS_SHOWN: usize = 6;
 
 /// Dials (controlling) or accepts (controlled) with the peer's credentials, in its own task.
 fn spawn_dial(
@@ -405,20 +461,37 @@ mod tests {
         let mut behind_nat = Gathered::default();
         behind_nat.local(CandidateType::Host, false);
         behind_nat.remote = 1;
-        let said = behind_nat.explain(&[]);
-        assert!(said.starts_with("1 local and 1 remote candidates"), "{said}");
+        let pair = ["host 192.168.1.2:4000 -> host 192.168.1.2:5000 (failed)".to_owned()];
+        let said = behind_nat.explain(&[], &[], &pair);
+        assert!(
+            said.starts_with("1 local and 1 remote candidates, all 1 pairs failed: host 192.168.1.2:4000"),
+            "{said}"
+        );
         assert!(said.contains("only private addresses and no STUN server"), "{said}");
 
         let servers = [server("stun:203.0.113.1:3478"), server("turn:u:p@203.0.113.1:3478")];
-        let said = behind_nat.explain(&servers);
-        assert!(said.contains("STUN server did not answer") && said.contains("TURN server refused"), "{said}");
+        let refused = ["TURN server turn:203.0.113.1:3478 refused: error 401: Unauthorized".to_owned()];
+        let said = behind_nat.explain(&servers, &refused, &[]);
+        assert!(said.contains("no pair to check") && said.contains("STUN server did not answer"), "{said}");
+        assert!(said.contains("no relay candidate: TURN server turn:203.0.113.1:3478 refused: error 401"), "{said}");
         assert!(!said.contains("no STUN server is configured"), "{said}");
 
         let mut public = Gathered::default();
         public.local(CandidateType::Host, true);
         public.local(CandidateType::Relay, true);
-        let said = public.explain(&servers[1..]);
+        let said = public.explain(&servers[1..], &[], &[]);
         assert!(!said.contains("relay candidate") && said.contains("the peer sent no candidates"), "{said}");
+    }
+
+    #[test]
+    fn many_pairs_are_counted_not_all_named() {
+        let pairs: Vec<String> = (0..10).map(|i| format!("host 10.0.0.{i}:1 -> host 10.0.1.{i}:1 (failed)")).collect();
+        let said = Gathered::default().explain(&[], &[], &pairs);
+        assert!(
+            said.contains("all 10 pairs failed") && said.contains("10.0.0.5:1") && said.contains("and 4 more"),
+            "{said}"
+        );
+        assert!(!said.contains("10.0.0.6:1"), "{said}");
     }
 
     #[test]

@@ -24,8 +24,9 @@ pub enum SignalEvent {
         from: String,
         data: Value,
     },
-    /// The connection dropped; links that are up keep working; reconnecting.
-    Lost,
+    /// The connection dropped or could not be made (why, in words); links that are up keep
+    /// working; reconnecting.
+    Lost(String),
     /// The service refused us (wrong secret): fatal.
     Refused(String),
 }
@@ -65,15 +66,18 @@ pub fn connect_rendezvous(addr: String, creds: Credentials) -> (Signaling, mpsc:
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
         loop {
-            match session(&addr, &creds, &mut outgoing, &events).await {
+            let lost = match session(&addr, &creds, &mut outgoing, &events).await {
                 Ok(Some(reason)) => {
                     let _ = events.send(SignalEvent::Refused(reason)).await;
                     return;
                 }
-                Ok(None) => backoff = BACKOFF_MIN,
-                Err(e) => warn!(%addr, "rendezvous: {e:#}"),
-            }
-            if events.send(SignalEvent::Lost).await.is_err() {
+                Ok(None) => {
+                    backoff = BACKOFF_MIN;
+                    format!("rendezvous {addr}: the connection ended")
+                }
+                Err(e) => format!("rendezvous {addr}: {e:#}"),
+            };
+            if events.send(SignalEvent::Lost(lost)).await.is_err() {
                 return;
             }
             tokio::time::sleep(backoff).await;
@@ -155,7 +159,11 @@ mod tests {
 
         server.abort();
         let _ = server.await;
-        assert_eq!(next(&mut a_rx).await, SignalEvent::Lost);
+        let lost = next(&mut a_rx).await;
+        assert!(
+            matches!(&lost, SignalEvent::Lost(why) if why.starts_with(&format!("rendezvous {addr}: "))),
+            "{lost:?}"
+        );
         let listener = TcpListener::bind(addr).await.unwrap();
         tokio::spawn(rendezvous::serve(listener, "lab".into(), "s".into()));
         // Both come back; whichever joins second sees the other.
