@@ -10,8 +10,8 @@
 //!   where servers run ([`Underlay::spawn`]: any command, with its log file).
 //! - [`Router`]: a NAT router with a WAN leg on an underlay and a LAN bridge toward its hosts
 //!   ([`Host::behind`]): nftables `masquerade` ([`Nat::Cone`]) or `masquerade
-//!   random,fully-random` ([`Nat::Symmetric`]), optionally a home router's input filter, its
-//!   own conntrack UDP timeout and flush.
+//!   random,fully-random` ([`Nat::Symmetric`]) or none ([`Nat::Routed`]), optionally a home
+//!   router's input filter or a block on outbound UDP, its own conntrack UDP timeout and flush.
 //! - [`SignalingProxy`]: a rendezvous that misbehaves, in front of the real one: every line
 //!   cut into fragments, or the first signal between every two nodes dropped ([`Faults`]).
 //! - [`NeighbourLimits`]: room in the kernel's neighbour table (one for all namespaces) for

@@ -7,6 +7,10 @@
 //! - [`Nat::Symmetric`], `masquerade random,fully-random`: each destination gets its own
 //!   random outside port, which defeats server-reflexive candidates between two such NATs.
 //!
+//! - [`Nat::Routed`]: no translation; the LAN is public-style (198.18.N.0/24), routed from
+//!   the internet's namespace and, with [`Router::route_to`], from another router: the same
+//!   forwarding without NAT, for comparing.
+//!
 //! [`Router::home`] adds a home router's filter: on `wan0`, established and related traffic
 //! is accepted and the rest dropped (input and forward), so unsolicited packets meet silence
 //! instead of an ICMP error.
@@ -28,6 +32,9 @@ use crate::{
 pub enum Nat {
     Cone,
     Symmetric,
+    /// No translation: the LAN has public-style addresses (198.18.N.0/24, routed), so the
+    /// same forwarding path can be measured without NAT.
+    Routed,
 }
 
 pub struct Router {
@@ -38,13 +45,15 @@ pub struct Router {
     pub wan_ip: String,
     /// Its address on the LAN, the host's gateway.
     pub lan_ip: String,
+    /// The LAN's /24, e.g. "192.168.1".
+    pub lan_net: String,
     /// Hosts plugged into the LAN so far.
     lan_hosts: AtomicU8,
     netns: Netns,
     scratch: Scratch,
 }
 
-/// The LAN every router gives its host (each in its own namespaces, like homes).
+/// The LAN every NAT router gives its hosts (each in its own namespaces, like homes).
 const LAN_NET: &str = "192.168.1";
 
 impl Router {
@@ -64,18 +73,26 @@ impl Router {
         let scratch = Scratch::new(&prefix);
         let netns = Netns::add(&format!("{prefix}r"));
         let wan_ip = internet.plug(&netns.name, "wan0", n);
+        let lan_net = if kind == Nat::Routed { format!("198.18.{n}") } else { LAN_NET.to_owned() };
+        if kind == Nat::Routed {
+            internet.ip(&["route", "add", &format!("{lan_net}.0/24"), "via", &wan_ip]);
+        }
         let r = Router {
             ns: netns.name.clone(),
             prefix,
             kind,
             wan_ip,
-            lan_ip: format!("{LAN_NET}.1"),
+            lan_ip: format!("{lan_net}.1"),
+            lan_net,
             lan_hosts: AtomicU8::new(0),
             netns,
             scratch,
         };
         r.netns.sysctl("net.ipv4.ip_forward", "1");
-        r.nft(&ruleset(kind, filter));
+        let rules = ruleset(kind, filter);
+        if !rules.is_empty() {
+            r.nft(&rules);
+        }
         r
     }
 
@@ -100,11 +117,17 @@ impl Router {
         let port = format!("lan{k}");
         self.ip(&["link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", ns]);
         self.ip(&["link", "set", &port, "master", "lanbr", "up"]);
-        let addr = format!("{LAN_NET}.{}", k + 2);
+        let addr = format!("{}.{}", self.lan_net, k + 2);
         ok(&["ip", "-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifname]);
         ok(&["ip", "-n", ns, "link", "set", ifname, "up"]);
         ok(&["ip", "-n", ns, "route", "add", "default", "via", &self.lan_ip]);
         addr
+    }
+
+    /// A route from this router straight to `other`'s LAN (routed LANs), as two routers on
+    /// one link would have, rather than through the internet's namespace.
+    pub fn route_to(&self, other: &Router) {
+        self.ip(&["route", "add", &format!("{}.0/24", other.lan_net), "via", &other.wan_ip]);
     }
 
     /// `ip -n <router> ...`
@@ -164,6 +187,7 @@ fn ruleset(kind: Nat, filter: bool) -> String {
     let flags = match kind {
         Nat::Cone => "",
         Nat::Symmetric => " random,fully-random",
+        Nat::Routed => return String::new(),
     };
     let mut rules = format!(
         "table ip ipopnat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
@@ -199,6 +223,7 @@ mod tests {
         assert!(ruleset(Nat::Cone, false).contains("masquerade\n"));
         assert!(ruleset(Nat::Symmetric, false).contains("masquerade random,fully-random"));
         assert!(!ruleset(Nat::Cone, false).contains("ipophome"));
+        assert_eq!(ruleset(Nat::Routed, false), "", "routed: no translation, no filter");
         assert_eq!(ruleset(Nat::Cone, true).matches("ct state established,related accept").count(), 2);
     }
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: ipop side by side with tinc 1.0 in switch mode, the kernel's VXLAN
-//! and the bare underlay, on one namespace topology, in one run. Prints a table, writes
-//! target/bench/latest.json, and rewrites the table in BENCHMARKS.md.
+//! and the bare underlay, on one namespace topology, then behind NATs (`nat`), in one run.
+//! Prints the tables, writes target/bench/latest.json, and rewrites them in BENCHMARKS.md.
 //!
 //! Two hosts on an underlay (veth pairs through a bridge namespace, MTU 1600 so that no
 //! overlay needs IP fragmentation), each with lxcbr0: host 0 has containers 10.0.3.10 and
@@ -16,7 +16,7 @@ use ipop_lab::{Host, RENDEZVOUS, Underlay};
 
 use crate::{sh, wait_for, wait_links_up};
 
-const SECRET: &str = "bench secret 0123";
+pub(crate) const SECRET: &str = "bench secret 0123";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -37,12 +37,13 @@ impl Mode {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct Options {
     pub runs: usize,
     pub seconds: u32,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -51,7 +52,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+pub(crate) fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -67,7 +68,7 @@ fn exec(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 /// The two endpoints of a measurement: namespaces and the server's address.
-struct Path2 {
+pub(crate) struct Path2 {
     client: String,
     server: String,
     server_ip: String,
@@ -77,7 +78,7 @@ struct Path2 {
     fresh_ip: Option<String>,
 }
 
-fn iperf_tcp(p: &Path2, streams: u32, seconds: u32) -> Result<f64> {
+pub(crate) fn iperf_tcp(p: &Path2, streams: u32, seconds: u32) -> Result<f64> {
     exec(&p.server, &["iperf3", "-s", "-D", "-1", "-p", "5201"])?;
     thread::sleep(Duration::from_millis(200));
     let out = exec(
@@ -105,7 +106,7 @@ fn iperf_udp_pps(p: &Path2, seconds: u32) -> Result<f64> {
 }
 
 /// Round-trip times of 200 pings, in microseconds.
-fn ping_us(p: &Path2) -> Result<Vec<f64>> {
+pub(crate) fn ping_us(p: &Path2) -> Result<Vec<f64>> {
     let out = exec(&p.client, &["ping", "-c", "200", "-i", "0.005", "-W", "1", &p.server_ip])?;
     Ok(out
         .lines()
@@ -233,13 +234,24 @@ fn idle(hosts: &[Host], pid: u32) -> Result<Value> {
     Ok(json!({"idle_bytes_per_s": (b1 - b0) / secs, "idle_cpu_pct": 100.0 * (c1 - c0) / secs}))
 }
 
+impl Path2 {
+    /// From host 0's first container to host 1's, at `server_ip`.
+    pub(crate) fn containers(hosts: &[Host], server_ip: &str) -> Path2 {
+        Path2 {
+            client: hosts[0].containers[0].clone(),
+            server: hosts[1].containers[0].clone(),
+            server_ip: server_ip.into(),
+            local_ip: None,
+            fresh_ip: None,
+        }
+    }
+}
+
 fn container_path(hosts: &[Host]) -> Path2 {
     Path2 {
-        client: hosts[0].containers[0].clone(),
-        server: hosts[1].containers[0].clone(),
-        server_ip: "10.0.3.20".into(),
         local_ip: Some("10.0.3.11".into()),
         fresh_ip: Some("10.0.3.21".into()),
+        ..Path2::containers(hosts, "10.0.3.20")
     }
 }
 
@@ -305,34 +317,30 @@ fn tinc_up(hosts: &mut [Host], addrs: &[String]) -> Result<Vec<usize>> {
     Ok(procs)
 }
 
-/// The rendezvous and one agent per host (started as plain services: `--log warn` keeps
-/// logging out of the measurement, so there is no "ready" line to wait for); the agents'
-/// service indexes and pin directories.
+/// The rendezvous and one agent per host; the agents' service indexes and pin directories.
 fn ipop_up(underlay: &mut Underlay, hosts: &mut [Host], agent: &str) -> Result<(Vec<usize>, Vec<String>)> {
     underlay.start_rendezvous(SECRET);
-    let rendezvous = RENDEZVOUS;
+    start_agents(hosts, agent, RENDEZVOUS, &[])
+}
+
+/// One agent per host for the rendezvous at `rendezvous`, with `extra` options, started as
+/// plain services (`--log warn` keeps logging out of the measurement, so there is no "ready"
+/// line to wait for) and linked; their service indexes and pin directories.
+pub(crate) fn start_agents(
+    hosts: &mut [Host],
+    agent: &str,
+    rendezvous: &str,
+    extra: &[&str],
+) -> Result<(Vec<usize>, Vec<String>)> {
     let mut procs = Vec::new();
     let mut pins = Vec::new();
     for (i, h) in hosts.iter_mut().enumerate() {
         let pin = h.pin_dir("lxcbr0").to_str().unwrap().to_owned();
         let node = format!("h{i}");
-        procs.push(h.spawn(
-            &[
-                agent,
-                "run",
-                "--pin-dir",
-                &pin,
-                "--node-id",
-                &node,
-                "--rendezvous",
-                rendezvous,
-                "--secret",
-                SECRET,
-                "--log",
-                "warn",
-            ],
-            "agent.log",
-        ));
+        let mut args = vec![agent, "run", "--pin-dir", &pin, "--node-id", &node, "--rendezvous", rendezvous];
+        args.extend_from_slice(&["--secret", SECRET, "--log", "warn"]);
+        args.extend_from_slice(extra);
+        procs.push(h.spawn(&args, "agent.log"));
         pins.push(pin);
     }
     wait_links_up(agent, &pins)?;
@@ -423,14 +431,17 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
     results.insert("ipop".into(), ipop);
     drop(hosts);
     drop(underlay);
+    results.insert("nat".into(), crate::nat::run(&agent, &opts)?);
 
     let report = report(&results, &opts);
     println!("{report}");
+    let nat = crate::nat::report(&results["nat"]);
+    println!("{nat}");
     let out_dir = crate::root().join("target/bench");
     fs::create_dir_all(&out_dir)?;
     let doc = json!({"machine": machine(), "results": results, "runs": opts.runs, "seconds": opts.seconds});
     fs::write(out_dir.join("latest.json"), serde_json::to_string_pretty(&doc)?)?;
-    write_benchmarks_md(&report, &opts)?;
+    write_benchmarks_md(&report, &nat, &opts)?;
     eprintln!("bench: wrote target/bench/latest.json and BENCHMARKS.md");
     Ok(())
 }
@@ -494,14 +505,14 @@ fn machine() -> Value {
     json!({"cpu": cpu, "kernel": kernel, "cores": cores})
 }
 
-fn fmt(v: &Value, digits: usize) -> String {
+pub(crate) fn fmt(v: &Value, digits: usize) -> String {
     match v.as_f64() {
         Some(x) if x.is_finite() => format!("{x:.digits$}"),
         _ => "–".into(),
     }
 }
 
-fn ratio(a: &Value, b: &Value) -> String {
+pub(crate) fn ratio(a: &Value, b: &Value) -> String {
     match (a.as_f64(), b.as_f64()) {
         (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => format!("{:.2}x", a / b),
         _ => "–".into(),
@@ -602,7 +613,7 @@ fn targets(r: &serde_json::Map<String, Value>) -> String {
     t
 }
 
-fn write_benchmarks_md(table: &str, opts: &Options) -> Result<()> {
+fn write_benchmarks_md(table: &str, nat: &str, opts: &Options) -> Result<()> {
     let m = machine();
     let text = format!(
         "# Benchmarks\n\nThe latest `cargo xtask bench --runs {} --seconds {}`, on {} ({} cores, kernel {}), {}.\n\
@@ -616,7 +627,17 @@ fn write_benchmarks_md(table: &str, opts: &Options) -> Result<()> {
          (TAP read and socket send on one host, socket read and TAP write on the other); VXLAN and the\n\
          underlay stay in the kernel. Halving tinc's would take an encrypted data path in the kernel,\n\
          and this kernel has no cipher for one ({}, from /proc/config.gz); an AEAD written as an eBPF\n\
-         program would be our own crypto primitive, which the project rules out.\n",
+         program would be our own crypto primitive, which the project rules out.\n\n\
+         ## Behind NAT\n\n\
+         The same run, on the lab's internet (203.0.113.0/24, MTU 1500; the rendezvous and coturn\n\
+         there): two hosts with one container each, public, then each behind a home router with a cone\n\
+         NAT (`masquerade`, established/related in), then each behind a symmetric NAT (`masquerade\n\
+         random,fully-random`: only coturn's relay links them). Every agent has the same STUN and TURN\n\
+         urls. TCP is one iperf3 stream container to container, ping 200 per run; CPU is the sending\n\
+         agent's and coturn's share of a core during the TCP run; coturn drops are datagrams the kernel\n\
+         dropped because coturn's socket was full (`RcvbufErrors`). Last row: coturn relaying a plain\n\
+         UDP flow, `xtask/turnflood.py` sending 1,400-byte ChannelData to a sink as fast as one core\n\
+         sends, with nothing else running: what the relay itself carries on this machine.\n\n{nat}",
         opts.runs,
         opts.seconds,
         m["cpu"].as_str().unwrap_or("?"),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod nat;
 mod scale;
 mod setup;
 
