@@ -13,6 +13,7 @@ use crate::{
         chunk::{MAX_WHOLE, Reassembly},
         node_id::check_node_id,
         rpc::{self, Incoming},
+        turn_frame::{self, HEAD_LEN},
         vnet::{VNET_HDR_LEN, vnet_hdr_ok},
         wire::{Datagram, Inner},
     },
@@ -24,13 +25,14 @@ use crate::{
 pub type Check = fn(&[u8]);
 
 /// Every target, by name (the fuzz crate's target names).
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("arp_frame", arp_frame),
     ("link_datagram", link_datagram),
     ("json_rpc", json_rpc),
     ("config", config),
     ("rendezvous", rendezvous),
     ("chunks", chunks),
+    ("turn_stream", turn_stream),
 ];
 
 /// ARP frame parsing never panics; whatever parses rebuilds to the same fields.
@@ -144,5 +146,21 @@ pub fn chunks(data: &[u8]) {
             }
         }
         rest = more;
+    }
+}
+
+/// A TURN server's stream, cut into messages as the stream relay cuts it: never panics; every
+/// message is at least its header, padded by at most 3 bytes; a datagram's message is a
+/// prefix of it, no longer than it.
+pub fn turn_stream(data: &[u8]) {
+    let mut rest = data;
+    while let Some(head) = rest.first_chunk::<HEAD_LEN>() {
+        let Ok(f) = turn_frame::frame(*head) else { break };
+        assert!(f.len >= HEAD_LEN && f.len <= f.stream_len && f.stream_len - f.len <= 3, "{f:?}");
+        let Some(next) = rest.get(f.stream_len..) else { break };
+        rest = next;
+    }
+    if let Ok((msg, f)) = turn_frame::in_datagram(data) {
+        assert!(msg.len() == f.len && data.starts_with(msg));
     }
 }

@@ -67,6 +67,10 @@ fn symmetric_nat_on_both_sides_links_through_the_turn_relay() {
             local.starts_with("relay 203.0.113.254:") || remote.starts_with("relay 203.0.113.254:"),
             "{local} / {remote}"
         );
+        // Measured from the keepalives on the relayed path.
+        eventually_within(5, "a round trip through the relay", || {
+            peer(h)["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0)
+        });
     }
     internet.count_turn_messages();
     let out = a.in_container(0, &["ping", "-c", "10", "-i", "0.2", "-W", "2", "10.0.3.20"]);
@@ -149,6 +153,8 @@ fn one_side_public_is_direct_both_ways_and_a_conntrack_flush_under_tcp_costs_at_
     for h in [&public, &natted] {
         assert!(h.link_up(), "the link stayed up");
         eventually_within(10, "still direct", || path(h) == "direct");
+        let log = h.agent_log(0);
+        assert_eq!(log.matches("link up").count(), 1, "no new handshake:\n{log}");
     }
 }
 

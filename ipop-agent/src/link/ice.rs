@@ -29,10 +29,11 @@ use crate::{
         wire::{self, Datagram, Inner},
     },
     link::{
+        echo::EchoClock,
         event::LinkEvent,
         ice_server::{IceServer, Transport},
         session::Opener,
-        timers::{ICE_CHECKING, ICE_CONSENT, clock_ms},
+        timers::{ICE_CHECKING, ICE_CONSENT, clock_ms, clock_us},
         turn_check::{CheckTarget, TurnChecks},
         turn_stream::{self, StreamRelay, Target},
         underlay::force_buffers,
@@ -133,9 +134,10 @@ pub async fn read_datagrams(
     handshakes: mpsc::Sender<Vec<u8>>,
     mut openers: mpsc::UnboundedReceiver<Arc<Mutex<Opener>>>,
     last_rx: Arc<AtomicU64>,
+    echo: Arc<EchoClock>,
 ) {
     let mut buf = vec![0u8; wire::MAX_DATAGRAM + 64];
-    let mut rx = IceRx { peer, opener: None, plain: Vec::new(), frames: Default::default(), last_rx };
+    let mut rx = IceRx { peer, opener: None, plain: Vec::new(), frames: Default::default(), last_rx, echo };
     // The responder may send as soon as its side is up, before this side has finished the
     // handshake: transport datagrams that arrive before the first session are held (a few).
     let mut early: Vec<Vec<u8>> = Vec::new();
@@ -191,6 +193,8 @@ struct IceRx {
     plain: Vec<u8>,
     frames: Reassembly,
     last_rx: Arc<AtomicU64>,
+    /// Keepalives here carry clocks: the ICE path's round trip.
+    echo: Arc<EchoClock>,
 }
 
 impl IceRx {
@@ -206,8 +210,12 @@ impl IceRx {
         };
         self.last_rx.store(clock_ms(), Ordering::Relaxed);
         match inner {
+            Inner::Keepalive => {
+                self.echo.heard(&self.plain, clock_us());
+                None
+            }
             // Probes belong on the data socket only.
-            Inner::Keepalive | Inner::Probe | Inner::ProbeAck => None,
+            Inner::Probe | Inner::ProbeAck => None,
             Inner::Rpc => Some(LinkEvent::Received(self.peer, inner, std::mem::take(&mut self.plain))),
             Inner::Ethernet => match self.frames.push(&self.plain) {
                 Ok(Some(whole)) => Some(LinkEvent::Received(self.peer, inner, whole)),

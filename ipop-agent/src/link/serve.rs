@@ -23,6 +23,7 @@ use webrtc_util::Conn;
 use crate::{
     core::wire::{Datagram, Inner},
     link::{
+        echo::EchoClock,
         event::{LinkCmd, LinkEvent},
         params::LinkParams,
         receive::{PathMsg, Receiver, Registration, heard_age},
@@ -31,7 +32,7 @@ use crate::{
         signal::{Creds, Signal, parse_signal},
         timers::{
             DEAD_AFTER, DIRECT_QUIET, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PROBE_EVERY, PROBE_FOR,
-            PROBE_PADDING, PROBE_SLOW, SIZE_CHECK, TICK, clock_ms, now_ns,
+            PROBE_PADDING, PROBE_SLOW, SIZE_CHECK, TICK, clock_ms, clock_us, now_ns,
         },
     },
 };
@@ -58,6 +59,10 @@ pub struct LinkIo {
     pub aead: Aead,
     /// The pair ICE selected.
     pub pair: Arc<IcePair>,
+    /// The path's round trip (microseconds, 0: none yet), shared with the `DataTx`: from the
+    /// data socket's full-size probes, or the ICE path's keepalives (`echo`).
+    pub rtt: Arc<AtomicU64>,
+    pub echo: Arc<EchoClock>,
 }
 
 /// How a link attempt ended.
@@ -145,10 +150,8 @@ struct Probing {
     /// Where the peer's authenticated datagrams last came from: its data socket as our side of
     /// the path sees it (through its NAT), probed instead of the address ICE gave.
     learned: Option<SocketAddr>,
-    /// When the last full-size probe went out, and the round trip its answer took
-    /// (microseconds, 0: none yet), shared with the `DataTx` for `status`.
+    /// When the last full-size probe went out (its answer gives `LinkIo::rtt`).
     sent: Instant,
-    rtt: Arc<AtomicU64>,
     /// Probing since (not direct).
     since: Option<Instant>,
     last_probe: Instant,
@@ -191,7 +194,6 @@ impl<'a> Serve<'a> {
                 direct: None,
                 learned: None,
                 sent: now,
-                rtt: Arc::new(AtomicU64::new(0)),
                 since: None,
                 last_probe: now,
                 said_slow: false,
@@ -294,7 +296,7 @@ impl<'a> Serve<'a> {
             conn: self.io.conn.clone(),
             direct: self.probe.direct.clone(),
             pair: self.io.pair.clone(),
-            rtt: self.probe.rtt.clone(),
+            rtt: self.io.rtt.clone(),
         }
     }
 
@@ -344,7 +346,7 @@ impl<'a> Serve<'a> {
     async fn on_full_ack(&mut self, sealer: Sealer, from: SocketAddr) -> Result<()> {
         // Full-size probes go out at most every 250 ms: an answer is to the last one sent.
         let rtt = self.probe.sent.elapsed().as_micros().max(1) as u64;
-        self.probe.rtt.store(rtt, Ordering::Relaxed);
+        self.io.rtt.store(rtt, Ordering::Relaxed);
         match self.probe.direct {
             Some(_) => {
                 self.probe.size_ok = Instant::now();
@@ -380,7 +382,7 @@ impl<'a> Serve<'a> {
 
     /// Tells the agent how to send from now on: on the data socket (`direct`) or on ICE.
     async fn publish(&self, sealer: Sealer, direct: Option<Direct>) -> Result<()> {
-        let (conn, pair, rtt) = (self.io.conn.clone(), self.io.pair.clone(), self.probe.rtt.clone());
+        let (conn, pair, rtt) = (self.io.conn.clone(), self.io.pair.clone(), self.io.rtt.clone());
         let data = DataTx { sealer, conn, direct, pair, rtt };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
@@ -468,8 +470,8 @@ impl<'a> Serve<'a> {
     }
 
     /// One small keepalive a second, on the path data takes: on the data socket it says when
-    /// we last heard the peer there; on ICE it is empty. The agent's own sends do not count,
-    /// since the link task cannot see those.
+    /// we last heard the peer there; on ICE it carries clocks for the round trip (`echo`). The
+    /// agent's own sends do not count, since the link task cannot see those.
     async fn keepalive(&mut self, sealer: &Sealer) -> Result<()> {
         if self.last_keepalive.elapsed() < KEEPALIVE {
             return Ok(());
@@ -480,7 +482,7 @@ impl<'a> Serve<'a> {
             self.send_direct(Inner::Keepalive, to, &age);
         } else if self.last_tx.elapsed() >= KEEPALIVE {
             self.out.clear();
-            sealer.seal(Inner::Keepalive, &[], &mut self.out)?;
+            sealer.seal(Inner::Keepalive, &self.io.echo.payload(clock_us()), &mut self.out)?;
             let _ = self.io.conn.send(&self.out).await;
             self.last_tx = Instant::now();
         }

@@ -23,6 +23,7 @@ use webrtc_ice::{
 use webrtc_util::Conn;
 
 use crate::link::{
+    echo::EchoClock,
     event::{LinkCmd, LinkEvent},
     ice::{self, IceCandidate, add_candidate, enlarge_udp_buffers, parse_candidate, read_datagrams},
     ice_server::IceServer,
@@ -176,10 +177,14 @@ async fn connect_and_serve(
     let (dg_tx, dg_rx) = mpsc::channel::<Vec<u8>>(64);
     let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Arc<Mutex<Opener>>>();
     let last_rx = Arc::new(AtomicU64::new(0));
+    // The round trip, from the data socket's probes or the ICE path's keepalives.
+    let rtt = Arc::new(AtomicU64::new(0));
+    let echo = Arc::new(EchoClock::new(rtt.clone()));
+    let events = p.shared.events.clone();
     let reader =
-        tokio::spawn(read_datagrams(p.peer, conn.clone(), p.shared.events.clone(), dg_tx, opener_rx, last_rx.clone()));
+        tokio::spawn(read_datagrams(p.peer, conn.clone(), events, dg_tx, opener_rx, last_rx.clone(), echo.clone()));
     let aead = p.shared.aead.agree(remote.aead);
-    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead, pair: ice_pair };
+    let io = LinkIo { conn: conn.clone(), dg_rx, openers: opener_tx, last_rx, plan, aead, pair: ice_pair, rtt, echo };
     let result = serve(p, cmds, io, session_id, last_handshake).await;
     if let Some(d) = &p.shared.data {
         let _ = d.registrations.send(Registration::Remove(my_index));

@@ -44,10 +44,20 @@ pub const SIZE_CHECK: Duration = Duration::from_secs(60);
 pub const PROBE_PADDING: [u8; chunk::DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN] =
     [0; chunk::DIRECT_DATAGRAM - wire::OVERHEAD - wire::INDEX_LEN];
 
+/// The process's first call to a clock: where `clock_ms` and `clock_us` start.
+fn start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// Milliseconds since the process's first call: a clock the readers and the link share.
 pub fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    start().elapsed().as_millis() as u64
+}
+
+/// Microseconds of the same clock, wrapping at 32 bits and never 0 (`link::echo`'s clock).
+pub fn clock_us() -> u32 {
+    (start().elapsed().as_micros() as u32).max(1)
 }
 
 /// Wall-clock nanoseconds: the handshake timestamp, which must grow across restarts.
