@@ -43,15 +43,21 @@ struct Sites {
 
 /// Two sites behind routers made by `router` (WAN 203.0.113.1 and .2), agents started.
 fn two_sites(router: fn(&Underlay, u8, Nat) -> Router, kind: Nat) -> Sites {
+    let mut s = sites_without_agents(router, kind);
+    member(&mut s.a, &s._internet, "a");
+    member(&mut s.b, &s._internet, "b");
+    s
+}
+
+/// The same, the agents left to the test.
+fn sites_without_agents(router: fn(&Underlay, u8, Nat) -> Router, kind: Nat) -> Sites {
     let mut internet = Underlay::internet();
     internet.start_rendezvous(SECRET);
     internet.start_turn(TURN_USER, TURN_PASSWORD);
     let routers = [router(&internet, 1, kind), router(&internet, 2, kind)];
-    let (mut a, mut b) = (Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]));
+    let (a, b) = (Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]));
     a.behind(&routers[0]);
     b.behind(&routers[1]);
-    member(&mut a, &internet, "a");
-    member(&mut b, &internet, "b");
     Sites { a, b, routers, _internet: internet }
 }
 
@@ -300,64 +306,50 @@ fn outbound_udp_blocked_links_over_turn_tls() {
 
 #[test]
 fn a_wrong_turn_password_shows_the_servers_401_in_status() {
-    let mut internet = Underlay::internet();
-    internet.start_rendezvous(SECRET);
-    internet.start_turn(TURN_USER, TURN_PASSWORD);
     // Symmetric on both sides: without a relay nothing links, so the reason must name TURN.
-    let routers = [Router::new(&internet, 1, Nat::Symmetric), Router::new(&internet, 2, Nat::Symmetric)];
-    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    let mut s = sites_without_agents(Router::new, Nat::Symmetric);
+    let Sites { a, b, _internet: internet, .. } = &mut s;
     let (stun, turn) = internet.ice_urls(TURN_USER, "not the password");
-    for (i, (h, r)) in hosts.iter_mut().zip(&routers).enumerate() {
-        h.behind(r);
-        h.start_member_at(&internet.rendezvous(), &format!("h{i}"), SECRET, &["--stun", &stun, "--turn", &turn]);
+    for (h, node) in [(&mut *a, "a"), (&mut *b, "b")] {
+        h.start_member_at(&internet.rendezvous(), node, SECRET, &["--stun", &stun, "--turn", &turn]);
     }
     let reason = |h: &Host| peer(h)["reason"].as_str().map(str::to_owned);
-    eventually_within(45, "a reason for the down link", || reason(&hosts[0]).is_some());
-    let said = reason(&hosts[0]).unwrap();
+    eventually_within(45, "a reason for the down link", || reason(a).is_some());
+    let said = reason(a).unwrap();
     assert!(said.contains("no relay candidate: TURN server turn:203.0.113.254:3478"), "{said}");
     assert!(said.contains("refused") && said.contains("401"), "the server's own answer: {said}");
     assert!(said.contains("pairs failed"), "the pairs tried: {said}");
     assert!(!said.contains("not the password"), "never the password: {said}");
-    assert!(!hosts[0].link_up());
+    assert!(!a.link_up());
 }
 
 #[test]
 fn a_turn_password_file_is_read_and_a_missing_one_refused_at_start() {
-    let mut internet = Underlay::internet();
-    internet.start_rendezvous(SECRET);
-    internet.start_turn(TURN_USER, TURN_PASSWORD);
-    let routers = [Router::new(&internet, 1, Nat::Symmetric), Router::new(&internet, 2, Nat::Symmetric)];
-    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    let mut s = sites_without_agents(Router::new, Nat::Symmetric);
+    let Sites { a, b, _internet: internet, .. } = &mut s;
     let turn = format!("turn:{}:3478?transport=udp", internet.addr);
-    let missing = hosts[0].file("no-such-password");
+    let with_file = |file: &std::path::Path| {
+        let args = ["--turn", &turn, "--turn-user", TURN_USER, "--turn-password-file", file.to_str().unwrap()];
+        args.map(str::to_owned)
+    };
+    let missing = with_file(&a.file("no-such-password"));
     let agent = support::agent_binary();
-    let out = hosts[0].in_ns(&[
-        agent.to_str().unwrap(),
-        "run",
-        "--rendezvous",
-        &internet.rendezvous(),
-        "--secret",
-        SECRET,
-        "--turn",
-        &turn,
-        "--turn-user",
-        TURN_USER,
-        "--turn-password-file",
-        missing.to_str().unwrap(),
-    ]);
+    let rendezvous = internet.rendezvous();
+    let mut run = vec![agent.to_str().unwrap(), "run", "--rendezvous", &rendezvous, "--secret", SECRET];
+    run.extend(missing.iter().map(String::as_str));
+    let out = a.in_ns(&run);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("turn_password_file") && err.contains("no-such-password"), "{err}");
-    assert!(!hosts[0].has_link("ipop"), "nothing was created");
+    assert!(!a.has_link("ipop"), "nothing was created");
 
-    for (i, (h, r)) in hosts.iter_mut().zip(&routers).enumerate() {
-        h.behind(r);
+    for (h, node) in [(&mut *a, "a"), (&mut *b, "b")] {
         let file = h.file("turn-password");
         std::fs::write(&file, format!("{TURN_PASSWORD}\n")).unwrap();
-        let args = ["--turn", &turn, "--turn-user", TURN_USER, "--turn-password-file", file.to_str().unwrap()];
-        h.start_member_at(&internet.rendezvous(), &format!("h{i}"), SECRET, &args);
+        let args = with_file(&file);
+        h.start_member_at(&rendezvous, node, SECRET, &args.each_ref().map(String::as_str));
     }
-    for h in &hosts {
+    for h in [&*a, &*b] {
         eventually_within(40, "the link is up through the relay", || h.link_up());
         assert_eq!(path(h), "relay");
     }
