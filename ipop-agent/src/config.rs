@@ -68,6 +68,12 @@ impl Settings {
 
     /// `self` with every key that `over` gives replaced by `over`'s value.
     pub fn overridden_by(self, over: Settings) -> Settings {
+        // The TURN password and its file are one setting: an override of either replaces both.
+        let (turn_password, turn_password_file) = if over.turn_password.is_some() || over.turn_password_file.is_some() {
+            (over.turn_password, over.turn_password_file)
+        } else {
+            (self.turn_password, self.turn_password_file)
+        };
         Settings {
             switchmode: over.switchmode.or(self.switchmode),
             icc: over.icc.or(self.icc),
@@ -83,8 +89,8 @@ impl Settings {
             stun: over.stun.or(self.stun),
             turn: over.turn.or(self.turn),
             turn_user: over.turn_user.or(self.turn_user),
-            turn_password: over.turn_password.or(self.turn_password),
-            turn_password_file: over.turn_password_file.or(self.turn_password_file),
+            turn_password,
+            turn_password_file,
             turn_ca_file: over.turn_ca_file.or(self.turn_ca_file),
             arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
@@ -399,7 +405,14 @@ mod tests {
         assert!(err.contains("is empty"), "{err}");
         let both = settings(r#""turn_password": "p", "turn_password_file": "/etc/ipop/turn""#);
         assert!(both.with_password_file(|_| Ok("q".into())).unwrap_err().contains("keep one"));
-        assert!(with_file.resolve().is_err(), "an unread file is never taken for no password");
+        assert!(with_file.clone().resolve().is_err(), "an unread file is never taken for no password");
+        // The command line's password (or IPOP_TURN_PASSWORD) overrides the config file's password file, and back.
+        let cli = Settings { turn_password: Some("from the cli".into()), ..Default::default() };
+        let over = with_file.clone().overridden_by(cli).with_password_file(|_| unreachable!("overridden"));
+        assert_eq!(over.unwrap().turn_password.as_deref(), Some("from the cli"));
+        let cli = Settings { turn_password_file: Some("/run/turn".into()), ..Default::default() };
+        let over = settings(r#""turn_password": "p""#).overridden_by(cli).with_password_file(|_| Ok("q".into()));
+        assert_eq!(over.unwrap().turn_password.as_deref(), Some("q"));
     }
 
     #[test]

@@ -157,6 +157,7 @@ pub fn turn_stream(data: &[u8]) {
     while let Some(head) = rest.first_chunk::<HEAD_LEN>() {
         let Ok(f) = turn_frame::frame(*head) else { break };
         assert!(f.len >= HEAD_LEN && f.len <= f.stream_len && f.stream_len - f.len <= 3, "{f:?}");
+        assert!(f.stream_len <= turn_frame::MAX_STREAM_LEN, "{f:?} overflows the stream relay's buffer");
         let Some(next) = rest.get(f.stream_len..) else { break };
         rest = next;
     }

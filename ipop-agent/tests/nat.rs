@@ -305,6 +305,31 @@ fn outbound_udp_blocked_links_over_turn_tls() {
 }
 
 #[test]
+fn a_turns_server_whose_certificate_is_not_trusted_is_not_used_and_status_says_why() {
+    let mut internet = Underlay::internet();
+    internet.start_rendezvous(SECRET);
+    internet.start_turn_tls(TURN_USER, TURN_PASSWORD);
+    let (_, tls) = internet.turn_stream_urls(TURN_USER, TURN_PASSWORD);
+    let router = Router::home(&internet, 2, Nat::Cone);
+    router.block_outbound_udp();
+    let (mut public, mut blocked) = (Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]));
+    public.join_underlay(&internet, 1);
+    blocked.behind(&router);
+    member(&mut public, &internet, "a");
+    // A CA of its own, which signed nothing the server shows: the server is not who it claims.
+    let (stranger, key) = (blocked.file("stranger-ca.pem"), blocked.file("stranger-ca.key"));
+    support::make_ca(&stranger, &key);
+    let args = ["--turn", &tls, "--turn-ca-file", stranger.to_str().unwrap()];
+    blocked.start_member_at(&internet.rendezvous(), "b", SECRET, &args);
+    let reason = |h: &Host| peer(h)["reason"].as_str().map(str::to_owned);
+    eventually_within(45, "a reason for the down link", || reason(&blocked).is_some());
+    let said = reason(&blocked).unwrap();
+    assert!(said.contains("TURN server turns:203.0.113.254:5349 could not be reached: "), "{said}");
+    assert!(said.contains("TLS") && said.contains("certificate"), "the TLS failure named: {said}");
+    assert!(!blocked.link_up(), "no link through a server it cannot trust");
+}
+
+#[test]
 fn a_wrong_turn_password_shows_the_servers_401_in_status() {
     // Symmetric on both sides: without a relay nothing links, so the reason must name TURN.
     let mut s = sites_without_agents(Router::new, Nat::Symmetric);
@@ -318,7 +343,7 @@ fn a_wrong_turn_password_shows_the_servers_401_in_status() {
     let said = reason(a).unwrap();
     assert!(said.contains("no relay candidate: TURN server turn:203.0.113.254:3478"), "{said}");
     assert!(said.contains("refused") && said.contains("401"), "the server's own answer: {said}");
-    assert!(said.contains("pairs failed"), "the pairs tried: {said}");
+    assert!(said.contains("pairs checked, none connected: "), "the pairs tried: {said}");
     assert!(!said.contains("not the password"), "never the password: {said}");
     assert!(!a.link_up());
 }

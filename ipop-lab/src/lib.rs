@@ -60,4 +60,5 @@ pub use neigh::NeighbourLimits;
 pub use netns::Netns;
 pub use process::Proc;
 pub use proxy::{Faults, SignalingProxy};
+pub use tls::make_ca;
 pub use underlay::{RENDEZVOUS, Underlay};

@@ -69,6 +69,7 @@ impl Router {
 
     fn build(internet: &Underlay, n: u8, kind: Nat, filter: bool) -> Router {
         crate::require_root();
+        assert!(!(filter && kind == Nat::Routed), "a home router's filter is for NAT routers");
         let prefix = unique_prefix();
         let scratch = Scratch::new(&prefix);
         let netns = Netns::add(&format!("{prefix}r"));
@@ -96,12 +97,8 @@ impl Router {
         r
     }
 
-    /// Loads an nftables ruleset (through a file: nft reads multi-line rulesets there).
     fn nft(&self, rules: &str) {
-        let file = self.scratch.file("rules.nft");
-        std::fs::write(&file, rules).unwrap();
-        let out = self.exec(&["nft", "-f", file.to_str().unwrap()]);
-        assert!(out.status.success(), "nft in {}: {}\n{rules}", self.ns, String::from_utf8_lossy(&out.stderr));
+        self.netns.nft(rules, &self.scratch.file("rules.nft"));
     }
 
     /// Connects a host to the LAN: `ifname` in namespace `ns` gets 192.168.1.(k+2)/24 (the k-th

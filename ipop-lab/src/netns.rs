@@ -49,6 +49,14 @@ impl Netns {
         cmd(&full)
     }
 
+    /// Loads an nftables ruleset in the namespace, through `file` (nft reads multi-line
+    /// rulesets there).
+    pub fn nft(&self, rules: &str, file: &Path) {
+        std::fs::write(file, rules).unwrap();
+        let out = self.exec(&["nft", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "nft in {}: {}\n{rules}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
     /// `sysctl -w key=value` in the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));

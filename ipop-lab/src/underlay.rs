@@ -213,10 +213,7 @@ impl Underlay {
                      chain input {\n    type filter hook input priority filter; policy accept;\n    \
                      udp dport 3478 @th,64,16 0x0016 counter name send_indications\n    \
                      udp dport 3478 @th,64,2 1 counter name channel_data\n  }\n}\n";
-        let file = self.file("turn-counters.nft");
-        std::fs::write(&file, rules).unwrap();
-        let out = self.exec(&["nft", "-f", file.to_str().unwrap()]);
-        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+        self.netns.nft(rules, &self.file("turn-counters.nft"));
     }
 
     /// (Send indications, ChannelData messages) counted since `count_turn_messages`.

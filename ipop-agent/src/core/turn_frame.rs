@@ -10,6 +10,9 @@
 pub const HEAD_LEN: usize = 4;
 /// A STUN header: type, length, magic cookie, transaction id.
 const STUN_HEADER: usize = 20;
+/// The most one message takes on a stream: a STUN header and the longest 4-aligned body
+/// (ChannelData, 4 + 65535 padded, is less).
+pub const MAX_STREAM_LEN: usize = STUN_HEADER + 65532;
 
 /// One message's sizes: its own bytes, and what it takes on a stream (with padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,15 @@ mod tests {
         assert_eq!(frame([0x40, 0x00, 0x00, 0x05]).unwrap(), Frame { len: 9, stream_len: 12 });
         assert_eq!(frame([0x7f, 0xff, 0x00, 0x08]).unwrap(), Frame { len: 12, stream_len: 12 });
         assert_eq!(frame([0x40, 0x00, 0x00, 0x00]).unwrap(), Frame { len: 4, stream_len: 4 });
+    }
+
+    #[test]
+    fn no_message_is_longer_on_a_stream_than_the_longest() {
+        for head in [[0x00, 0x01, 0xff, 0xfc], [0x7f, 0xff, 0xff, 0xff], [0x40, 0x00, 0xff, 0xfd]] {
+            let f = frame(head).unwrap();
+            assert!(f.stream_len <= MAX_STREAM_LEN, "{head:?}: {f:?}");
+        }
+        assert_eq!(frame([0x00, 0x01, 0xff, 0xfc]).unwrap().stream_len, MAX_STREAM_LEN);
     }
 
     #[test]

@@ -9,10 +9,7 @@
 //! Big endian, microseconds of a clock that wraps (about every 71 minutes); an empty payload
 //! (an older peer) is fine both ways.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub const ECHO_LEN: usize = 12;
 
@@ -21,15 +18,17 @@ const MAX_RTT_US: u32 = 30_000_000;
 
 /// One link's echo state, shared by the ICE reader (which hears) and the link task (which
 /// sends), and the round trip it measured, shared with the `DataTx` for `status`.
+#[derive(Default)]
 pub struct EchoClock {
     heard: AtomicU32,
     heard_at: AtomicU32,
-    rtt_us: Arc<AtomicU64>,
+    rtt_us: AtomicU64,
 }
 
 impl EchoClock {
-    pub fn new(rtt_us: Arc<AtomicU64>) -> Self {
-        EchoClock { heard: AtomicU32::new(0), heard_at: AtomicU32::new(0), rtt_us }
+    /// The last round trip measured, microseconds (0: none yet).
+    pub fn rtt_us(&self) -> u64 {
+        self.rtt_us.load(Ordering::Relaxed)
     }
 
     /// The payload of a keepalive sent at `now_us`.
@@ -74,20 +73,19 @@ mod tests {
 
     #[test]
     fn two_sides_measure_the_round_trip_from_each_others_keepalives() {
-        let (a_rtt, b_rtt) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (a, b) = (EchoClock::new(a_rtt.clone()), EchoClock::new(b_rtt.clone()));
+        let (a, b) = (EchoClock::default(), EchoClock::default());
         // One-way delay 150 us; b's clock runs 5 s ahead of a's (only differences count).
         let skew = 5_000_000u32;
         let ka = a.payload(1_000);
         b.heard(&ka, 1_150 + skew);
-        assert_eq!(b_rtt.load(Ordering::Relaxed), 0, "nothing of b's echoed yet");
+        assert_eq!(b.rtt_us(), 0, "nothing of b's echoed yet");
         // b answers 400 ms later with its own keepalive, echoing a's clock.
         let kb = b.payload(401_150 + skew);
         a.heard(&kb, 401_300);
-        assert_eq!(a_rtt.load(Ordering::Relaxed), 300, "150 us each way, the 400 ms held left out");
+        assert_eq!(a.rtt_us(), 300, "150 us each way, the 400 ms held left out");
         let ka = a.payload(900_000);
         b.heard(&ka, 900_150 + skew);
-        assert_eq!(b_rtt.load(Ordering::Relaxed), 300);
+        assert_eq!(b.rtt_us(), 300);
     }
 
     #[test]
@@ -99,11 +97,10 @@ mod tests {
 
     #[test]
     fn short_or_empty_payloads_change_nothing() {
-        let rtt = Arc::new(AtomicU64::new(7));
-        let c = EchoClock::new(rtt.clone());
+        let c = EchoClock::default();
         c.heard(&[], 10);
         c.heard(&[1, 2, 3], 10);
-        assert_eq!(rtt.load(Ordering::Relaxed), 7);
+        assert_eq!(c.rtt_us(), 0);
         assert_eq!(&c.payload(5)[4..], &[0; 8], "nothing heard: no echo");
     }
 }

@@ -34,7 +34,7 @@ use crate::{
         ice_server::{IceServer, Transport},
         session::Opener,
         timers::{ICE_CHECKING, ICE_CONSENT, clock_ms, clock_us},
-        turn_check::{CheckTarget, TurnChecks},
+        turn_check::{CHECK_TIMEOUT, CheckTarget, Problem, TurnChecks},
         turn_stream::{self, StreamRelay, Target},
         underlay::force_buffers,
     },
@@ -73,25 +73,27 @@ impl IceConfig {
     }
 
     /// What each TURN server says when asked for an allocation now, for those that refuse or
-    /// do not answer (in words, naming the server); empty when every one allocates.
+    /// do not answer (in words, naming the server); empty when every one allocates. The
+    /// servers are asked side by side.
     pub async fn turn_problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for ((s, url), relay) in self.servers.iter().zip(&self.urls).zip(&self.relays) {
-            if !s.is_turn() {
-                continue;
-            }
-            let target = CheckTarget {
-                addr: format!("{}:{}", url.host, url.port),
-                username: &s.username,
-                password: &s.password,
-            };
-            let Err(e) = self.checks.check(&target).await else { continue };
-            // Through a stream relay, no answer most often means no stream: say why.
-            let e = relay.as_ref().and_then(StreamRelay::last_error).unwrap_or(e);
-            let verb = if e.contains("error response") { "refused" } else { "did not answer" };
-            out.push(format!("TURN server {} {verb}: {e}", s.url));
-        }
-        out
+        let asks = self.servers.iter().zip(&self.urls).zip(&self.relays).filter(|((s, _), _)| s.is_turn()).map(
+            |((s, url), relay)| async move {
+                let target = CheckTarget {
+                    addr: format!("{}:{}", url.host, url.port),
+                    username: &s.username,
+                    password: &s.password,
+                };
+                let problem = self.checks.check(&target).await.err()?;
+                // Through a stream relay, silence most often means no stream: say why.
+                let why = match (problem, relay.as_ref().and_then(StreamRelay::last_error)) {
+                    (Problem::Silent, Some(stream)) => format!("could not be reached: {stream}"),
+                    (Problem::Silent, None) => format!("did not answer within {CHECK_TIMEOUT:?}"),
+                    (Problem::Refused(e), _) => format!("refused: {e}"),
+                };
+                Some(format!("TURN server {} {why}", s.url))
+            },
+        );
+        futures_util::future::join_all(asks).await.into_iter().flatten().collect()
     }
 }
 

@@ -13,7 +13,7 @@ use webrtc_util::Conn;
 
 use crate::{
     core::{chunk, wire::Inner},
-    link::{session::Sealer, underlay::Underlay},
+    link::{echo::EchoClock, session::Sealer, underlay::Underlay},
 };
 
 /// The agent's direct line to a peer once a link is up.
@@ -26,6 +26,8 @@ pub struct DataTx {
     pub(crate) pair: Arc<IcePair>,
     /// The data socket path's round trip (probe to answer), microseconds; 0: not measured.
     pub(crate) rtt: Arc<AtomicU64>,
+    /// The ICE path's, from its keepalives.
+    pub(crate) echo: Arc<EchoClock>,
 }
 
 /// The candidate pair ICE selected: each side's type and address (`"srflx 203.0.113.2:4000"`),
@@ -65,9 +67,9 @@ impl DataTx {
         &self.pair
     }
 
-    /// The data socket path's last measured round trip.
+    /// The last measured round trip of the path data takes.
     pub fn rtt(&self) -> Option<std::time::Duration> {
-        let us = self.rtt.load(Ordering::Relaxed);
+        let us = if self.is_direct() { self.rtt.load(Ordering::Relaxed) } else { self.echo.rtt_us() };
         (us > 0).then(|| std::time::Duration::from_micros(us))
     }
 

@@ -59,8 +59,8 @@ pub struct LinkIo {
     pub aead: Aead,
     /// The pair ICE selected.
     pub pair: Arc<IcePair>,
-    /// The path's round trip (microseconds, 0: none yet), shared with the `DataTx`: from the
-    /// data socket's full-size probes, or the ICE path's keepalives (`echo`).
+    /// The data socket path's round trip from its full-size probes (microseconds, 0: none
+    /// yet), and the ICE path's from its keepalives (`echo`), shared with the `DataTx`.
     pub rtt: Arc<AtomicU64>,
     pub echo: Arc<EchoClock>,
 }
@@ -297,6 +297,7 @@ impl<'a> Serve<'a> {
             direct: self.probe.direct.clone(),
             pair: self.io.pair.clone(),
             rtt: self.io.rtt.clone(),
+            echo: self.io.echo.clone(),
         }
     }
 
@@ -382,8 +383,9 @@ impl<'a> Serve<'a> {
 
     /// Tells the agent how to send from now on: on the data socket (`direct`) or on ICE.
     async fn publish(&self, sealer: Sealer, direct: Option<Direct>) -> Result<()> {
-        let (conn, pair, rtt) = (self.io.conn.clone(), self.io.pair.clone(), self.io.rtt.clone());
-        let data = DataTx { sealer, conn, direct, pair, rtt };
+        let (conn, pair, rtt, echo) =
+            (self.io.conn.clone(), self.io.pair.clone(), self.io.rtt.clone(), self.io.echo.clone());
+        let data = DataTx { sealer, conn, direct, pair, rtt, echo };
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }

@@ -177,9 +177,9 @@ async fn connect_and_serve(
     let (dg_tx, dg_rx) = mpsc::channel::<Vec<u8>>(64);
     let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Arc<Mutex<Opener>>>();
     let last_rx = Arc::new(AtomicU64::new(0));
-    // The round trip, from the data socket's probes or the ICE path's keepalives.
+    // The round trips: the data socket's, from its probes; the ICE path's, from keepalives.
     let rtt = Arc::new(AtomicU64::new(0));
-    let echo = Arc::new(EchoClock::new(rtt.clone()));
+    let echo = Arc::new(EchoClock::default());
     let events = p.shared.events.clone();
     let reader =
         tokio::spawn(read_datagrams(p.peer, conn.clone(), events, dg_tx, opener_rx, last_rx.clone(), echo.clone()));
@@ -400,7 +400,7 @@ impl Gathered {
                 let shown = pairs.iter().take(MAX_PAIRS_SHOWN).cloned().collect::<Vec<_>>().join(", ");
                 let more =
                     if n > MAX_PAIRS_SHOWN { format!(" and {} more", n - MAX_PAIRS_SHOWN) } else { String::new() };
-                out += &format!(", all {n} pairs failed: {shown}{more}");
+                out += &format!(", {n} pairs checked, none connected: {shown}{more}");
             }
         }
         let stun = servers.iter().any(|s| !s.is_turn());
@@ -469,7 +469,7 @@ mod tests {
         let pair = ["host 192.168.1.2:4000 -> host 192.168.1.2:5000 (failed)".to_owned()];
         let said = behind_nat.explain(&[], &[], &pair);
         assert!(
-            said.starts_with("1 local and 1 remote candidates, all 1 pairs failed: host 192.168.1.2:4000"),
+            said.starts_with("1 local and 1 remote candidates, 1 pairs checked, none connected: host 192.168.1.2:4000"),
             "{said}"
         );
         assert!(said.contains("only private addresses and no STUN server"), "{said}");
@@ -493,7 +493,9 @@ mod tests {
         let pairs: Vec<String> = (0..10).map(|i| format!("host 10.0.0.{i}:1 -> host 10.0.1.{i}:1 (failed)")).collect();
         let said = Gathered::default().explain(&[], &[], &pairs);
         assert!(
-            said.contains("all 10 pairs failed") && said.contains("10.0.0.5:1") && said.contains("and 4 more"),
+            said.contains("10 pairs checked, none connected")
+                && said.contains("10.0.0.5:1")
+                && said.contains("and 4 more"),
             "{said}"
         );
         assert!(!said.contains("10.0.0.6:1"), "{said}");

@@ -52,7 +52,7 @@ impl Target {
 /// last reason a stream could not be opened (for `status`).
 pub struct StreamRelay {
     pub local: SocketAddr,
-    pub last_error: Arc<Mutex<Option<String>>>,
+    last_error: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -151,13 +151,17 @@ async fn carry(
         w.shutdown().await
     };
     let down = async {
-        let mut buf = vec![0u8; HEAD_LEN + 65536 + 3];
+        let mut buf = vec![0u8; turn_frame::MAX_STREAM_LEN];
         loop {
             r.read_exact(&mut buf[..HEAD_LEN]).await?;
             let frame = turn_frame::frame(buf[..HEAD_LEN].try_into().unwrap())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             r.read_exact(&mut buf[HEAD_LEN..frame.stream_len]).await?;
-            sock.send_to(&buf[..frame.len], from).await?;
+            // A message too large for one datagram (only a broken server sends one) is lost,
+            // as it would be on UDP; the stream goes on.
+            if let Err(e) = sock.send_to(&buf[..frame.len], from).await {
+                debug!("TURN stream: a {}-byte message not passed on: {e}", frame.len);
+            }
         }
     };
     tokio::select! {
