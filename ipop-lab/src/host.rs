@@ -129,7 +129,7 @@ impl Host {
         let agent = agent_binary();
         let mut full = vec![agent.to_str().unwrap(), "run"];
         full.extend_from_slice(args);
-        self.agents.push(Proc::spawn(&self.ns, &full, &[("IPOP_LOG", "info")], &log));
+        self.agents.push(Proc::spawn(&self.ns, &full, &[], &log));
         let idx = self.agents.len() - 1;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -17,14 +17,16 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `args` in network namespace `ns` (network only, so bpffs stays the machine's),
-    /// stdout discarded, stderr into `log`, with `env` added. nsenter execs the command, so
-    /// the child's pid is the command's.
+    /// stdout discarded, stderr into `log`, with `env` added (an `IPOP_LOG` of the caller's
+    /// is not passed on: agents log as users see them). nsenter execs the command, so the
+    /// child's pid is the command's.
     pub fn spawn(ns: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
         let file = fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .args(args)
             .env("NO_COLOR", "1")
+            .env_remove("IPOP_LOG")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -44,6 +44,21 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// Frames read from the TAP per wake-up before other work gets a turn.
 const TAP_BATCH: usize = 64;
 
+/// How late the kernel may wake this thread for a timer. Every link's ICE agent wakes on its
+/// own 200 ms timer (webrtc-ice's floor, whatever its keepalive): with this slack the kernel
+/// folds those wakeups together, as systemd's `TimerSlackNSec=` does. Frames, datagrams and
+/// signals wake the loop through their fds, which slack does not delay.
+const TIMER_SLACK: Duration = Duration::from_millis(20);
+
+/// Lets the kernel coalesce this thread's timer wakeups (`TIMER_SLACK`); the runtime's
+/// thread must be this one. A kernel that refuses only costs wakeups.
+pub fn coalesce_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes a value and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK.as_nanos() as libc::c_ulong, 0, 0, 0) } != 0 {
+        debug!("PR_SET_TIMERSLACK: {}", io::Error::last_os_error());
+    }
+}
+
 /// Decodes one ring buffer record; `None` if it is not a whole event.
 pub fn parse_event(bytes: &[u8]) -> Option<ArpEvent> {
     if bytes.len() < size_of::<ArpEvent>() {

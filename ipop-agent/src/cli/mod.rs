@@ -15,8 +15,16 @@ use crate::{agent, config::Settings, ops::control, signaling::rendezvous};
 #[derive(Parser, Debug)]
 #[command(name = "ipop-agent", version, about = "Joins Linux bridges on many hosts into one Ethernet segment")]
 pub struct Cli {
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ipop_agent=debug`.
-    #[arg(long, global = true, env = "IPOP_LOG", default_value = "info")]
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ipop_agent=debug`. By
+    /// default the ICE and TURN libraries say only their errors: their info lines (ICE state
+    /// flips between consent checks, "no candidate pairs" before the first candidate) are
+    /// noise beside the agent's own "link up" / "link not up: why".
+    #[arg(
+        long,
+        global = true,
+        env = "IPOP_LOG",
+        default_value = "info,webrtc_ice=error,turn=error,stun=error,webrtc_util=error"
+    )]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
@@ -133,6 +141,7 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let settings = file.overridden_by(cli).with_password_file(|f| std::fs::read_to_string(f));
     let cfg = settings.and_then(Settings::resolve).map_err(anyhow::Error::msg)?;
+    agent::coalesce_timers();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(agent::run(cfg))
 }

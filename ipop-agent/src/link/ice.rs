@@ -99,8 +99,10 @@ impl IceConfig {
 
 /// An ICE agent for one attempt: UDP4 host candidates on every interface but loopback and
 /// `exclude` (the overlay must not run over itself), plus server-reflexive and relay ones
-/// when STUN/TURN servers are configured.
-pub async fn new_agent(ice: &IceConfig, exclude: &[String]) -> Result<Arc<Agent>> {
+/// when STUN/TURN servers are configured. Only the `controlling` side sends ICE's consent
+/// checks once connected: its request and the answer hold both sides' NAT mappings, and an
+/// idle link need not pay for two.
+pub async fn new_agent(ice: &IceConfig, exclude: &[String], controlling: bool) -> Result<Arc<Agent>> {
     let urls = ice.urls.clone();
     let mut candidate_types = vec![CandidateType::Host];
     if !urls.is_empty() {
@@ -120,7 +122,7 @@ pub async fn new_agent(ice: &IceConfig, exclude: &[String]) -> Result<Arc<Agent>
         // data takes the data socket).
         disconnected_timeout: Some(ICE_CHECKING),
         failed_timeout: Some(Duration::ZERO),
-        keepalive_interval: Some(ICE_CONSENT),
+        keepalive_interval: Some(if controlling { ICE_CONSENT } else { Duration::ZERO }),
         check_interval: Duration::from_millis(100),
         ..Default::default()
     };

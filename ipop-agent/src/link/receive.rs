@@ -46,6 +46,9 @@ pub struct Receiver {
     /// Probes, their answers and keepalives go to the link task, with the address they came
     /// from (a peer that moves is followed).
     pub probes: mpsc::UnboundedSender<PathMsg>,
+    /// Where the last keepalive handed to the link task came from: one from there again
+    /// tells it nothing (its atomics above are already fed), so it is not woken for it.
+    pub keepalive_from: Option<SocketAddr>,
 }
 
 /// A probe, an answer or a keepalive from the data socket, for the link task.
@@ -148,12 +151,16 @@ fn open_one(
     };
     rx.last_rx.store(clock_ms(), Ordering::Relaxed);
     match inner {
-        Inner::Keepalive | Inner::Probe | Inner::ProbeAck => {
-            if inner == Inner::Keepalive
-                && let Some(at) = heard_at(plain)
-            {
+        Inner::Keepalive => {
+            if let Some(at) = heard_at(plain) {
                 rx.confirmed.fetch_max(at, Ordering::Relaxed);
             }
+            if rx.keepalive_from != Some(from) {
+                rx.keepalive_from = Some(from);
+                let _ = rx.probes.send(PathMsg { inner, from, full: false });
+            }
+        }
+        Inner::Probe | Inner::ProbeAck => {
             let full = plain.len() == PROBE_PADDING.len();
             let _ = rx.probes.send(PathMsg { inner, from, full });
         }
@@ -217,8 +224,14 @@ mod tests {
         let last_rx = Arc::new(AtomicU64::new(0));
         let confirmed = Arc::new(AtomicU64::new(0));
         let opener = Arc::new(Mutex::new(opener));
-        let receiver =
-            Receiver { peer: 3, opener, last_rx: last_rx.clone(), confirmed: confirmed.clone(), probes: probe_tx };
+        let receiver = Receiver {
+            peer: 3,
+            opener,
+            last_rx: last_rx.clone(),
+            confirmed: confirmed.clone(),
+            probes: probe_tx,
+            keepalive_from: None,
+        };
         reg_tx.send(Registration::Add(77, receiver)).unwrap();
 
         // A stranger's bytes and a datagram for an unknown index come first: dropped unread.

@@ -32,7 +32,7 @@ use crate::{
         signal::{Creds, Signal, parse_signal},
         timers::{
             DEAD_AFTER, DIRECT_QUIET, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PROBE_EVERY, PROBE_FOR,
-            PROBE_PADDING, PROBE_SLOW, SIZE_CHECK, TICK, clock_ms, clock_us, now_ns,
+            PROBE_PADDING, PROBE_SLOW, SIZE_CHECK, TICK, aligned_interval, clock_ms, clock_us, now_ns,
         },
     },
 };
@@ -90,7 +90,7 @@ pub async fn serve(
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let mut s = Serve::new(p, io, session_id, last_handshake, probe_tx);
     s.start().await?;
-    let mut probe_tick = tokio::time::interval(PROBE_EVERY);
+    let mut probe_tick = aligned_interval(PROBE_EVERY);
     loop {
         let step = tokio::select! {
             dg = s.io.dg_rx.recv() => match dg {
@@ -185,7 +185,7 @@ impl<'a> Serve<'a> {
             started: now,
             last_tx: now,
             last_keepalive: now,
-            tick: tokio::time::interval(if p.controlling { HANDSHAKE_RETRY } else { TICK }),
+            tick: aligned_interval(if p.controlling { HANDSHAKE_RETRY } else { TICK }),
             out: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
             probe: Probing {
                 tx: probes,
@@ -264,7 +264,7 @@ impl<'a> Serve<'a> {
         match self.initiator.take().expect("checked by the caller").finish(body) {
             Ok(s) => {
                 let data = self.established(s);
-                self.tick = tokio::time::interval(TICK);
+                self.tick = aligned_interval(TICK);
                 info!(peer = %p.peer_node, aead = self.io.aead.name(), "link up");
                 p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
                 Ok(())
@@ -285,7 +285,7 @@ impl<'a> Serve<'a> {
         if let (Some(d), Some(plan)) = (&self.p.shared.data, &self.io.plan) {
             let probes = self.probe.tx.clone();
             let (last_rx, confirmed) = (self.probe.direct_rx.clone(), self.probe.confirmed.clone());
-            let receiver = Receiver { peer: self.p.peer, opener: rx, last_rx, confirmed, probes };
+            let receiver = Receiver { peer: self.p.peer, opener: rx, last_rx, confirmed, probes, keepalive_from: None };
             let _ = d.registrations.send(Registration::Add(plan.my_index, receiver));
             self.probe.since = Some(Instant::now());
         }

@@ -116,7 +116,7 @@ async fn attempt(
             }
         },
     };
-    let agent = ice::new_agent(&p.shared.ice, &p.shared.exclude_ifaces).await?;
+    let agent = ice::new_agent(&p.shared.ice, &p.shared.exclude_ifaces, p.controlling).await?;
     let result = connect_and_serve(p, cmds, &agent, offer, last_handshake).await;
     let _ = agent.close().await;
     result
