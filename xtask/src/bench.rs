@@ -466,9 +466,11 @@ pub fn run_scale(agent: &Path, sizes: &[usize]) -> Result<()> {
         "{SCALE}\n\nThe latest `cargo xtask bench --scale {}`, {}: N hosts on one flat underlay, each with bridge\n\
          lxcbr0 and one container, one rendezvous, every agent started at once. Full mesh: every agent has\n\
          logged `link up` for every other, timed from the last agent's start. Failed link attempts: `link not\n\
-         up` lines in all logs (each costs a retry). Idle: 20 s with nothing crossing, after 5 s to settle;\n\
-         bytes are every host's underlay transmit counter (whole Ethernet frames), shared out per link:\n\
-         a keepalive a second each way (76 bytes on the wire) and ICE's consent check every 15 s.\n\
+         up` lines in all logs (each costs a retry). Idle: 20 s with nothing crossing, after 5 s to settle\n\
+         (IPv6 is off in the lab's hosts and containers, whose router solicitations would cross as\n\
+         multicast); bytes are every host's underlay transmit counter (whole Ethernet frames), shared out\n\
+         per link: a keepalive a second each way (76 bytes on the wire), ICE's consent check every 15 s\n\
+         from the controlling side, and the underlay's ARP.\n\
          Raw figures in target/bench/scale.json.\n\n{table}",
         sizes.join(","),
         sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),
