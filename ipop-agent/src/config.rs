@@ -9,6 +9,7 @@ use crate::{
     core::{limit::Rate, node_id::check_node_id, switch::Limits},
     kernel::datapath::default_pin_dir,
     link::ice_server::{IceServer, Transport},
+    ops::state::default_state_dir,
 };
 
 /// Defaults, as documented in README.md.
@@ -54,6 +55,8 @@ pub struct Settings {
     pub turn_password_file: Option<PathBuf>,
     /// PEM certificates a `turns:` server's certificate may chain to, beside the system's.
     pub turn_ca_file: Option<PathBuf>,
+    /// Where the node's key is kept (default `/var/lib/ipop/<overlay>`).
+    pub state_dir: Option<PathBuf>,
     /// ARP RPCs a second one local source may cause (0: unlimited).
     pub arp_rpc_rate: Option<u32>,
     /// Broadcast and multicast frames a second flooded to the peers (0: unlimited).
@@ -92,6 +95,7 @@ impl Settings {
             turn_password,
             turn_password_file,
             turn_ca_file: over.turn_ca_file.or(self.turn_ca_file),
+            state_dir: over.state_dir.or(self.state_dir),
             arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
         }
@@ -166,6 +170,7 @@ impl Settings {
                 }
                 let mut o = overlay_config(rendezvous, self.secret, self.node_id, self.overlay, ice_urls)?;
                 o.turn_ca_file = self.turn_ca_file;
+                o.state_dir = state_dir(self.state_dir, &o.overlay)?;
                 Some(o)
             }
         };
@@ -205,10 +210,24 @@ fn overlay_config(
     };
     check_node_id(&node_id)?;
     let name = overlay.unwrap_or_else(|| DEFAULT_OVERLAY.into());
-    if name.is_empty() || name.len() > 64 {
-        return Err("overlay must be 1-64 characters".into());
+    check_overlay(&name)?;
+    let state_dir = default_state_dir(&name);
+    Ok(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls, turn_ca_file: None, state_dir })
+}
+
+/// Overlay names: as node ids (they name the state directory), and neither `.` nor `..`.
+pub fn check_overlay(name: &str) -> Result<(), String> {
+    let fine = check_node_id(name).is_ok() && name != "." && name != "..";
+    if fine { Ok(()) } else { Err(format!("overlay {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -")) }
+}
+
+/// The state directory: as given (absolute), else `/var/lib/ipop/<overlay>`.
+pub fn state_dir(given: Option<PathBuf>, overlay: &str) -> Result<PathBuf, String> {
+    match given {
+        Some(dir) if !dir.is_absolute() => Err(format!("state_dir {} must be an absolute path", dir.display())),
+        Some(dir) => Ok(dir),
+        None => Ok(default_state_dir(overlay)),
     }
-    Ok(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls, turn_ca_file: None })
 }
 
 /// Every STUN and TURN url, parsed and checked now: a bad one names its key and url.
@@ -258,6 +277,8 @@ pub struct OverlayConfig {
     pub ice_urls: Vec<IceServer>,
     /// Roots for `turns:` servers beside the system's.
     pub turn_ca_file: Option<PathBuf>,
+    /// Where the node's key lives.
+    pub state_dir: PathBuf,
 }
 
 impl std::fmt::Debug for OverlayConfig {
@@ -268,6 +289,7 @@ impl std::fmt::Debug for OverlayConfig {
             .field("overlay", &self.overlay)
             .field("rendezvous", &self.rendezvous)
             .field("ice_urls", &self.ice_urls)
+            .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
 }

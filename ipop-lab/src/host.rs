@@ -40,7 +40,10 @@ impl Host {
         require_root();
         let prefix = unique_prefix();
         let scratch = Scratch::new(&prefix);
-        let netns = Netns::add(&format!("{prefix}h"));
+        let mut netns = Netns::add(&format!("{prefix}h"));
+        // The node key of every agent run here lives with the host, never in the machine's
+        // /var/lib/ipop: a restarted agent keeps it, and hosts never share one.
+        netns.set_env("IPOP_STATE_DIR", scratch.file("state").to_str().unwrap());
         let mut host = Host {
             ns: netns.name.clone(),
             containers: Vec::new(),
@@ -129,7 +132,7 @@ impl Host {
         let agent = agent_binary();
         let mut full = vec![agent.to_str().unwrap(), "run"];
         full.extend_from_slice(args);
-        self.agents.push(Proc::spawn(&self.ns, &full, &[], &log));
+        self.agents.push(self.netns.start(&full, &log));
         let idx = self.agents.len() - 1;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Output,
+    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
@@ -16,13 +16,15 @@ use crate::{
 pub struct Netns {
     pub name: String,
     services: Vec<Proc>,
+    /// Environment for every command started here with `nsenter` or `spawn`.
+    env: Vec<(String, String)>,
 }
 
 impl Netns {
     /// Creates namespace `name` with loopback up. Panics if it cannot; then nothing was made.
     pub fn add(name: &str) -> Netns {
         ok(&["ip", "netns", "add", name]);
-        let ns = Netns { name: name.to_owned(), services: Vec::new() };
+        let ns = Netns { name: name.to_owned(), services: Vec::new(), env: Vec::new() };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -34,12 +36,24 @@ impl Netns {
         ok(&full)
     }
 
+    /// Sets `key` in the environment of what `nsenter` and `spawn` start here.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
     /// A command in the namespace, network only (bpffs stays the machine's).
     pub fn nsenter(&self, args: &[&str]) -> Output {
         let net = format!("--net=/run/netns/{}", self.name);
-        let mut full = vec!["nsenter", &net];
-        full.extend_from_slice(args);
-        cmd(&full)
+        Command::new("nsenter")
+            .arg(net)
+            .args(args)
+            .envs(self.env())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?} in {}: {e}", self.name))
     }
 
     /// A command under `ip netns exec` (its own /sys, so sysfs shows the namespace's devices).
@@ -64,9 +78,15 @@ impl Netns {
         assert!(out.status.success(), "sysctl {key} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Starts `args` as a child of the caller (not a service of this namespace), with this
+    /// namespace's environment.
+    pub fn start(&self, args: &[&str], log: &Path) -> Proc {
+        Proc::spawn(&self.name, args, &self.env(), log)
+    }
+
     /// Starts a service (`args`, stderr into `log`); its index.
     pub fn spawn(&mut self, args: &[&str], log: &Path) -> usize {
-        self.services.push(Proc::spawn(&self.name, args, &[], log));
+        self.services.push(Proc::spawn(&self.name, args, &self.env(), log));
         self.services.len() - 1
     }
 

@@ -31,7 +31,7 @@ use crate::{
         preflight,
         tap::Tap,
     },
-    link::{event::LinkEvent, ice::IceConfig},
+    link::event::LinkEvent,
     ops::{control::ControlSocket, lock},
     signaling::SignalEvent,
 };
@@ -80,8 +80,9 @@ fn watch<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     preflight::check_privileges()?;
     preflight::check_bpffs(&cfg.pin_dir)?;
-    // Before anything is made: a turns: server's roots that cannot be read stop the start.
-    let ice = setup::ice(&cfg)?;
+    // Before anything is made: a node key that cannot be read or kept, or a turns: server's
+    // roots that cannot be read, stop the start.
+    let joining = setup::joining(&cfg)?;
     let nl = Netlink::connect()?;
     let bridge = nl.bridge(&cfg.bridge).await?;
     let _lock = lock::acquire(&cfg.bridge, bridge.index, &cfg.pin_dir)?;
@@ -93,7 +94,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let (tap, tap_link) = setup::tap(&nl, &cfg, &bridge, &mut datapath).await?;
     let switch = setup::switch(&nl, &cfg, &bridge).await?;
     let devices = Devices { nl, cfg: &cfg, bridge, tap: tap_link };
-    let result = serve(&devices, &mut datapath, tap, switch, ice).await;
+    let result = serve(&devices, &mut datapath, tap, switch, joining).await;
     finish(result, datapath)
 }
 
@@ -111,7 +112,7 @@ async fn serve(
     datapath: &mut Datapath,
     tap: Tap,
     mut switch: Switch,
-    ice: Option<Arc<IceConfig>>,
+    joining: Option<setup::Joining>,
 ) -> Result<()> {
     let cfg = dev.cfg;
     let mut events = watch(datapath.take_events()?)?;
@@ -126,7 +127,7 @@ async fn serve(
     }
     let removals = switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left);
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
-    let (peers, mut signals) = setup::overlay(cfg, ice, link_tx)?;
+    let (peers, mut signals) = setup::overlay(cfg, joining, link_tx)?;
     let tap = Arc::new(watch(tap)?);
     let mut shell = Shell::new(switch, arp_table, tap.clone(), peers);
     shell.apply(removals);

@@ -6,6 +6,7 @@
 use std::{io, net::Ipv4Addr, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
+use ipop_cert::NodeKey;
 use ipop_common::maps::{self as m, ArpEntry, ArpKey};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -32,6 +33,7 @@ use crate::{
         session::{self, Identity},
         underlay::Underlay,
     },
+    ops::state,
     signaling::{self, SignalEvent},
 };
 
@@ -102,22 +104,29 @@ pub fn take_learned(table: &mut ArpTable, overlay: bool) -> Vec<(Ipv4Addr, Orpha
     Vec::new()
 }
 
-/// The overlay's STUN and TURN servers, with a stream relay for each TURN server over TCP or
-/// TLS.
-pub fn ice(cfg: &AgentConfig) -> Result<Option<Arc<IceConfig>>> {
+/// What joining the overlay takes that can fail before anything is made: the node's key from
+/// the state directory, and the STUN and TURN servers, with a stream relay for each TURN
+/// server over TCP or TLS.
+pub struct Joining {
+    key: NodeKey,
+    ice: Arc<IceConfig>,
+}
+
+pub fn joining(cfg: &AgentConfig) -> Result<Option<Joining>> {
     let Some(o) = &cfg.overlay else { return Ok(None) };
+    let key = state::node_key(&o.state_dir).context("the node's key")?;
     let ice = IceConfig::start(o.ice_urls.clone(), o.turn_ca_file.as_deref()).context("the turns: servers")?;
-    Ok(Some(Arc::new(ice)))
+    Ok(Some(Joining { key, ice: Arc::new(ice) }))
 }
 
 /// Joins the overlay, if there is one: signaling, the data socket and its reader, the peers.
 pub fn overlay(
     cfg: &AgentConfig,
-    ice: Option<Arc<IceConfig>>,
+    joining: Option<Joining>,
     links: mpsc::Sender<LinkEvent>,
 ) -> Result<(Option<Peers>, Option<mpsc::Receiver<SignalEvent>>)> {
-    let (Some(o), Some(ice)) = (&cfg.overlay, ice) else { return Ok((None, None)) };
-    let identity = Identity::generate();
+    let (Some(o), Some(Joining { key, ice })) = (&cfg.overlay, joining) else { return Ok((None, None)) };
+    let identity = Identity::from_key(&key);
     let credentials = signaling::Credentials {
         overlay: o.overlay.clone(),
         secret: o.secret.clone(),

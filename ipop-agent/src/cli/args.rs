@@ -67,6 +67,9 @@ pub struct RunArgs {
     /// PEM certificates that a turns: server's certificate may chain to, beside the system's.
     #[arg(long)]
     pub turn_ca_file: Option<PathBuf>,
+    /// Where the node's key is kept [default: /var/lib/ipop/<overlay>].
+    #[arg(long, env = "IPOP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// ARP RPCs a second one local source may cause (0: unlimited) [default: 10000].
     #[arg(long)]
     pub arp_rpc_rate: Option<u32>,
@@ -131,6 +134,39 @@ impl Target {
     pub fn pinned(&self) -> Result<Pinned> {
         Ok(Pinned::new(self.pin_dir()?))
     }
+}
+
+/// Whose node key: a state directory, or the one an agent's config or overlay implies.
+#[derive(Args, Debug, Default, PartialEq, Eq)]
+pub struct KeyTarget {
+    /// The state directory [default: the config's `state_dir`, else /var/lib/ipop/<overlay>].
+    #[arg(long, global = true, env = "IPOP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The overlay [default: the config's, else ipop].
+    #[arg(long, global = true)]
+    pub overlay: Option<String>,
+    /// The agent's config file.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+impl KeyTarget {
+    /// `--state-dir`, else the config's `state_dir`, else the overlay's default one.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        let file = match &self.config {
+            Some(path) => read_config(path)?,
+            None => Settings::default(),
+        };
+        let overlay = self.overlay.clone().or(file.overlay).unwrap_or_else(|| config::DEFAULT_OVERLAY.into());
+        config::check_overlay(&overlay).map_err(anyhow::Error::msg)?;
+        config::state_dir(self.state_dir.clone().or(file.state_dir), &overlay).map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum KeyCommand {
+    /// Print this node's public key (made, and kept in the state directory, if there is none).
+    Show,
 }
 
 /// Reads and parses a config file.

@@ -9,8 +9,13 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-pub use self::args::{ArpCommand, RendezvousArgs, RunArgs, Target, read_config};
-use crate::{agent, config::Settings, ops::control, signaling::rendezvous};
+pub use self::args::{ArpCommand, KeyCommand, KeyTarget, RendezvousArgs, RunArgs, Target, read_config};
+use crate::{
+    agent,
+    config::Settings,
+    ops::{control, state},
+    signaling::rendezvous,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "ipop-agent", version, about = "Joins Linux bridges on many hosts into one Ethernet segment")]
@@ -48,6 +53,13 @@ pub enum Command {
     },
     /// Run the embedded rendezvous service that introduces the agents of one overlay.
     Rendezvous(RendezvousArgs),
+    /// This node's long-term key.
+    Key {
+        #[command(flatten)]
+        target: KeyTarget,
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Show the kernel programs' counters.
     Stats {
         #[command(flatten)]
@@ -85,6 +97,10 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Arp { target, command } => show::arp(target.pinned()?, command),
         Command::Stats { target, json } => show::stats(target.pinned()?, json),
         Command::Rendezvous(args) => rendezvous(args),
+        Command::Key { target, command: KeyCommand::Show } => {
+            println!("{}", state::node_key(&target.state_dir()?)?.public());
+            Ok(())
+        }
         Command::Status { target } => {
             let pinned = target.pinned()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -136,6 +152,7 @@ fn run(args: RunArgs) -> Result<()> {
         turn_password: args.turn_password,
         turn_password_file: args.turn_password_file,
         turn_ca_file: args.turn_ca_file,
+        state_dir: args.state_dir,
         arp_rpc_rate: args.arp_rpc_rate,
         broadcast_rate: args.broadcast_rate,
     };

@@ -102,7 +102,8 @@ fn noise(e: snow::Error) -> SessionError {
     SessionError::Handshake(e.to_string())
 }
 
-/// An agent's static X25519 key pair (made at start; the public half goes to the rendezvous).
+/// An agent's static X25519 key pair for Noise: its node key (`ipop_cert::NodeKey`, kept in
+/// the state directory) in X25519 form; the public half goes to the rendezvous.
 #[derive(Clone)]
 pub struct Identity {
     private: [u8; KEY_LEN],
@@ -110,13 +111,13 @@ pub struct Identity {
 }
 
 impl Identity {
+    pub fn from_key(key: &ipop_cert::NodeKey) -> Self {
+        Self { private: key.x25519_secret(), public: key.public().x25519() }
+    }
+
+    /// A key of its own, kept nowhere (tests, and members of the library's own making).
     pub fn generate() -> Self {
-        let params = Aead::ChaChaPoly.params().parse().expect("valid Noise params");
-        let kp = Builder::new(params).generate_keypair().expect("keypair");
-        Self {
-            private: kp.private.try_into().expect("32-byte key"),
-            public: kp.public.try_into().expect("32-byte key"),
-        }
+        Self::from_key(&ipop_cert::NodeKey::generate())
     }
 }
 

@@ -1,5 +1,6 @@
-//! Operating a running agent: its control socket (`ipop-agent status`) and the locks that
-//! keep one agent per bridge and per pin directory.
+//! Operating a running agent: its control socket (`ipop-agent status`), the locks that keep
+//! one agent per bridge and per pin directory, and its state directory (the node's key).
 
 pub mod control;
 pub mod lock;
+pub mod state;

@@ -1,0 +1,60 @@
+//! Node identity: each agent's long-term key, kept in its state directory (the lab gives every
+//! host its own, `IPOP_STATE_DIR`), reused on restart, refused when others could read it.
+//! Needs root.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use support::{Host, Underlay, eventually_within};
+
+const SECRET: &str = "correct horse battery";
+
+/// `ipop-agent key show` on `host`: its public key.
+fn key_show(host: &Host) -> String {
+    let out = host.agent(&["key", "show"]);
+    assert!(out.status.success(), "key show: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_node_key_survives_a_restart_and_the_peer_keeps_its_link() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+    }
+    // The key exists before the first run (an operator reads it to sign a certificate).
+    let key = key_show(&hosts[1]);
+    assert!(key.len() == 64 && key.chars().all(|c| c.is_ascii_hexdigit()), "{key}");
+    let a = hosts[0].start_member("h0", SECRET, &[]);
+    let b = hosts[1].start_member("h1", SECRET, &[]);
+    for h in &hosts {
+        eventually_within(20, "the link is up", || h.link_up());
+    }
+    hosts[1].stop_agent(b, libc::SIGTERM);
+    hosts[1].start_member("h1", SECRET, &[]);
+    eventually_within(20, "the link is up again", || hosts[0].link_up() && hosts[1].link_up());
+    assert_eq!(key_show(&hosts[1]), key, "the same key after the restart");
+    let log = hosts[0].agent_log(a);
+    assert_eq!(
+        log.matches("peer known: setting up the link node=h1").count(),
+        1,
+        "h0 kept its link to h1 (same key: no new peer):\n{log}"
+    );
+}
+
+#[test]
+fn a_node_key_others_can_read_stops_the_start_and_nothing_is_made() {
+    let host = Host::new(&[]);
+    key_show(&host);
+    let state = host.file("state");
+    let key = state.join("node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = host.agent(&["run", "--rendezvous", "192.0.2.1:7000", "--secret", SECRET, "--node-id", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node.key can be read by others (mode 644)") && err.contains("chmod 600"), "{err}");
+    assert!(!host.has_link("ipop"), "no TAP was made");
+}
