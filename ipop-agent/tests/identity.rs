@@ -58,3 +58,48 @@ fn a_node_key_others_can_read_stops_the_start_and_nothing_is_made() {
     assert!(err.contains("node.key can be read by others (mode 644)") && err.contains("chmod 600"), "{err}");
     assert!(!host.has_link("ipop"), "no TAP was made");
 }
+
+#[test]
+fn the_ca_issues_certificates_that_verify_and_revokes_them() {
+    let host = Host::new(&[]);
+    let ca_dir = host.file("ca");
+    let ca = |args: &[&str]| {
+        let mut full = vec!["ca", "--dir", ca_dir.to_str().unwrap()];
+        full.extend_from_slice(args);
+        host.agent(&full)
+    };
+    let out = ca(&["init"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ca_public: ipop_cert::PublicKey = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let key_mode = std::fs::metadata(ca_dir.join("ca.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600, "the CA key is private");
+    assert_eq!(ca(&["init"]).status.code(), Some(1), "a second init would orphan every certificate");
+
+    let node = key_show(&host);
+    let cert_file = host.file("host-a.cert");
+    let args = ["sign", "--node-id", "host-a", "--public-key", &node, "--ips", "10.0.3.0/28,fd00::/64"];
+    let out = ca(&[&args[..], &["--expires", "30d", "--out", cert_file.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cert = ipop_cert::Certificate::from_text(&std::fs::read_to_string(&cert_file).unwrap()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let body = cert.verify(&ca_public, now).expect("the CA's certificate verifies");
+    assert_eq!((body.node_id.as_str(), body.public_key.to_string()), ("host-a", node.clone()));
+    assert_eq!(body.ips.len(), 2);
+    assert!(body.not_after - body.not_before == 30 * 86_400);
+    let shown = ca(&["show", cert_file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&shown.stderr).contains("valid: signed by the CA"));
+
+    let out = ca(&["revoke", "--cert", cert_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = std::fs::read_to_string(ca_dir.join("revoked.json")).unwrap();
+    let list = ipop_cert::RevocationList::from_text(&list).unwrap();
+    let list = list.verify(&ca_public).expect("the CA's list verifies");
+    assert!(list.number == 1 && list.revoked.contains(&body.serial), "{list:?}");
+    let shown = ca(&["show", cert_file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&shown.stderr).contains("revoked"), "{}", String::from_utf8_lossy(&shown.stderr));
+
+    let bad = ca(&["sign", "--node-id", "host b", "--public-key", &node]);
+    assert_eq!(bad.status.code(), Some(1), "a bad node id is refused");
+    let bad = ca(&["sign", "--node-id", "b", "--public-key", "not-a-key"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad key is a usage error");
+}

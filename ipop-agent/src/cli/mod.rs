@@ -2,6 +2,7 @@
 //! arguments, `show` prints the maps of a running agent; `main.rs` only calls `main` here.
 
 pub mod args;
+mod ca;
 mod show;
 
 use std::{io::IsTerminal as _, process::ExitCode};
@@ -53,6 +54,8 @@ pub enum Command {
     },
     /// Run the embedded rendezvous service that introduces the agents of one overlay.
     Rendezvous(RendezvousArgs),
+    /// The overlay's certificate authority, kept offline: init, sign, revoke, show.
+    Ca(ca::CaArgs),
     /// This node's long-term key.
     Key {
         #[command(flatten)]
@@ -97,6 +100,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Arp { target, command } => show::arp(target.pinned()?, command),
         Command::Stats { target, json } => show::stats(target.pinned()?, json),
         Command::Rendezvous(args) => rendezvous(args),
+        Command::Ca(args) => ca::run(args),
         Command::Key { target, command: KeyCommand::Show } => {
             println!("{}", state::node_key(&target.state_dir()?)?.public());
             Ok(())

@@ -1,7 +1,7 @@
 //! The state directory (`/var/lib/ipop/<overlay>/` by default): the node's long-term key,
 //! made on the first run and reused on every one after. The directory is made 0700, the key
 //! file 0600; a key file others could read, or a directory others could write (and so swap
-//! the key), stops the start.
+//! the key), stops the start. The CA's directory (`ipop-agent ca`) keeps its key the same way.
 
 use std::{
     fs::{self, DirBuilder, OpenOptions},
@@ -23,30 +23,38 @@ const KEY_FILE: &str = "node.key";
 
 /// The node's key in `dir`: read, or made and kept there on the first run.
 pub fn node_key(dir: &Path) -> Result<NodeKey> {
-    open_dir(dir)?;
-    let path = dir.join(KEY_FILE);
-    match fs::symlink_metadata(&path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if !meta.is_file() {
-                bail!("{} is not a regular file", path.display());
-            }
-            if mode & 0o077 != 0 {
-                bail!(
-                    "{} can be read by others (mode {mode:03o}): chmod 600 it (and make a new key if it leaked)",
-                    path.display()
-                );
-            }
-            let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            NodeKey::from_text(&text).with_context(|| format!("{} holds no node key", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_key(&path),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    match read_key(dir, KEY_FILE)? {
+        Some(key) => Ok(key),
+        None => make_key(dir, KEY_FILE),
     }
 }
 
+/// The key in `dir`/`name`, if there is one; refused if others could read it or swap it.
+pub fn read_key(dir: &Path, name: &str) -> Result<Option<NodeKey>> {
+    open_dir(dir)?;
+    let path = dir.join(name);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} can be read by others (mode {mode:03o}): chmod 600 it (and make a new key if it leaked)",
+            path.display()
+        );
+    }
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let key = NodeKey::from_text(&text).with_context(|| format!("{} holds no key", path.display()))?;
+    Ok(Some(key))
+}
+
 /// The directory, made 0700 if missing (its parents as usual); refused if others may write it.
-fn open_dir(dir: &Path) -> Result<()> {
+pub fn open_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
         if let Some(parent) = dir.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -68,7 +76,10 @@ fn open_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn make_key(path: &Path) -> Result<NodeKey> {
+/// A new key in `dir`/`name` (never over an existing file), 0600.
+pub fn make_key(dir: &Path, name: &str) -> Result<NodeKey> {
+    open_dir(dir)?;
+    let path = &dir.join(name);
     let key = NodeKey::generate();
     let mut file = OpenOptions::new()
         .write(true)
@@ -79,7 +90,7 @@ fn make_key(path: &Path) -> Result<NodeKey> {
     file.write_all(key.to_text().as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
-    info!(path = %path.display(), public_key = %key.public(), "made this node's key");
+    info!(path = %path.display(), public_key = %key.public(), "made a new key");
     Ok(key)
 }
 
@@ -118,7 +129,7 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         fs::write(&key, "not a key").unwrap();
         let err = format!("{:#}", node_key(&dir).unwrap_err());
-        assert!(err.contains("holds no node key"), "{err}");
+        assert!(err.contains("holds no key"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
