@@ -253,3 +253,44 @@ fn a_deleted_bridge_or_tap_stops_the_agent_cleanly() {
     assert!(!pins.exists());
     support::eventually("no program left attached", || tcx_links() == links_before);
 }
+
+#[test]
+fn an_unprivileged_user_cannot_ask_the_agent_or_touch_its_maps() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _serial = serial();
+    let mut host = Host::new(&["10.0.3.5"]);
+    let pins = host.pin_dir("lxcbr0");
+    host.start_agent(&["--bridge", "lxcbr0", "--pin-dir", pin_str(&pins)]);
+    let agent = support::agent_binary();
+    let agent = agent.to_str().unwrap();
+    // As root: it answers.
+    assert!(host.agent(&["status", "--pin-dir", pin_str(&pins)]).status.success());
+
+    let sockets: Vec<_> = fs::read_dir("/run/ipop").unwrap().flatten().map(|e| e.path()).collect();
+    let key = pin_str(&pins).replace('/', "%");
+    let is_socket =
+        |p: &&std::path::PathBuf| p.to_string_lossy().contains(&key) && p.extension().is_some_and(|e| e == "sock");
+    let socket = sockets.iter().find(is_socket).expect("the agent's control socket");
+    assert_eq!(fs::metadata(socket).unwrap().permissions().mode() & 0o777, 0o660, "{}", socket.display());
+    assert_eq!(fs::metadata(&pins).unwrap().permissions().mode() & 0o777, 0o700, "{}", pins.display());
+
+    // As nobody: no status, no ARP entry, no map write through bpftool.
+    let nobody = |args: &[&str]| {
+        let mut full = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+        full.extend_from_slice(args);
+        host.in_ns(&full)
+    };
+    let status = nobody(&[agent, "status", "--pin-dir", pin_str(&pins)]);
+    assert!(!status.status.success() && stderr(&status).contains("ermission denied"), "{}", stderr(&status));
+    let add = nobody(&[agent, "arp", "--pin-dir", pin_str(&pins), "add", REMOTE_IP, REMOTE_MAC]);
+    assert!(!add.status.success(), "nobody added an ARP entry");
+    let table = pins.join("arp_table");
+    let key_hex = ["key", "hex", "0a", "00", "03", "68"];
+    let update = nobody(
+        &[&["bpftool", "map", "update", "pinned", pin_str(&table)][..], &key_hex, &["value", "hex"], &["00"; 24]]
+            .concat(),
+    );
+    assert!(!update.status.success(), "nobody wrote the map through bpftool");
+    let list = host.agent(&["arp", "--pin-dir", pin_str(&pins), "list", "--json"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(REMOTE_IP), "the table is as it was");
+}

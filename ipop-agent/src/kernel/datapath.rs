@@ -6,6 +6,7 @@
 
 use std::{
     fs, io,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -66,7 +67,8 @@ impl PinDir {
         missing.reverse();
         let pins = PinDir { dir: dir.to_owned(), created: missing };
         for d in &pins.created {
-            match fs::create_dir(d) {
+            // 0700: only root reaches the maps through their pins (each pin is 0600 too).
+            match fs::DirBuilder::new().mode(0o700).create(d) {
                 Ok(()) => {}
                 // Another agent made it since we looked (agents started together under one
                 // new parent): it is there. Whoever leaves last removes it (only when empty).

@@ -1,8 +1,12 @@
 //! The agent's control socket: `ipop-agent status` reads what only the running agent knows
 //! (peers, link states, the switch's counters) as JSON. One unix socket per agent in
-//! /run/ipop, named after its pin directory; each connection gets one status document.
+//! /run/ipop, named after its pin directory, mode 0660 (root and its group); each connection
+//! gets one status document.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
@@ -30,6 +34,9 @@ impl ControlSocket {
         let path = socket_path(pin_dir);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        // Connecting takes write permission: root and its group, whatever the umask was.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
         Ok(Self { listener, path })
     }
 
