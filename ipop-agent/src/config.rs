@@ -8,7 +8,10 @@ use serde::Deserialize;
 use crate::{
     core::{limit::Rate, node_id::check_node_id, switch::Limits},
     kernel::datapath::default_pin_dir,
-    link::ice_server::{IceServer, Transport},
+    link::{
+        ice_server::{IceServer, Transport},
+        timers::REKEY_AFTER,
+    },
     ops::state::default_state_dir,
 };
 
@@ -57,6 +60,10 @@ pub struct Settings {
     pub turn_ca_file: Option<PathBuf>,
     /// Where the node's key is kept (default `/var/lib/ipop/<overlay>`).
     pub state_dir: Option<PathBuf>,
+    /// Seconds between rekeys: for tests only (the command line's hidden
+    /// `--rekey-after-secs`), never read from a file.
+    #[serde(skip)]
+    pub rekey_after_secs: Option<u64>,
     /// ARP RPCs a second one local source may cause (0: unlimited).
     pub arp_rpc_rate: Option<u32>,
     /// Broadcast and multicast frames a second flooded to the peers (0: unlimited).
@@ -96,6 +103,7 @@ impl Settings {
             turn_password_file,
             turn_ca_file: over.turn_ca_file.or(self.turn_ca_file),
             state_dir: over.state_dir.or(self.state_dir),
+            rekey_after_secs: over.rekey_after_secs.or(self.rekey_after_secs),
             arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
         }
@@ -174,7 +182,13 @@ impl Settings {
                 Some(o)
             }
         };
+        let rekey_after = match self.rekey_after_secs {
+            Some(0) => return Err("rekey_after_secs must be at least 1".into()),
+            Some(secs) => Duration::from_secs(secs),
+            None => REKEY_AFTER,
+        };
         Ok(AgentConfig {
+            rekey_after,
             bridge,
             tap,
             pin_dir,
@@ -265,6 +279,8 @@ pub struct AgentConfig {
     /// Where and how to meet peers; `None`: this agent runs alone.
     pub overlay: Option<OverlayConfig>,
     pub limits: Limits,
+    /// How often links renew their session keys.
+    pub rekey_after: Duration,
 }
 
 /// How the agent joins an overlay.

@@ -63,6 +63,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         events: events_tx,
         data: None,
         aead: session::Aead::local(),
+        rekey_after: ipop_agent::link::timers::REKEY_AFTER,
     };
     let mut peers = Peers::new(LinkTemplate { node_id: "rogue".into(), shared });
     let give_up = Instant::now() + Duration::from_secs(40);

@@ -103,3 +103,38 @@ fn the_ca_issues_certificates_that_verify_and_revokes_them() {
     let bad = ca(&["sign", "--node-id", "b", "--public-key", "not-a-key"]);
     assert_eq!(bad.status.code(), Some(2), "a bad key is a usage error");
 }
+
+#[test]
+fn a_tcp_stream_across_ten_rekeys_loses_nothing() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+        // The test-only setting: a rekey every second instead of every two minutes.
+        h.start_member(&format!("h{i}"), SECRET, &["--rekey-after-secs", "1"]);
+    }
+    for h in &hosts {
+        eventually_within(20, "the link is up", || h.link_up());
+    }
+    let server = hosts[1].in_container(0, &["iperf3", "-s", "-D", "-1"]);
+    assert!(server.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = hosts[0].in_container(0, &["iperf3", "-c", "10.0.3.20", "-t", "16", "-J"]);
+    assert!(
+        out.status.success(),
+        "the TCP connection lived through the rekeys: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["end"]["sum_received"]["bytes"].as_f64().unwrap() > 0.0);
+    let status = |h: &Host| support::status(h, &h.pin_dir("lxcbr0"));
+    // h0 (the smaller id) initiates; both count what they renewed.
+    for h in &hosts {
+        let s = status(h);
+        let rekeys = s["peers"][0]["rekeys"].as_u64().unwrap_or(0);
+        assert!(rekeys >= 10, "{rekeys} rekeys on {}: {s}", h.ns);
+        assert!(s["datagrams_refused"].as_u64().unwrap() < 10, "datagrams across the switch opened: {s}");
+        assert!(h.link_up(), "still up");
+    }
+}

@@ -153,6 +153,7 @@ pub fn overlay(
         events: links,
         data,
         aead: session::Aead::local(),
+        rekey_after: cfg.rekey_after,
     };
     info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
     Ok((Some(Peers::new(LinkTemplate { node_id: o.node_id.clone(), shared })), Some(signals)))

@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// Where the node's key is kept [default: /var/lib/ipop/<overlay>].
     #[arg(long, env = "IPOP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Seconds between rekeys (tests only) [default: 120].
+    #[arg(long, hide = true)]
+    pub rekey_after_secs: Option<u64>,
     /// ARP RPCs a second one local source may cause (0: unlimited) [default: 10000].
     #[arg(long)]
     pub arp_rpc_rate: Option<u32>,

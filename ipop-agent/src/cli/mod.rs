@@ -157,6 +157,7 @@ fn run(args: RunArgs) -> Result<()> {
         turn_password_file: args.turn_password_file,
         turn_ca_file: args.turn_ca_file,
         state_dir: args.state_dir,
+        rekey_after_secs: args.rekey_after_secs,
         arp_rpc_rate: args.arp_rpc_rate,
         broadcast_rate: args.broadcast_rate,
     };

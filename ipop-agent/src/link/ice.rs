@@ -32,7 +32,7 @@ use crate::{
         echo::EchoClock,
         event::LinkEvent,
         ice_server::{IceServer, Transport},
-        session::Opener,
+        session::Openers,
         timers::{ICE_CHECKING, ICE_CONSENT, clock_ms, clock_us},
         turn_check::{CHECK_TIMEOUT, CheckTarget, Problem, TurnChecks},
         turn_stream::{self, StreamRelay, Target},
@@ -136,7 +136,7 @@ pub async fn read_datagrams(
     conn: Arc<dyn Conn + Send + Sync>,
     events: mpsc::Sender<LinkEvent>,
     handshakes: mpsc::Sender<Vec<u8>>,
-    mut openers: mpsc::UnboundedReceiver<Arc<Mutex<Opener>>>,
+    mut openers: mpsc::UnboundedReceiver<Arc<Mutex<Openers>>>,
     last_rx: Arc<AtomicU64>,
     echo: Arc<EchoClock>,
 ) {
@@ -193,7 +193,7 @@ const EARLY_MAX: usize = 256;
 /// The ICE reader's side of a session.
 struct IceRx {
     peer: PeerId,
-    opener: Option<Arc<Mutex<Opener>>>,
+    opener: Option<Arc<Mutex<Openers>>>,
     plain: Vec<u8>,
     frames: Reassembly,
     last_rx: Arc<AtomicU64>,

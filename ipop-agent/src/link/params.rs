@@ -32,6 +32,8 @@ pub struct LinkShared {
     pub data: Option<DataSocket>,
     /// The AEAD this machine seals fastest (`Aead::local`); a pair agrees on one.
     pub aead: Aead,
+    /// How often links renew their session keys (`timers::REKEY_AFTER`, shorter in tests).
+    pub rekey_after: std::time::Duration,
 }
 
 /// The data socket as links see it: for sending, and for telling its reader which receiver

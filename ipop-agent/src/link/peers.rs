@@ -254,6 +254,7 @@ fn peer_status(node: &str, p: &Peer, signaling_down: Option<&str>) -> serde_json
         "local_candidate": pair.map(|c| &c.local),
         "remote_candidate": pair.map(|c| &c.remote),
         "rtt_ms": p.data.as_ref().and_then(DataTx::rtt).map(|d| d.as_secs_f64() * 1000.0),
+        "rekeys": p.data.as_ref().map(DataTx::rekeys),
         "reason": reason,
     })
 }

@@ -23,7 +23,7 @@ use crate::{
     },
     link::{
         event::LinkEvent,
-        session::Opener,
+        session::Openers,
         timers::{PROBE_PADDING, clock_ms},
         underlay::Underlay,
     },
@@ -38,7 +38,7 @@ pub struct Receiver {
     pub peer: PeerId,
     /// Shared with the link's ICE reader: one replay window per session, whichever path a
     /// datagram took.
-    pub opener: Arc<Mutex<Opener>>,
+    pub opener: Arc<Mutex<Openers>>,
     /// When anything authentic last arrived on either path (`clock_ms`).
     pub last_rx: Arc<AtomicU64>,
     /// When the peer last heard us on this path (`clock_ms`), from its keepalives.
@@ -223,7 +223,7 @@ mod tests {
         let reader = tokio::spawn(read(rx.clone(), reg_rx, ev_tx));
         let last_rx = Arc::new(AtomicU64::new(0));
         let confirmed = Arc::new(AtomicU64::new(0));
-        let opener = Arc::new(Mutex::new(opener));
+        let opener = Arc::new(Mutex::new(Openers::new(opener)));
         let receiver = Receiver {
             peer: 3,
             opener,

@@ -28,6 +28,8 @@ pub struct DataTx {
     pub(crate) rtt: Arc<AtomicU64>,
     /// The ICE path's, from its keepalives.
     pub(crate) echo: Arc<EchoClock>,
+    /// Rekeys of this link so far.
+    pub(crate) rekeys: Arc<AtomicU64>,
 }
 
 /// The candidate pair ICE selected: each side's type and address (`"srflx 203.0.113.2:4000"`),
@@ -65,6 +67,11 @@ impl DataTx {
     /// The pair ICE selected (the ICE path, and where probing the data socket started).
     pub fn ice_pair(&self) -> &IcePair {
         &self.pair
+    }
+
+    /// How often the link has renewed its session keys.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys.load(Ordering::Relaxed)
     }
 
     /// The last measured round trip of the path data takes.

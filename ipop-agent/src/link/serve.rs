@@ -28,11 +28,12 @@ use crate::{
         params::LinkParams,
         receive::{PathMsg, Receiver, Registration, heard_age},
         send::{DataTx, Direct, IcePair},
-        session::{self, Aead, Initiator, Opener, Sealer, Session},
+        session::{self, Aead, Initiator, Openers, Sealer, Session},
         signal::{Creds, Signal, parse_signal},
         timers::{
-            DEAD_AFTER, DIRECT_QUIET, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PROBE_EVERY, PROBE_FOR,
-            PROBE_PADDING, PROBE_SLOW, SIZE_CHECK, TICK, aligned_interval, clock_ms, clock_us, now_ns,
+            DEAD_AFTER, DIRECT_QUIET, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PREVIOUS_KEYS, PROBE_EVERY,
+            PROBE_FOR, PROBE_PADDING, PROBE_SLOW, REKEY_AFTER_DATAGRAMS, SIZE_CHECK, TICK, aligned_interval, clock_ms,
+            clock_us, now_ns,
         },
     },
 };
@@ -51,7 +52,7 @@ pub struct LinkIo {
     /// Handshake datagrams from the ICE reader.
     pub dg_rx: mpsc::Receiver<Vec<u8>>,
     /// Each new session's opener, for the ICE reader.
-    pub openers: mpsc::UnboundedSender<Arc<Mutex<Opener>>>,
+    pub openers: mpsc::UnboundedSender<Arc<Mutex<Openers>>>,
     /// When anything authentic last arrived on the ICE path (`clock_ms`).
     pub last_rx: Arc<AtomicU64>,
     pub plan: Option<Plan>,
@@ -120,6 +121,12 @@ struct Serve<'a> {
     last_handshake: &'a mut Option<u64>,
     /// The current session's sealer, once a handshake completed.
     sealer: Option<Sealer>,
+    /// Every session's receiving keys, shared with the readers (rotated by each rekey).
+    keys: Option<Arc<Mutex<Openers>>>,
+    /// The responder's newest session, sealed with only once the initiator's datagrams show
+    /// it has the keys too (until then it could not open them).
+    pending: Option<Sealer>,
+    rekey: Rekey,
     /// The initiator's handshake in flight, and its first message (resent until answered).
     initiator: Option<Initiator>,
     init_msg: Vec<u8>,
@@ -133,6 +140,19 @@ struct Serve<'a> {
     tick: Interval,
     out: Vec<u8>,
     probe: Probing,
+}
+
+/// Renewing the session's keys.
+struct Rekey {
+    /// When the current session began.
+    session_at: Instant,
+    /// The initiator's rekey in flight: when it started, and when its first message last went.
+    sent: Option<Instant>,
+    last_sent: Instant,
+    /// When the previous session's keys stop opening datagrams.
+    retire_at: Option<Instant>,
+    /// Rekeys so far, shared with the `DataTx` for `status`.
+    count: Arc<AtomicU64>,
 }
 
 /// The data socket path: probed from each new session until a full-size probe is answered
@@ -179,6 +199,9 @@ impl<'a> Serve<'a> {
             session_id,
             last_handshake,
             sealer: None,
+            keys: None,
+            pending: None,
+            rekey: Rekey { session_at: now, sent: None, last_sent: now, retire_at: None, count: Arc::default() },
             initiator: None,
             init_msg: Vec::new(),
             answered: None,
@@ -243,12 +266,13 @@ impl<'a> Serve<'a> {
         match session::respond(keys.0, keys.1, keys.2, body, *self.last_handshake, self.io.aead) {
             Ok((s, reply, ts)) => {
                 *self.last_handshake = Some(ts);
-                if self.sealer.is_none() {
-                    info!(peer = %p.peer_node, aead = self.io.aead.name(), "link up");
-                }
-                let data = self.established(s);
                 self.io.conn.send(&reply).await?;
                 self.answered = Some((body.to_vec(), reply));
+                if self.sealer.is_some() {
+                    return self.renewed(s, false).await; // the initiator's rekey
+                }
+                info!(peer = %p.peer_node, aead = self.io.aead.name(), "link up");
+                let data = self.established(s);
                 p.shared.events.send(LinkEvent::Up(p.peer, data)).await?;
             }
             Err(e) => {
@@ -261,7 +285,15 @@ impl<'a> Serve<'a> {
     /// The initiator gets the answer: the session is up, or the handshake failed.
     async fn finish(&mut self, body: &[u8]) -> Result<()> {
         let p = self.p;
+        let rekeying = self.sealer.is_some();
+        self.rekey.sent = None;
         match self.initiator.take().expect("checked by the caller").finish(body) {
+            Ok(s) if rekeying => self.renewed(s, true).await,
+            Err(e) if rekeying => {
+                // The session goes on with its keys; the next rekey is due in an interval.
+                warn!(peer = %p.peer_node, "rekey refused: {e}");
+                Ok(())
+            }
             Ok(s) => {
                 let data = self.established(s);
                 self.tick = aligned_interval(TICK);
@@ -276,29 +308,56 @@ impl<'a> Serve<'a> {
         }
     }
 
-    /// Hands a new session to the readers (and the data socket's, which starts probing);
+    /// Hands the first session to the readers (and the data socket's, which starts probing);
     /// returns the `DataTx` for the agent.
     fn established(&mut self, s: Session) -> DataTx {
         let (tx, rx) = s.split();
-        let rx = Arc::new(Mutex::new(rx));
-        let _ = self.io.openers.send(rx.clone());
+        let keys = Arc::new(Mutex::new(Openers::new(rx)));
+        let _ = self.io.openers.send(keys.clone());
         if let (Some(d), Some(plan)) = (&self.p.shared.data, &self.io.plan) {
             let probes = self.probe.tx.clone();
             let (last_rx, confirmed) = (self.probe.direct_rx.clone(), self.probe.confirmed.clone());
-            let receiver = Receiver { peer: self.p.peer, opener: rx, last_rx, confirmed, probes, keepalive_from: None };
+            let opener = keys.clone();
+            let receiver = Receiver { peer: self.p.peer, opener, last_rx, confirmed, probes, keepalive_from: None };
             let _ = d.registrations.send(Registration::Add(plan.my_index, receiver));
             self.probe.since = Some(Instant::now());
         }
+        self.keys = Some(keys);
         self.io.last_rx.store(clock_ms(), Ordering::Relaxed);
         self.sealer = Some(tx.clone());
-        DataTx {
-            sealer: tx,
-            conn: self.io.conn.clone(),
-            direct: self.probe.direct.clone(),
-            pair: self.io.pair.clone(),
-            rtt: self.io.rtt.clone(),
-            echo: self.io.echo.clone(),
+        self.rekey.session_at = Instant::now();
+        self.data_tx(tx, self.probe.direct.clone())
+    }
+
+    /// A rekey's new session: the readers open with it from now on (and with the old one for
+    /// `PREVIOUS_KEYS`); the initiator seals with it at once, the responder once it is used.
+    async fn renewed(&mut self, s: Session, initiator: bool) -> Result<()> {
+        let (tx, rx) = s.split();
+        if let Some(keys) = &self.keys {
+            keys.lock().unwrap_or_else(|e| e.into_inner()).rotate(rx);
         }
+        self.rekey.session_at = Instant::now();
+        if initiator {
+            self.switch_sealer(tx).await
+        } else {
+            self.pending = Some(tx);
+            Ok(())
+        }
+    }
+
+    /// From now on the agent seals with `tx`; the previous keys retire after `PREVIOUS_KEYS`.
+    async fn switch_sealer(&mut self, tx: Sealer) -> Result<()> {
+        self.sealer = Some(tx.clone());
+        self.rekey.retire_at = Some(Instant::now() + PREVIOUS_KEYS);
+        self.rekey.count.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %self.p.peer_node, "session keys renewed");
+        self.publish(tx, self.probe.direct.clone()).await
+    }
+
+    fn data_tx(&self, sealer: Sealer, direct: Option<Direct>) -> DataTx {
+        let (conn, pair, rtt, echo) =
+            (self.io.conn.clone(), self.io.pair.clone(), self.io.rtt.clone(), self.io.echo.clone());
+        DataTx { sealer, conn, direct, pair, rtt, echo, rekeys: self.rekey.count.clone() }
     }
 
     /// Sends a probe, an answer or a keepalive on the data socket. Full-size ones are as large
@@ -383,9 +442,7 @@ impl<'a> Serve<'a> {
 
     /// Tells the agent how to send from now on: on the data socket (`direct`) or on ICE.
     async fn publish(&self, sealer: Sealer, direct: Option<Direct>) -> Result<()> {
-        let (conn, pair, rtt, echo) =
-            (self.io.conn.clone(), self.io.pair.clone(), self.io.rtt.clone(), self.io.echo.clone());
-        let data = DataTx { sealer, conn, direct, pair, rtt, echo };
+        let data = self.data_tx(sealer, direct);
         self.p.shared.events.send(LinkEvent::Up(self.p.peer, data)).await?;
         Ok(())
     }
@@ -468,7 +525,50 @@ impl<'a> Serve<'a> {
         }
         self.check_direct(&sealer).await?;
         self.keepalive(&sealer).await?;
+        self.rekey_tick(&sealer).await?;
         Ok(None)
+    }
+
+    /// Rekeying, WireGuard's way: the initiator starts a new handshake every `rekey_after`
+    /// (or after `REKEY_AFTER_DATAGRAMS` sealed) and resends it until answered; the responder
+    /// seals with the new session once the initiator's datagrams open with it; the previous
+    /// session's keys retire `PREVIOUS_KEYS` after the switch.
+    async fn rekey_tick(&mut self, sealer: &Sealer) -> Result<()> {
+        let now = Instant::now();
+        if self.rekey.retire_at.is_some_and(|t| now >= t)
+            && let Some(keys) = &self.keys
+        {
+            keys.lock().unwrap_or_else(|e| e.into_inner()).retire_previous();
+            self.rekey.retire_at = None;
+        }
+        let used = self.keys.as_ref().is_some_and(|k| k.lock().unwrap_or_else(|e| e.into_inner()).current_used());
+        if used && let Some(tx) = self.pending.take() {
+            self.switch_sealer(tx).await?;
+        }
+        if !self.p.controlling {
+            return Ok(());
+        }
+        match self.rekey.sent {
+            Some(at) if at.elapsed() > HANDSHAKE_TIMEOUT => {
+                warn!(peer = %self.p.peer_node, "rekey not answered within {HANDSHAKE_TIMEOUT:?}: the session goes on");
+                (self.initiator, self.rekey.sent, self.rekey.session_at) = (None, None, now);
+            }
+            Some(_) if self.rekey.last_sent.elapsed() >= HANDSHAKE_RETRY => {
+                self.io.conn.send(&self.init_msg).await?;
+                self.rekey.last_sent = now;
+            }
+            None if self.rekey.session_at.elapsed() >= self.p.shared.rekey_after
+                || sealer.sealed() >= REKEY_AFTER_DATAGRAMS =>
+            {
+                let p = self.p;
+                let (i, msg) =
+                    session::initiate(&p.shared.identity, &p.remote_key, &p.shared.psk, now_ns(), self.io.aead)?;
+                self.io.conn.send(&msg).await?;
+                (self.initiator, self.init_msg, self.rekey.sent, self.rekey.last_sent) = (Some(i), msg, Some(now), now);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// One small keepalive a second, on the path data takes: on the data socket it says when

@@ -243,6 +243,11 @@ impl Session {
 }
 
 impl Sealer {
+    /// How many datagrams this session has sealed (its volume, for rekeying).
+    pub fn sealed(&self) -> u64 {
+        self.next_counter.load(Ordering::Relaxed)
+    }
+
     /// Appends to `out` the transport datagram carrying `payload` of type `inner`.
     pub fn seal(&self, inner: Inner, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
         out.push(wire::TRANSPORT);
@@ -285,6 +290,54 @@ impl Sealer {
             out.truncate(body + n);
             Ok(())
         })
+    }
+}
+
+/// What a link's readers open with, across rekeys: the current session's opener and, for a
+/// while after a new session, the one before it (datagrams the peer sealed before it switched
+/// are still on their way, on either path). Shared by the link's two readers.
+pub struct Openers {
+    current: Opener,
+    previous: Option<Opener>,
+    /// Whether anything opened with `current` yet: the responder of a rekey seals with the
+    /// new session only once the initiator's datagrams show it has the new keys too.
+    current_used: bool,
+}
+
+impl Openers {
+    pub fn new(first: Opener) -> Self {
+        Openers { current: first, previous: None, current_used: false }
+    }
+
+    /// A new session's opener becomes current; the current one stays as the previous.
+    pub fn rotate(&mut self, next: Opener) {
+        self.previous = Some(std::mem::replace(&mut self.current, next));
+        self.current_used = false;
+    }
+
+    /// The previous session's datagrams have had their time: refused from now on.
+    pub fn retire_previous(&mut self) {
+        self.previous = None;
+    }
+
+    pub fn current_used(&self) -> bool {
+        self.current_used
+    }
+
+    /// Opens with the current session, else with the previous one (counters restart with each
+    /// session, so a "replay" for the current one may be new for the previous).
+    pub fn open(&mut self, counter: u64, sealed: &[u8], out: &mut Vec<u8>) -> Result<Inner, SessionError> {
+        let err = match self.current.open(counter, sealed, out) {
+            Ok(inner) => {
+                self.current_used = true;
+                return Ok(inner);
+            }
+            Err(e) => e,
+        };
+        match &mut self.previous {
+            Some(previous) => previous.open(counter, sealed, out).map_err(|_| err),
+            None => Err(err),
+        }
     }
 }
 
@@ -359,6 +412,36 @@ mod tests {
             respond(&b, &a.public, &psk, &msg1[1..], None, Aead::ChaChaPoly),
             Err(SessionError::Handshake(_))
         ));
+    }
+
+    #[test]
+    fn after_a_rekey_datagrams_of_both_sessions_open_until_the_old_one_retires() {
+        let (a, b, psk) = pair();
+        let (old_a, old_b) = handshake(&a, &b, &psk);
+        let (old_tx, _) = old_a.split();
+        let (_, old_rx) = old_b.split();
+        let mut openers = Openers::new(old_rx);
+        let seal = |tx: &Sealer, payload: &[u8]| {
+            let mut d = Vec::new();
+            tx.seal(Inner::Ethernet, payload, &mut d).unwrap();
+            d
+        };
+        let open = |o: &mut Openers, d: &[u8]| {
+            let Datagram::Transport { counter, sealed } = Datagram::parse(d).unwrap() else { panic!() };
+            o.open(counter, sealed, &mut Vec::new())
+        };
+        let before = seal(&old_tx, b"sealed before the rekey");
+        let (new_a, new_b) = handshake(&a, &b, &psk);
+        openers.rotate(new_b.split().1);
+        assert!(!openers.current_used(), "nothing of the new session yet");
+        let (new_tx, _) = new_a.split();
+        // Counter 0 in both sessions: the new one's is no replay of the old one's.
+        assert_eq!(open(&mut openers, &seal(&new_tx, b"new")), Ok(Inner::Ethernet));
+        assert!(openers.current_used());
+        assert_eq!(open(&mut openers, &before), Ok(Inner::Ethernet), "in flight across the rekey");
+        assert_eq!(open(&mut openers, &before), Err(SessionError::Replay), "but only once");
+        openers.retire_previous();
+        assert!(open(&mut openers, &seal(&old_tx, b"late")).is_err(), "the old session is gone");
     }
 
     #[test]

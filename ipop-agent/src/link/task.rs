@@ -31,7 +31,7 @@ use crate::link::{
     receive::Registration,
     send::IcePair,
     serve::{Ended, LinkIo, Plan, serve},
-    session::Opener,
+    session::Openers,
     signal::{Creds, Sent, Signal, parse_signal},
     timers::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, RESEND_MAX, RESEND_MIN},
 };
@@ -175,7 +175,7 @@ async fn connect_and_serve(
     // Datagrams from the connection, read by their own task: once a session is up it opens
     // them and hands them straight to the agent; handshakes go to the link task.
     let (dg_tx, dg_rx) = mpsc::channel::<Vec<u8>>(64);
-    let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Arc<Mutex<Opener>>>();
+    let (opener_tx, opener_rx) = mpsc::unbounded_channel::<Arc<Mutex<Openers>>>();
     let last_rx = Arc::new(AtomicU64::new(0));
     // The round trips: the data socket's, from its probes; the ICE path's, from keepalives.
     let rtt = Arc::new(AtomicU64::new(0));

@@ -26,6 +26,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const RESEND_MIN: Duration = Duration::from_millis(500);
 pub const RESEND_MAX: Duration = Duration::from_secs(4);
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
+/// Each link renews its session keys this often (WireGuard: 2 minutes; `--rekey-after-secs`
+/// shortens it for tests)...
+pub const REKEY_AFTER: Duration = Duration::from_secs(120);
+/// ...or after sealing this many datagrams, whichever comes first...
+pub const REKEY_AFTER_DATAGRAMS: u64 = 1 << 32;
+/// ...and opens datagrams of the session before for this long after it switched.
+pub const PREVIOUS_KEYS: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
