@@ -60,6 +60,13 @@ pub struct Settings {
     pub turn_ca_file: Option<PathBuf>,
     /// Where the node's key is kept (default `/var/lib/ipop/<overlay>`).
     pub state_dir: Option<PathBuf>,
+    /// The overlay CA's public key (hex, `ca.pub`): members are admitted, and peers accepted,
+    /// by certificate instead of the shared secret.
+    pub ca_public_key: Option<String>,
+    /// This node's certificate file (with `ca_public_key`).
+    pub certificate: Option<PathBuf>,
+    /// The CA's revocation list file (with `ca_public_key`; optional).
+    pub revocation_list: Option<PathBuf>,
     /// Seconds between rekeys: for tests only (the command line's hidden
     /// `--rekey-after-secs`), never read from a file.
     #[serde(skip)]
@@ -104,6 +111,9 @@ impl Settings {
             turn_ca_file: over.turn_ca_file.or(self.turn_ca_file),
             state_dir: over.state_dir.or(self.state_dir),
             rekey_after_secs: over.rekey_after_secs.or(self.rekey_after_secs),
+            ca_public_key: over.ca_public_key.or(self.ca_public_key),
+            certificate: over.certificate.or(self.certificate),
+            revocation_list: over.revocation_list.or(self.revocation_list),
             arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
         }
@@ -161,7 +171,13 @@ impl Settings {
             None => {
                 let ice = self.stun.is_some() || self.turn.is_some() || self.turn_user.is_some();
                 let turn_files = self.turn_password_file.is_some() || self.turn_ca_file.is_some();
-                if self.secret.is_some() || ice || self.turn_password.is_some() || turn_files || self.overlay.is_some()
+                let ca = self.ca_public_key.is_some() || self.certificate.is_some() || self.revocation_list.is_some();
+                if self.secret.is_some()
+                    || ice
+                    || self.turn_password.is_some()
+                    || turn_files
+                    || self.overlay.is_some()
+                    || ca
                 {
                     return Err("overlay, secret, stun and turn need a rendezvous to join".into());
                 }
@@ -176,7 +192,8 @@ impl Settings {
                 if let Some(file) = self.turn_ca_file.as_ref().filter(|_| !tls) {
                     return Err(format!("turn_ca_file {} is set but no turn url is turns: (TLS)", file.display()));
                 }
-                let mut o = overlay_config(rendezvous, self.secret, self.node_id, self.overlay, ice_urls)?;
+                let trust = trust(self.secret, self.ca_public_key, self.certificate, self.revocation_list)?;
+                let mut o = overlay_config(rendezvous, trust, self.node_id, self.overlay, ice_urls)?;
                 o.turn_ca_file = self.turn_ca_file;
                 o.state_dir = state_dir(self.state_dir, &o.overlay)?;
                 Some(o)
@@ -203,20 +220,49 @@ impl Settings {
     }
 }
 
+/// How members prove they belong: the shared secret, or certificates of the overlay's CA.
+#[derive(Clone, PartialEq)]
+pub enum Trust {
+    Secret(String),
+    Ca { ca: ipop_cert::PublicKey, certificate: PathBuf, revocation_list: Option<PathBuf> },
+}
+
+fn trust(
+    secret: Option<String>,
+    ca: Option<String>,
+    certificate: Option<PathBuf>,
+    revocation_list: Option<PathBuf>,
+) -> Result<Trust, String> {
+    match (secret, ca) {
+        (Some(_), Some(_)) => Err("secret and ca_public_key: an overlay admits by one of them, give one".into()),
+        (Some(secret), None) => {
+            if certificate.is_some() || revocation_list.is_some() {
+                return Err("certificate and revocation_list need ca_public_key".into());
+            }
+            if secret.len() < 8 {
+                return Err("the secret must be at least 8 characters".into());
+            }
+            Ok(Trust::Secret(secret))
+        }
+        (None, Some(ca)) => {
+            let ca = ca.parse().map_err(|e| format!("ca_public_key {ca:?}: {e}"))?;
+            let certificate = certificate.ok_or("ca_public_key needs this node's certificate (certificate)")?;
+            Ok(Trust::Ca { ca, certificate, revocation_list })
+        }
+        (None, None) => Err("a rendezvous needs the overlay's secret, or ca_public_key and a certificate".into()),
+    }
+}
+
 /// The overlay part of the settings, checked: what joining needs.
 fn overlay_config(
     rendezvous: String,
-    secret: Option<String>,
+    trust: Trust,
     node_id: Option<String>,
     overlay: Option<String>,
     ice_urls: Vec<IceServer>,
 ) -> Result<OverlayConfig, String> {
     if rendezvous.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
         return Err(format!("rendezvous {rendezvous:?} must be host:port"));
-    }
-    let secret = secret.ok_or("a rendezvous needs the overlay's secret")?;
-    if secret.len() < 8 {
-        return Err("the secret must be at least 8 characters".into());
     }
     let node_id = match node_id {
         Some(id) => id,
@@ -226,7 +272,7 @@ fn overlay_config(
     let name = overlay.unwrap_or_else(|| DEFAULT_OVERLAY.into());
     check_overlay(&name)?;
     let state_dir = default_state_dir(&name);
-    Ok(OverlayConfig { node_id, overlay: name, secret, rendezvous, ice_urls, turn_ca_file: None, state_dir })
+    Ok(OverlayConfig { node_id, overlay: name, trust, rendezvous, ice_urls, turn_ca_file: None, state_dir })
 }
 
 /// Overlay names: as node ids (they name the state directory), and neither `.` nor `..`.
@@ -288,7 +334,7 @@ pub struct AgentConfig {
 pub struct OverlayConfig {
     pub node_id: String,
     pub overlay: String,
-    pub secret: String,
+    pub trust: Trust,
     pub rendezvous: String,
     pub ice_urls: Vec<IceServer>,
     /// Roots for `turns:` servers beside the system's.
@@ -463,6 +509,25 @@ mod tests {
         assert_eq!((o.ice_urls[0].transport, o.ice_urls[0].port), (Transport::Tls, 5349));
         let err = resolve(r#""turn": ["turn:u:p@h?transport=tcp"], "turn_ca_file": "/ca.pem""#).unwrap_err();
         assert!(err.contains("turn_ca_file /ca.pem is set but no turn url is turns:"), "{err}");
+    }
+
+    #[test]
+    fn an_overlay_admits_by_its_secret_or_by_its_ca_never_both() {
+        let ca = ipop_cert::NodeKey::generate().public().to_string();
+        let base = r#""rendezvous": "192.0.2.1:7000", "node_id": "a""#;
+        let resolve = |extra: String| Settings::from_json(&format!("{{{base}, {extra}}}")).unwrap().resolve();
+        let o = resolve(format!(r#""ca_public_key": "{ca}", "certificate": "/etc/ipop/a.cert""#)).unwrap();
+        assert!(matches!(o.overlay.unwrap().trust, Trust::Ca { revocation_list: None, .. }));
+        for (extra, why) in [
+            (format!(r#""ca_public_key": "{ca}", "certificate": "/c", "secret": "long enough""#), "give one"),
+            (format!(r#""ca_public_key": "{ca}""#), "needs this node's certificate"),
+            (r#""ca_public_key": "00", "certificate": "/c""#.to_owned(), "ca_public_key \"00\""),
+            (r#""secret": "long enough", "certificate": "/c""#.to_owned(), "need ca_public_key"),
+            ("\"overlay\": \"lab\"".to_owned(), "secret, or ca_public_key"),
+        ] {
+            let err = resolve(extra.clone()).unwrap_err();
+            assert!(err.contains(why), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -18,7 +18,10 @@ use crate::{
         wire::{Datagram, Inner},
     },
     link::session::{self, Identity, Opener, Sealer},
-    signaling::rendezvous::{ClientMsg, ServerMsg, join_proof},
+    signaling::{
+        admission::secret_proof,
+        rendezvous::{ClientMsg, ServerMsg},
+    },
 };
 
 /// A property: panics if `data` breaks it.
@@ -123,7 +126,7 @@ pub fn rendezvous(data: &[u8]) {
         let again: ClientMsg = serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap();
         assert_eq!(again, msg);
         if let ClientMsg::Join { overlay, node_id, public_key, .. } = &msg {
-            let _ = (check_node_id(node_id), join_proof("secret", "nonce", overlay, node_id, public_key));
+            let _ = (check_node_id(node_id), secret_proof("secret", "nonce", overlay, node_id, public_key));
         }
     }
     if let Ok(msg) = serde_json::from_slice::<ServerMsg>(data) {

@@ -48,7 +48,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let identity = Identity::generate();
     let creds = Credentials {
         overlay: OVERLAY.into(),
-        secret: SECRET.into(),
+        proof: signaling::admission::Proof::Secret(SECRET.into()),
         node_id: "rogue".into(),
         public_key: hex(&identity.public),
     };
@@ -65,7 +65,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         aead: session::Aead::local(),
         rekey_after: ipop_agent::link::timers::REKEY_AFTER,
     };
-    let mut peers = Peers::new(LinkTemplate { node_id: "rogue".into(), shared });
+    let mut peers = Peers::new(LinkTemplate { node_id: "rogue".into(), shared, certified: None });
     let give_up = Instant::now() + Duration::from_secs(40);
     let mut sent_at: Option<Instant> = None;
     let mut link = None;

@@ -138,3 +138,127 @@ fn a_tcp_stream_across_ten_rekeys_loses_nothing() {
         assert!(h.link_up(), "still up");
     }
 }
+
+/// An overlay with a CA: its directory (on `hosts[0]`), its public key, and the rendezvous
+/// started with it (no secret).
+struct CaOverlay {
+    ca_dir: std::path::PathBuf,
+    ca_public: String,
+}
+
+fn ca_overlay(underlay: &mut Underlay, hosts: &[Host], rendezvous_args: &[&str]) -> CaOverlay {
+    let ca_dir = hosts[0].file("ca");
+    let out = hosts[0].agent(&["ca", "--dir", ca_dir.to_str().unwrap(), "init"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ca_public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut args = vec!["--overlay", "ipop", "--ca-public-key", &ca_public];
+    args.extend_from_slice(rendezvous_args);
+    underlay.start_rendezvous_with(&args);
+    CaOverlay { ca_dir, ca_public }
+}
+
+impl CaOverlay {
+    /// A certificate for `host`'s key as `node_id` (with `extra` sign options), in its scratch.
+    fn certify(&self, signer: &Host, host: &Host, node_id: &str, extra: &[&str]) -> std::path::PathBuf {
+        let file = host.file(&format!("{node_id}.cert"));
+        let key = key_show(host);
+        let mut args = vec!["ca", "--dir", self.ca_dir.to_str().unwrap(), "sign", "--node-id", node_id];
+        args.extend_from_slice(&["--public-key", &key, "--out", file.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = signer.agent(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        file
+    }
+
+    /// `ipop-agent run` options of a member of this overlay with `cert` as `node_id`.
+    fn member_args(&self, host: &Host, node_id: &str, cert: &std::path::Path) -> Vec<String> {
+        let pins = host.pin_dir("lxcbr0");
+        ["--pin-dir", pins.to_str().unwrap(), "--node-id", node_id, "--rendezvous", support::RENDEZVOUS]
+            .into_iter()
+            .chain(["--ca-public-key", &self.ca_public, "--certificate", cert.to_str().unwrap()])
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn two_hosts(underlay: &Underlay) -> [Host; 2] {
+    let hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    for (i, h) in hosts.iter().enumerate() {
+        h.join_underlay(underlay, i as u8 + 1);
+    }
+    hosts
+}
+
+fn start(host: &mut Host, args: &[String]) -> usize {
+    host.start_agent(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn certified_members_link_with_a_rendezvous_that_holds_no_secret() {
+    let mut underlay = Underlay::new();
+    let mut hosts = two_hosts(&underlay);
+    let ca = ca_overlay(&mut underlay, &hosts, &[]);
+    for (i, node) in ["h0", "h1"].iter().enumerate() {
+        let cert = ca.certify(&hosts[0], &hosts[i], node, &[]);
+        let args = ca.member_args(&hosts[i], node, &cert);
+        start(&mut hosts[i], &args);
+    }
+    for h in &hosts {
+        eventually_within(20, "the link is up", || h.link_up());
+    }
+    let out = hosts[0].in_container(0, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.3.20"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 received"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn a_certificate_for_another_node_id_or_expired_stops_the_start() {
+    let mut underlay = Underlay::new();
+    let hosts = two_hosts(&underlay);
+    let ca = ca_overlay(&mut underlay, &hosts, &[]);
+    let cert = ca.certify(&hosts[0], &hosts[1], "h1", &[]);
+    let run = |args: Vec<String>| {
+        let mut full = vec!["run".to_owned()];
+        full.extend(args);
+        hosts[1].agent(&full.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run(ca.member_args(&hosts[1], "h0", &cert));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("h0 shows the certificate of h1"), "{err}");
+    let brief = ca.certify(&hosts[0], &hosts[1], "h1", &["--expires", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = run(ca.member_args(&hosts[1], "h1", &brief));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expired"), "{err}");
+    assert!(!hosts[1].has_link("ipop"), "nothing was made");
+}
+
+#[test]
+fn a_rendezvous_that_swaps_two_members_keys_gets_no_link_and_both_say_why() {
+    let mut underlay = Underlay::new();
+    let mut hosts = two_hosts(&underlay);
+    let ca = ca_overlay(&mut underlay, &hosts, &[]);
+    let proxy =
+        support::SignalingProxy::start(&underlay, 7001, support::Faults { swap_keys: true, ..Default::default() });
+    let mut agents = Vec::new();
+    for (i, node) in ["h0", "h1"].iter().enumerate() {
+        let cert = ca.certify(&hosts[0], &hosts[i], node, &[]);
+        let mut args = ca.member_args(&hosts[i], node, &cert);
+        let at = args.iter().position(|a| a == "--rendezvous").unwrap() + 1;
+        args[at] = proxy.addr.clone();
+        agents.push(start(&mut hosts[i], &args));
+    }
+    let said = |h: &Host, a: usize| h.agent_log(a).contains("certificate does not hold");
+    eventually_within(20, "both agents refuse the swapped keys", || {
+        said(&hosts[0], agents[0]) && said(&hosts[1], agents[1])
+    });
+    for (h, (a, other)) in hosts.iter().zip([(agents[0], "h1"), (agents[1], "h0")]) {
+        let log = h.agent_log(a);
+        assert!(
+            log.contains(&format!("node={other}")) && log.contains("the key given for"),
+            "who claimed what:\n{log}"
+        );
+        assert!(!h.link_up(), "no link with a key the certificate does not name");
+    }
+}

@@ -58,7 +58,7 @@ impl NodeKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.0.verifying_key().to_bytes())
     }
 
     /// The X25519 secret for Noise: the Ed25519 scalar, which X25519 clamps as Ed25519 does.
@@ -73,13 +73,14 @@ impl NodeKey {
     }
 }
 
-/// A node's public key: what a certificate names and peers verify.
+/// A node's public key: what a certificate names and peers verify. Kept as its 32 bytes
+/// (checked to be a point when read), and opened into a verifying key when used.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+pub struct PublicKey([u8; KEY_LEN]);
 
 impl std::fmt::Display for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0.as_bytes()))
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -94,24 +95,29 @@ impl std::str::FromStr for PublicKey {
 
     /// 64 hex digits, as `Display` writes them.
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        VerifyingKey::from_bytes(&unhex(s)?).map(PublicKey).map_err(|_| KeyError::NotAPoint)
+        let bytes = unhex(s)?;
+        VerifyingKey::from_bytes(&bytes).map(|_| PublicKey(bytes)).map_err(|_| KeyError::NotAPoint)
     }
 }
 
 impl PublicKey {
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        self.0.as_bytes()
+        &self.0
+    }
+
+    fn key(&self) -> VerifyingKey {
+        VerifyingKey::from_bytes(&self.0).expect("checked to be a point when made")
     }
 
     /// The X25519 public key for Noise, the match of `NodeKey::x25519_secret`.
     pub fn x25519(&self) -> [u8; KEY_LEN] {
-        self.0.to_montgomery().to_bytes()
+        self.key().to_montgomery().to_bytes()
     }
 
     /// Whether `signature` is this key's over `message` for `context`.
     pub fn verify(&self, context: &str, message: &[u8], signature: &[u8]) -> bool {
         let Ok(signature) = Signature::from_slice(signature) else { return false };
-        self.0.verify(&labelled(context, message), &signature).is_ok()
+        self.key().verify(&labelled(context, message), &signature).is_ok()
     }
 }
 

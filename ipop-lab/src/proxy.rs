@@ -1,8 +1,9 @@
 //! A rendezvous that misbehaves the way real networks and servers do: a TCP proxy in the
 //! underlay's namespace, in front of the real rendezvous, that cuts every line it forwards
 //! into fragments at random places (as TCP may deliver them), or drops the first signal
-//! between every two nodes (as a server with a full queue, or a member not yet joined, does).
-//! Agents point `--rendezvous` at it instead of the real one.
+//! between every two nodes (as a server with a full queue, or a member not yet joined, does),
+//! or lies: hands each member the other members' keys swapped (as a hostile rendezvous would,
+//! to put itself in the middle). Agents point `--rendezvous` at it instead of the real one.
 
 use std::{
     collections::HashSet,
@@ -27,6 +28,8 @@ pub struct Faults {
     pub fragment: bool,
     /// Drop the first signal each node sends to each other node.
     pub drop_first_signal: bool,
+    /// Announce every member with another member's key (the first other key seen joining).
+    pub swap_keys: bool,
 }
 
 #[derive(Default)]
@@ -36,6 +39,8 @@ struct Shared {
     connections: AtomicU64,
     /// (from, to) pairs whose first signal is gone.
     seen: Mutex<HashSet<(String, String)>>,
+    /// The keys members joined with, in order.
+    keys: Mutex<Vec<String>>,
     streams: Mutex<Vec<TcpStream>>,
 }
 
@@ -106,23 +111,24 @@ fn accept_loop(listener: &TcpListener, upstream: &str, faults: Faults, s: &Arc<S
             s.streams.lock().unwrap().push(stream.try_clone().unwrap());
         }
         let (c2, s2, shared) = (client.try_clone().unwrap(), server.try_clone().unwrap(), s.clone());
-        thread::spawn(move || pump(client, server, faults, Some(&shared)));
-        thread::spawn(move || pump(s2, c2, faults, None));
+        let shared2 = shared.clone();
+        thread::spawn(move || pump(client, server, faults, &shared, true));
+        thread::spawn(move || pump(s2, c2, faults, &shared2, false));
     }
 }
 
-/// Forwards lines from `from` to `to`. Lines from a member (`shared` given) are where
-/// signals can be dropped.
-fn pump(from: TcpStream, mut to: TcpStream, faults: Faults, shared: Option<&Shared>) {
+/// Forwards lines from `from` to `to`. Lines from a member are where signals can be
+/// dropped and keys learnt; lines to a member are where keys can be swapped.
+fn pump(from: TcpStream, mut to: TcpStream, faults: Faults, s: &Shared, from_member: bool) {
     let mut rng = Xorshift::seeded();
     let mut node = String::new();
     for line in BufReader::new(from).split(b'\n') {
         let Ok(mut line) = line else { break };
-        if let Some(s) = shared
-            && faults.drop_first_signal
-            && drop_signal(s, &mut node, &line)
-        {
+        if from_member && faults.drop_first_signal && drop_signal(s, &mut node, &line) {
             continue;
+        }
+        if faults.swap_keys {
+            line = if from_member { learn_key(s, line) } else { swap_keys(s, line) };
         }
         line.push(b'\n');
         let sent = if faults.fragment { write_fragmented(&mut to, &line, &mut rng) } else { to.write_all(&line) };
@@ -145,6 +151,36 @@ fn drop_signal(s: &Shared, node: &mut String, line: &[u8]) -> bool {
         s.dropped.fetch_add(1, Ordering::Relaxed);
     }
     first
+}
+
+/// Notes the key a member joins with; the line goes on unchanged.
+fn learn_key(s: &Shared, line: Vec<u8>) -> Vec<u8> {
+    if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&line)
+        && let Some(key) = msg["join"]["public_key"].as_str()
+    {
+        s.keys.lock().unwrap().push(key.to_owned());
+    }
+    line
+}
+
+/// Every member announced in a welcome or a join gets another member's key.
+fn swap_keys(s: &Shared, line: Vec<u8>) -> Vec<u8> {
+    let Ok(mut msg) = serde_json::from_slice::<serde_json::Value>(&line) else { return line };
+    let keys = s.keys.lock().unwrap().clone();
+    let swap = |m: &mut serde_json::Value| {
+        let own = m["public_key"].as_str().unwrap_or_default().to_owned();
+        if let Some(other) = keys.iter().find(|k| **k != own) {
+            m["public_key"] = other.clone().into();
+        }
+    };
+    if let Some(members) = msg["welcome"]["members"].as_array_mut() {
+        members.iter_mut().for_each(swap);
+    } else if msg.get("joined").is_some() {
+        swap(&mut msg["joined"]);
+    } else {
+        return line;
+    }
+    serde_json::to_vec(&msg).unwrap()
 }
 
 fn write_fragmented(to: &mut TcpStream, line: &[u8], rng: &mut Xorshift) -> std::io::Result<()> {

@@ -147,11 +147,17 @@ impl Underlay {
 
     /// Starts `ipop-agent rendezvous` for `overlay` and `secret` and waits until it listens.
     pub fn start_rendezvous_for(&mut self, overlay: &str, secret: &str) -> usize {
+        self.start_rendezvous_with(&["--overlay", overlay, "--secret", secret])
+    }
+
+    /// Starts `ipop-agent rendezvous` with `args` after its listening address (an overlay,
+    /// and a secret or `--ca-public-key`) and waits until it listens; its index.
+    pub fn start_rendezvous_with(&mut self, args: &[&str]) -> usize {
         let agent = agent_binary();
         let listen = self.rendezvous();
-        let args =
-            [agent.to_str().unwrap(), "rendezvous", "--listen", &listen, "--overlay", overlay, "--secret", secret];
-        let idx = self.spawn(&args, &format!("rendezvous{}.log", self.netns.services()));
+        let mut full = vec![agent.to_str().unwrap(), "rendezvous", "--listen", &listen];
+        full.extend_from_slice(args);
+        let idx = self.spawn(&full, &format!("rendezvous{}.log", self.netns.services()));
         let probe = format!("exec 3<>/dev/tcp/{}/7000", self.addr);
         eventually("the rendezvous listens", || self.exec(&["bash", "-c", &probe]).status.success());
         idx

@@ -6,14 +6,14 @@
 use std::{io, net::Ipv4Addr, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
-use ipop_cert::NodeKey;
+use ipop_cert::{NodeKey, RevocationList};
 use ipop_common::maps::{self as m, ArpEntry, ArpKey};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::{
     agent::shell::ArpTable,
-    config::AgentConfig,
+    config::{AgentConfig, OverlayConfig, Trust},
     core::{
         addr::Mac,
         digest::hex,
@@ -34,7 +34,10 @@ use crate::{
         underlay::Underlay,
     },
     ops::state,
-    signaling::{self, SignalEvent},
+    signaling::{
+        self, SignalEvent,
+        admission::{Certified, Proof},
+    },
 };
 
 /// Refuses a TAP name that is taken: another agent may own it.
@@ -105,18 +108,60 @@ pub fn take_learned(table: &mut ArpTable, overlay: bool) -> Vec<(Ipv4Addr, Orpha
 }
 
 /// What joining the overlay takes that can fail before anything is made: the node's key from
-/// the state directory, and the STUN and TURN servers, with a stream relay for each TURN
-/// server over TCP or TLS.
+/// the state directory, what proves this node belongs (with the CA: its own certificate,
+/// checked now), and the STUN and TURN servers, with a stream relay for each TURN server over
+/// TCP or TLS.
 pub struct Joining {
-    key: NodeKey,
+    key: Arc<NodeKey>,
+    proof: Proof,
+    /// With a CA: how members' certificates are checked.
+    certified: Option<Certified>,
     ice: Arc<IceConfig>,
 }
 
 pub fn joining(cfg: &AgentConfig) -> Result<Option<Joining>> {
     let Some(o) = &cfg.overlay else { return Ok(None) };
-    let key = state::node_key(&o.state_dir).context("the node's key")?;
+    let key = Arc::new(state::node_key(&o.state_dir).context("the node's key")?);
+    let (proof, certified) = trust(o, &key)?;
     let ice = IceConfig::start(o.ice_urls.clone(), o.turn_ca_file.as_deref()).context("the turns: servers")?;
-    Ok(Some(Joining { key, ice: Arc::new(ice) }))
+    Ok(Some(Joining { key, proof, certified, ice: Arc::new(ice) }))
+}
+
+/// The proof and the peer check of the overlay's mode; with a CA, this node's certificate
+/// must name this node and its key, and be valid now.
+fn trust(o: &OverlayConfig, key: &Arc<NodeKey>) -> Result<(Proof, Option<Certified>)> {
+    let (ca, certificate, revocation_list) = match &o.trust {
+        Trust::Secret(secret) => return Ok((Proof::Secret(secret.clone()), None)),
+        Trust::Ca { ca, certificate, revocation_list } => (ca, certificate, revocation_list),
+    };
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let revoked = match revocation_list {
+        Some(path) => {
+            let list = RevocationList::from_text(&read(path)?).with_context(|| path.display().to_string())?;
+            list.verify(ca).with_context(|| format!("revocation list {}", path.display()))?;
+            Some(list)
+        }
+        None => None,
+    };
+    let certified = Certified { ca: *ca, revoked };
+    let text = read(certificate)?;
+    let mine = hex(&key.public().x25519());
+    certified
+        .member(&o.node_id, &mine, Some(&text), unix_now())
+        .map_err(|e| anyhow::anyhow!("this node's certificate {}: {e}", certificate.display()))?;
+    Ok((Proof::Certificate { certificate: text, key: key.clone() }, Some(certified)))
+}
+
+/// The overlay's pre-shared key for Noise: from the secret, or from the CA's key.
+fn psk(o: &OverlayConfig) -> [u8; 32] {
+    match &o.trust {
+        Trust::Secret(secret) => session::overlay_psk(&o.overlay, secret),
+        Trust::Ca { ca, .. } => session::overlay_psk(&o.overlay, &hex(ca.as_bytes())),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Joins the overlay, if there is one: signaling, the data socket and its reader, the peers.
@@ -125,11 +170,13 @@ pub fn overlay(
     joining: Option<Joining>,
     links: mpsc::Sender<LinkEvent>,
 ) -> Result<(Option<Peers>, Option<mpsc::Receiver<SignalEvent>>)> {
-    let (Some(o), Some(Joining { key, ice })) = (&cfg.overlay, joining) else { return Ok((None, None)) };
+    let (Some(o), Some(Joining { key, proof, certified, ice })) = (&cfg.overlay, joining) else {
+        return Ok((None, None));
+    };
     let identity = Identity::from_key(&key);
     let credentials = signaling::Credentials {
         overlay: o.overlay.clone(),
-        secret: o.secret.clone(),
+        proof,
         node_id: o.node_id.clone(),
         public_key: hex(&identity.public),
     };
@@ -146,7 +193,7 @@ pub fn overlay(
     };
     let shared = LinkShared {
         identity,
-        psk: session::overlay_psk(&o.overlay, &o.secret),
+        psk: psk(o),
         ice,
         exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
         signaling,
@@ -156,7 +203,7 @@ pub fn overlay(
         rekey_after: cfg.rekey_after,
     };
     info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
-    Ok((Some(Peers::new(LinkTemplate { node_id: o.node_id.clone(), shared })), Some(signals)))
+    Ok((Some(Peers::new(LinkTemplate { node_id: o.node_id.clone(), shared, certified })), Some(signals)))
 }
 
 /// Devices deleted under the agent: an error that says which (the TAP's fd does not always

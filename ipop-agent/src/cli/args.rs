@@ -70,6 +70,15 @@ pub struct RunArgs {
     /// Where the node's key is kept [default: /var/lib/ipop/<overlay>].
     #[arg(long, env = "IPOP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The overlay CA's public key (hex, the CA's ca.pub): admission and peers by certificate.
+    #[arg(long)]
+    pub ca_public_key: Option<String>,
+    /// This node's certificate file (with --ca-public-key).
+    #[arg(long)]
+    pub certificate: Option<PathBuf>,
+    /// The CA's revocation list file.
+    #[arg(long)]
+    pub revocation_list: Option<PathBuf>,
     /// Seconds between rekeys (tests only) [default: 120].
     #[arg(long, hide = true)]
     pub rekey_after_secs: Option<u64>,
@@ -90,8 +99,14 @@ pub struct RendezvousArgs {
     #[arg(long, default_value = config::DEFAULT_OVERLAY)]
     pub overlay: String,
     /// The overlay's shared secret: members must prove they hold it.
-    #[arg(long, env = "IPOP_SECRET", hide_env_values = true)]
-    pub secret: String,
+    #[arg(long, env = "IPOP_SECRET", hide_env_values = true, required_unless_present = "ca_public_key")]
+    pub secret: Option<String>,
+    /// Instead of a secret: admit by certificate of the CA with this public key (`ca.pub`).
+    #[arg(long, conflicts_with = "secret")]
+    pub ca_public_key: Option<ipop_cert::PublicKey>,
+    /// The CA's revocation list (with --ca-public-key).
+    #[arg(long, requires = "ca_public_key")]
+    pub revocation_list: Option<PathBuf>,
 }
 
 /// Which running agent: by bridge (default pin directory), by pin directory, or by the config

@@ -15,8 +15,12 @@ use crate::{
     agent,
     config::Settings,
     ops::{control, state},
-    signaling::rendezvous,
+    signaling::{
+        admission::{Admission, Certified},
+        rendezvous,
+    },
 };
+use ipop_cert::RevocationList;
 
 #[derive(Parser, Debug)]
 #[command(name = "ipop-agent", version, about = "Joins Linux bridges on many hosts into one Ethernet segment")]
@@ -116,16 +120,30 @@ fn dispatch(command: Command) -> Result<()> {
 }
 
 fn rendezvous(args: RendezvousArgs) -> Result<()> {
-    if args.secret.len() < 8 {
-        anyhow::bail!("the secret must be at least 8 characters");
-    }
+    let admission = match (args.secret, args.ca_public_key) {
+        (Some(secret), None) if secret.len() < 8 => anyhow::bail!("the secret must be at least 8 characters"),
+        (Some(secret), None) => Admission::Secret(secret),
+        (None, Some(ca)) => {
+            let revoked = match &args.revocation_list {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let list = RevocationList::from_text(&text).with_context(|| path.display().to_string())?;
+                    list.verify(&ca).with_context(|| format!("revocation list {}", path.display()))?;
+                    Some(list)
+                }
+                None => None,
+            };
+            Admission::Ca(Certified { ca, revoked })
+        }
+        _ => anyhow::bail!("give the overlay's secret or --ca-public-key"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         tokio::select! {
-            r = rendezvous::serve(listener, args.overlay, args.secret) => r,
+            r = rendezvous::serve(listener, args.overlay, admission) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?.recv().await; Ok::<_, std::io::Error>(()) } => Ok(()),
         }
@@ -158,6 +176,9 @@ fn run(args: RunArgs) -> Result<()> {
         turn_ca_file: args.turn_ca_file,
         state_dir: args.state_dir,
         rekey_after_secs: args.rekey_after_secs,
+        ca_public_key: args.ca_public_key,
+        certificate: args.certificate,
+        revocation_list: args.revocation_list,
         arp_rpc_rate: args.arp_rpc_rate,
         broadcast_rate: args.broadcast_rate,
     };

@@ -16,14 +16,20 @@ use crate::{
         send::DataTx,
         task,
     },
-    signaling::Member,
+    signaling::{Member, admission::Certified},
 };
 
-/// What every link of this agent shares, and who this agent is.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What every link of this agent shares, who this agent is, and (with a CA) how a member's
+/// certificate is checked before a link is set up with it.
 #[derive(Clone)]
 pub struct LinkTemplate {
     pub node_id: String,
     pub shared: LinkShared,
+    pub certified: Option<Certified>,
 }
 
 struct Peer {
@@ -80,6 +86,14 @@ impl Peers {
             warn!(node = %member.node_id, "member with an unusable public key: ignored");
             return None;
         };
+        // The rendezvous introduces; only the CA's certificate says who a key belongs to.
+        if let Some(certified) = &self.template.certified
+            && let Err(why) =
+                certified.member(&member.node_id, &member.public_key, member.certificate.as_deref(), unix_now())
+        {
+            warn!(node = %member.node_id, "the rendezvous introduced a member whose certificate does not hold: {why}; no link");
+            return None;
+        }
         if let Some(p) = self.by_node.get_mut(&member.node_id) {
             p.left = false;
             if p.key == key {

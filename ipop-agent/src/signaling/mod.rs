@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::{net::TcpStream, sync::mpsc};
 use tracing::{info, warn};
 
+pub mod admission;
 pub mod rendezvous;
 
 pub use rendezvous::Member;
@@ -46,11 +47,11 @@ impl Signaling {
     }
 }
 
-/// Who we are to the rendezvous.
+/// Who we are to the rendezvous, and how we prove it.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub overlay: String,
-    pub secret: String,
+    pub proof: admission::Proof,
     pub node_id: String,
     pub public_key: String,
 }
@@ -100,7 +101,7 @@ async fn session(
     let mut r = rendezvous::lines(r);
     let joined = tokio::time::timeout(
         rendezvous::JOIN_TIMEOUT,
-        rendezvous::join(&mut r, &mut w, &creds.overlay, &creds.secret, &creds.node_id, &creds.public_key),
+        rendezvous::join(&mut r, &mut w, &creds.overlay, &creds.proof, &creds.node_id, &creds.public_key),
     )
     .await??;
     let members = match joined {
@@ -137,7 +138,8 @@ mod tests {
     use crate::core::digest::hex;
 
     fn creds(id: &str, secret: &str) -> Credentials {
-        Credentials { overlay: "lab".into(), secret: secret.into(), node_id: id.into(), public_key: hex(&[7; 32]) }
+        let proof = admission::Proof::Secret(secret.into());
+        Credentials { overlay: "lab".into(), proof, node_id: id.into(), public_key: hex(&[7; 32]) }
     }
 
     async fn next(rx: &mut mpsc::Receiver<SignalEvent>) -> SignalEvent {
@@ -148,7 +150,7 @@ mod tests {
     async fn clients_reconnect_when_the_rendezvous_returns() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(rendezvous::serve(listener, "lab".into(), "s".into()));
+        let server = tokio::spawn(rendezvous::serve(listener, "lab".into(), admission::Admission::Secret("s".into())));
         let (_a, mut a_rx) = connect_rendezvous(addr.to_string(), creds("a", "s"));
         assert_eq!(next(&mut a_rx).await, SignalEvent::Members(vec![]));
         let (b, mut b_rx) = connect_rendezvous(addr.to_string(), creds("b", "s"));
@@ -165,7 +167,7 @@ mod tests {
             "{lost:?}"
         );
         let listener = TcpListener::bind(addr).await.unwrap();
-        tokio::spawn(rendezvous::serve(listener, "lab".into(), "s".into()));
+        tokio::spawn(rendezvous::serve(listener, "lab".into(), admission::Admission::Secret("s".into())));
         // Both come back; whichever joins second sees the other.
         let mut seen = false;
         for _ in 0..6 {
@@ -232,7 +234,7 @@ mod tests {
     async fn a_wrong_secret_is_a_fatal_refusal() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(rendezvous::serve(listener, "lab".into(), "s".into()));
+        tokio::spawn(rendezvous::serve(listener, "lab".into(), admission::Admission::Secret("s".into())));
         let (_m, mut rx) = connect_rendezvous(addr.to_string(), creds("m", "guess"));
         assert!(matches!(next(&mut rx).await, SignalEvent::Refused(r) if r.contains("not admitted")));
     }

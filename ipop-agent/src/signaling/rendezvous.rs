@@ -3,15 +3,16 @@
 //!
 //! ```text
 //! server: {"hello":{"nonce":"<32 random bytes, hex>"}}
-//! client: {"join":{"overlay":"lab","node_id":"a","public_key":"<hex>","proof":"<hex>"}}
-//! server: {"welcome":{"members":[{"node_id":"b","public_key":"<hex>"}]}}   or   {"refused":{"reason":"..."}}
-//! server: {"joined":{"node_id":"c","public_key":"<hex>"}}   {"left":{"node_id":"b"}}
+//! client: {"join":{"overlay":"lab","node_id":"a","public_key":"<hex>","proof":"<hex>"[,"certificate":"..."]}}
+//! server: {"welcome":{"members":[{"node_id":"b","public_key":"<hex>"[,"certificate":"..."]}]}}   or   {"refused":{"reason":"..."}}
+//! server: {"joined":{"node_id":"c","public_key":"<hex>"[,...]}}   {"left":{"node_id":"b"}}
 //! client: {"signal":{"to":"b","data":{...}}}     server -> b: {"signal":{"from":"a","data":{...}}}
 //! ```
-//! `proof` is HMAC-SHA256 under the overlay secret of (nonce, overlay, node_id, public_key):
-//! only holders of the secret are admitted, and a refused client learns nothing about the
-//! members. The service relays what links need (ICE credentials and candidates); it never
-//! sees link traffic, and links that are up do not need it.
+//! `proof` answers the nonce as the overlay's mode asks (`admission`): an HMAC under the
+//! overlay secret, or a signature by the key the node's certificate names. A refused client
+//! learns nothing about the members. The service relays what links need (ICE credentials and
+//! candidates, members' certificates); it never sees link traffic, and links that are up do
+//! not need it.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -27,9 +28,12 @@ use tokio::{
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tracing::{debug, info, warn};
 
-use crate::core::{
-    digest::{hex, mac, unhex},
-    node_id::check_node_id,
+use crate::{
+    core::{
+        digest::{hex, unhex},
+        node_id::check_node_id,
+    },
+    signaling::admission::{Admission, Join, Proof},
 };
 
 /// Longest line either side accepts.
@@ -51,6 +55,9 @@ const QUEUE: usize = 256;
 pub struct Member {
     pub node_id: String,
     pub public_key: String,
+    /// Its certificate, in an overlay with a CA (agents check it themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,16 +74,18 @@ pub enum ServerMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMsg {
-    Join { overlay: String, node_id: String, public_key: String, proof: String },
-    Signal { to: String, data: Value },
-}
-
-/// The proof that a joining node holds the overlay secret.
-pub fn join_proof(secret: &str, nonce: &str, overlay: &str, node_id: &str, public_key: &str) -> String {
-    hex(&mac(
-        secret.as_bytes(),
-        &[b"ipop join v1", nonce.as_bytes(), overlay.as_bytes(), node_id.as_bytes(), public_key.as_bytes()],
-    ))
+    Join {
+        overlay: String,
+        node_id: String,
+        public_key: String,
+        proof: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate: Option<String>,
+    },
+    Signal {
+        to: String,
+        data: Value,
+    },
 }
 
 /// The reading half of a connection, split into lines. The partial line lives here, not in
@@ -102,13 +111,13 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) 
     Ok(())
 }
 
-/// A joined member: its public key, its connection's queue, and the connection's number
-/// (so that a replaced connection does not remove its successor when it ends).
-type Seat = (String, mpsc::Sender<ServerMsg>, u64);
+/// A joined member: what others are told of it, its connection's queue, and the connection's
+/// number (so that a replaced connection does not remove its successor when it ends).
+type Seat = (Member, mpsc::Sender<ServerMsg>, u64);
 
 struct Overlay {
     name: String,
-    secret: String,
+    admission: Admission,
     members: Mutex<HashMap<String, Seat>>,
     pending: Semaphore,
     pending_by_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
@@ -155,10 +164,10 @@ impl Dropped {
 }
 
 /// Serves one overlay on `listener` until dropped (which closes every connection).
-pub async fn serve(listener: TcpListener, overlay: String, secret: String) -> Result<()> {
+pub async fn serve(listener: TcpListener, overlay: String, admission: Admission) -> Result<()> {
     let state = Arc::new(Overlay {
         name: overlay,
-        secret,
+        admission,
         members: Mutex::new(HashMap::new()),
         pending: Semaphore::new(MAX_PENDING),
         pending_by_ip: std::sync::Mutex::new(HashMap::new()),
@@ -210,9 +219,10 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
     };
     let (r, mut w) = stream.into_split();
     let mut r = lines(r);
-    let Some((node_id, public_key)) = challenge(&state, &mut r, &mut w, peer).await? else { return Ok(()) };
+    let Some(me) = challenge(&state, &mut r, &mut w, peer).await? else { return Ok(()) };
     drop((permit, per_ip));
-    let Some(rx) = seat(&state, &mut w, &node_id, public_key, conn).await? else { return Ok(()) };
+    let node_id = me.node_id.clone();
+    let Some(rx) = seat(&state, &mut w, me, conn).await? else { return Ok(()) };
     info!(%peer, %node_id, "member joined");
     let result = relay(&state, &mut r, &mut w, rx, &node_id).await;
     leave(&state, &node_id, conn).await;
@@ -235,14 +245,14 @@ fn refuse(reason: &str) -> ServerMsg {
     ServerMsg::Refused { reason: reason.to_owned() }
 }
 
-/// Sends a fresh nonce and checks the join that answers it: the node id and key of a member
-/// that proved the secret, or `None` (refused, and told why).
+/// Sends a fresh nonce and checks the join that answers it: the member that proved what the
+/// overlay asks, or `None` (refused, and told why).
 async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     state: &Overlay,
     r: &mut Lines<R>,
     w: &mut W,
     peer: SocketAddr,
-) -> Result<Option<(String, String)>> {
+) -> Result<Option<Member>> {
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
     let nonce = hex(&nonce);
@@ -251,29 +261,39 @@ async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         .await
         .context("join timed out")??
         .context("closed before joining")?;
-    let Ok(ClientMsg::Join { overlay, node_id, public_key, proof }) = serde_json::from_str::<ClientMsg>(&line) else {
+    let Ok(ClientMsg::Join { overlay, node_id, public_key, proof, certificate }) =
+        serde_json::from_str::<ClientMsg>(&line)
+    else {
         write_msg(w, &refuse("expected a join message")).await?;
         return Ok(None);
     };
-    let expected = join_proof(&state.secret, &nonce, &state.name, &node_id, &public_key);
-    // Same reason for a wrong overlay name and a wrong secret: learn nothing.
-    let refusal = if overlay != state.name || !constant_time_eq(expected.as_bytes(), proof.as_bytes()) {
-        warn!(%peer, node_id = %node_id.chars().take(64).collect::<String>(), "refused: proof does not match the overlay secret");
-        Some("not admitted: wrong overlay or secret".to_owned())
-    } else if let Err(e) = check_node_id(&node_id) {
+    let join = Join {
+        nonce: &nonce,
+        overlay: &overlay,
+        node_id: &node_id,
+        public_key: &public_key,
+        proof: &proof,
+        certificate: certificate.as_deref(),
+    };
+    let refusal = if let Err(e) = check_node_id(&node_id) {
         Some(e)
     } else if unhex::<32>(&public_key).is_none() {
         Some("public_key must be 32 bytes of hex".to_owned())
     } else {
-        None
+        state.admission.check(&join, &state.name, unix_now()).err()
     };
     match refusal {
         Some(reason) => {
+            warn!(%peer, node_id = %node_id.chars().take(64).collect::<String>(), "refused: {reason}");
             write_msg(w, &refuse(&reason)).await?;
             Ok(None)
         }
-        None => Ok(Some((node_id, public_key))),
+        None => Ok(Some(Member { node_id, public_key, certificate })),
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Seats a member: welcomes it with the member list, announces it to the others, and returns
@@ -281,30 +301,25 @@ async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 async fn seat<W: AsyncWrite + Unpin>(
     state: &Overlay,
     w: &mut W,
-    node_id: &str,
-    public_key: String,
+    me: Member,
     conn: u64,
 ) -> Result<Option<mpsc::Receiver<ServerMsg>>> {
     let (tx, rx) = mpsc::channel::<ServerMsg>(QUEUE);
     let mut members = state.members.lock().await;
+    let node_id = me.node_id.as_str();
     if members.len() >= MAX_MEMBERS && !members.contains_key(node_id) {
         write_msg(w, &refuse("overlay full")).await?;
         return Ok(None);
     }
-    let list = members
-        .iter()
-        .filter(|(id, _)| *id != node_id)
-        .map(|(id, (key, _, _))| Member { node_id: id.clone(), public_key: key.clone() })
-        .collect();
+    let list = members.iter().filter(|(id, _)| *id != node_id).map(|(_, (m, _, _))| m.clone()).collect();
     write_msg(w, &ServerMsg::Welcome { members: list }).await?;
-    let me = Member { node_id: node_id.to_owned(), public_key: public_key.clone() };
     for (id, (_, other, _)) in members.iter() {
         if id != node_id {
             let _ = other.try_send(ServerMsg::Joined(me.clone()));
         }
     }
     // A node that rejoins (restarted, or reconnecting) replaces its old connection.
-    members.insert(node_id.to_owned(), (public_key, tx, conn));
+    members.insert(me.node_id.clone(), (me, tx, conn));
     Ok(Some(rx))
 }
 
@@ -352,17 +367,13 @@ async fn leave(state: &Overlay, node_id: &str, conn: u64) {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Joins the overlay over an established stream: reads the hello, proves the secret,
+/// Joins the overlay over an established stream: reads the hello, answers it with `proof`,
 /// returns the members or the refusal.
 pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut Lines<R>,
     w: &mut W,
     overlay: &str,
-    secret: &str,
+    proof: &Proof,
     node_id: &str,
     public_key: &str,
 ) -> Result<Result<Vec<Member>, String>> {
@@ -370,9 +381,14 @@ pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let ServerMsg::Hello { nonce } = serde_json::from_str(&line).context("bad hello")? else {
         anyhow::bail!("expected hello from the rendezvous");
     };
-    let proof = join_proof(secret, &nonce, overlay, node_id, public_key);
-    let join =
-        ClientMsg::Join { overlay: overlay.into(), node_id: node_id.into(), public_key: public_key.into(), proof };
+    let (proof, certificate) = proof.prove(&nonce, overlay, node_id, public_key);
+    let join = ClientMsg::Join {
+        overlay: overlay.into(),
+        node_id: node_id.into(),
+        public_key: public_key.into(),
+        proof,
+        certificate,
+    };
     write_msg(w, &join).await?;
     let line = read_line(r).await?.context("rendezvous closed before answering the join")?;
     match serde_json::from_str(&line).context("bad answer to join")? {
@@ -389,7 +405,7 @@ pub(crate) mod tests {
     async fn start(secret: &str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, "lab".into(), secret.into()));
+        tokio::spawn(serve(listener, "lab".into(), Admission::Secret(secret.into())));
         addr
     }
 
@@ -403,7 +419,7 @@ pub(crate) mod tests {
             let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
             let mut r = lines(r);
             let key = hex(&[id.len() as u8; 32]);
-            let res = join(&mut r, &mut w, "lab", secret, id, &key).await.unwrap();
+            let res = join(&mut r, &mut w, "lab", &Proof::Secret(secret.into()), id, &key).await.unwrap();
             (Client { r, w }, res)
         }
 
@@ -420,14 +436,58 @@ pub(crate) mod tests {
         let (mut a, members) = Client::join(addr, "s3cret", "a").await;
         assert_eq!(members.unwrap(), vec![]);
         let (mut b, members) = Client::join(addr, "s3cret", "bb").await;
-        assert_eq!(members.unwrap(), vec![Member { node_id: "a".into(), public_key: hex(&[1; 32]) }]);
-        assert_eq!(a.next().await, ServerMsg::Joined(Member { node_id: "bb".into(), public_key: hex(&[2; 32]) }));
+        assert_eq!(
+            members.unwrap(),
+            vec![Member { node_id: "a".into(), public_key: hex(&[1; 32]), certificate: None }]
+        );
+        assert_eq!(
+            a.next().await,
+            ServerMsg::Joined(Member { node_id: "bb".into(), public_key: hex(&[2; 32]), certificate: None })
+        );
         write_msg(&mut a.w, &ClientMsg::Signal { to: "bb".into(), data: serde_json::json!({"type": "offer"}) })
             .await
             .unwrap();
         assert_eq!(b.next().await, ServerMsg::Signal { from: "a".into(), data: serde_json::json!({"type": "offer"}) });
         drop(b);
         assert_eq!(a.next().await, ServerMsg::Left { node_id: "bb".into() });
+    }
+
+    #[tokio::test]
+    async fn with_a_ca_only_certified_members_join_as_the_node_their_certificate_names() {
+        use ipop_cert::{CertBody, Certificate, NodeKey};
+
+        use crate::signaling::admission::Certified;
+        let ca = NodeKey::generate();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admission = Admission::Ca(Certified { ca: ca.public(), revoked: None });
+        tokio::spawn(serve(listener, "lab".into(), admission));
+        let key = Arc::new(NodeKey::generate());
+        let body = CertBody {
+            serial: "1".into(),
+            node_id: "a".into(),
+            public_key: key.public(),
+            ips: Vec::new(),
+            macs: Vec::new(),
+            not_before: 0,
+            not_after: u64::MAX,
+            ca: ca.public(),
+        };
+        let proof = Proof::Certificate { certificate: Certificate::issue(&ca, body).to_text(), key: key.clone() };
+        let noise = hex(&key.public().x25519());
+        let try_join = |id: &'static str, proof: Proof| {
+            let noise = noise.clone();
+            async move {
+                let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+                join(&mut lines(r), &mut w, "lab", &proof, id, &noise).await.unwrap()
+            }
+        };
+        let members = try_join("a", proof.clone()).await.expect("a joins with its certificate");
+        assert!(members.is_empty());
+        let refused = try_join("b", proof).await.unwrap_err();
+        assert!(refused.contains("b shows the certificate of a"), "{refused}");
+        let refused = try_join("c", Proof::Secret("any secret".into())).await.unwrap_err();
+        assert!(refused.contains("admits by certificate"), "{refused}");
     }
 
     #[tokio::test]
@@ -438,7 +498,10 @@ pub(crate) mod tests {
         assert_eq!(res, Err("not admitted: wrong overlay or secret".into()));
         // The member was not told about the refused node.
         let (_, _) = Client::join(addr, "s3cret", "c").await;
-        assert_eq!(a.next().await, ServerMsg::Joined(Member { node_id: "c".into(), public_key: hex(&[1; 32]) }));
+        assert_eq!(
+            a.next().await,
+            ServerMsg::Joined(Member { node_id: "c".into(), public_key: hex(&[1; 32]), certificate: None })
+        );
     }
 
     #[tokio::test]
@@ -523,7 +586,7 @@ pub(crate) mod tests {
             s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
             let (r, mut w) = s.connect(addr).await.unwrap().into_split();
             let mut r = lines(r);
-            let _ = join(&mut r, &mut w, "lab", "guess", &format!("m{i}"), &hex(&[9; 32])).await;
+            let _ = join(&mut r, &mut w, "lab", &Proof::Secret("guess".into()), &format!("m{i}"), &hex(&[9; 32])).await;
         }
         // A member from elsewhere still joins, and signals still flow.
         let (mut b, members) = Client::join(addr, "s3cret", "bb").await;
