@@ -260,16 +260,23 @@ fn an_idle_minute_behind_nats_that_forget_udp_after_30_s_loses_nothing() {
     );
 }
 
+/// A public host (its agent started, node "a") and a host behind a router that lets no UDP
+/// out (its agent left to the test). Drop order: hosts, then the router.
+fn public_and_blocked(internet: &Underlay) -> (Router, Host, Host) {
+    let router = Router::home(internet, 2, Nat::Cone);
+    router.block_outbound_udp();
+    let (mut public, blocked) = (Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]));
+    public.join_underlay(internet, 1);
+    blocked.behind(&router);
+    member(&mut public, internet, "a");
+    (router, public, blocked)
+}
+
 /// A host behind a network that blocks outbound UDP (only TCP leaves) and a public host:
 /// `turn` is the blocked host's TURN url (over TCP or TLS), `extra` more of its options.
 /// The link comes up through the relay, reached over the stream, and 10 of 10 pings cross.
 fn links_over_a_turn_stream(internet: Underlay, turn: &str, extra: &[&str]) {
-    let router = Router::home(&internet, 2, Nat::Cone);
-    router.block_outbound_udp();
-    let (mut public, mut blocked) = (Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]));
-    public.join_underlay(&internet, 1);
-    blocked.behind(&router);
-    member(&mut public, &internet, "a");
+    let (router, public, mut blocked) = public_and_blocked(&internet);
     let (stun, udp_turn) = internet.ice_urls(TURN_USER, TURN_PASSWORD);
     let mut args = vec!["--stun", &stun, "--turn", &udp_turn, "--turn", turn];
     args.extend_from_slice(extra);
@@ -315,12 +322,7 @@ fn a_turns_server_whose_certificate_is_not_trusted_is_not_used_and_status_says_w
     internet.start_rendezvous(SECRET);
     internet.start_turn_tls(TURN_USER, TURN_PASSWORD);
     let (_, tls) = internet.turn_stream_urls(TURN_USER, TURN_PASSWORD);
-    let router = Router::home(&internet, 2, Nat::Cone);
-    router.block_outbound_udp();
-    let (mut public, mut blocked) = (Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]));
-    public.join_underlay(&internet, 1);
-    blocked.behind(&router);
-    member(&mut public, &internet, "a");
+    let (_router, _public, mut blocked) = public_and_blocked(&internet);
     // A CA of its own, which signed nothing the server shows: the server is not who it claims.
     let (stranger, key) = (blocked.file("stranger-ca.pem"), blocked.file("stranger-ca.key"));
     support::make_ca(&stranger, &key);

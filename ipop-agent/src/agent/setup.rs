@@ -36,7 +36,7 @@ use crate::{
     ops::state,
     signaling::{
         self, SignalEvent,
-        admission::{Certified, Proof},
+        admission::{Certified, Proof, unix_now},
     },
 };
 
@@ -158,10 +158,6 @@ fn psk(o: &OverlayConfig) -> [u8; 32] {
         Trust::Secret(secret) => session::overlay_psk(&o.overlay, secret),
         Trust::Ca { ca, .. } => session::overlay_psk(&o.overlay, &hex(ca.as_bytes())),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Joins the overlay, if there is one: signaling, the data socket and its reader, the peers.

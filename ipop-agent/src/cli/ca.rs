@@ -5,7 +5,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -16,6 +16,7 @@ use ipop_cert::{CertBody, Certificate, NodeKey, PublicKey, RevocationList};
 use crate::{
     core::{addr::parse_host_mac, digest::hex},
     ops::state,
+    signaling::admission::unix_now,
 };
 
 const KEY: &str = "ca.key";
@@ -82,17 +83,13 @@ pub fn run(args: CaArgs) -> Result<()> {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn init(dir: &Path) -> Result<()> {
     if state::read_key(dir, KEY)?.is_some() {
         bail!("{} already holds a CA key: a second `ca init` would orphan every certificate", dir.display());
     }
     let ca = state::make_key(dir, KEY)?;
     fs::write(dir.join(PUBLIC), format!("{}\n", ca.public()))?;
-    fs::write(dir.join(REVOKED), RevocationList::empty(&ca, now()).to_text())?;
+    fs::write(dir.join(REVOKED), RevocationList::empty(&ca, unix_now()).to_text())?;
     println!("{}", ca.public());
     eprintln!("CA made in {}: give {PUBLIC} to every agent (`ca_public_key`), keep {KEY} offline", dir.display());
     Ok(())
@@ -107,7 +104,7 @@ fn sign(dir: &Path, s: SignArgs) -> Result<()> {
     crate::core::node_id::check_node_id(&s.node_id).map_err(anyhow::Error::msg)?;
     let mut serial = [0u8; 16];
     getrandom::fill(&mut serial).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
-    let t = now();
+    let t = unix_now();
     let body = CertBody {
         serial: hex(&serial),
         node_id: s.node_id,
@@ -139,11 +136,11 @@ fn revoke(dir: &Path, serials: Vec<String>, certs: &[PathBuf]) -> Result<()> {
     let path = dir.join(REVOKED);
     let current = match fs::read_to_string(&path) {
         Ok(text) => RevocationList::from_text(&text).with_context(|| path.display().to_string())?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationList::empty(&ca, now()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RevocationList::empty(&ca, unix_now()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     current.verify(&ca.public()).with_context(|| format!("{} is not this CA's", path.display()))?;
-    let next = current.with(&ca, all, now());
+    let next = current.with(&ca, all, unix_now());
     fs::write(&path, next.to_text()).with_context(|| format!("writing {}", path.display()))?;
     eprintln!(
         "revocation list {} written to {}: give it to every agent (`revocation_list`)",
@@ -160,7 +157,7 @@ fn show(dir: &Path, file: &Path) -> Result<()> {
     let (body, verdict) = match Certificate::from_text(&text) {
         Ok(cert) => {
             let serial = &cert.body().serial;
-            let check = |ca: PublicKey| match cert.verify(&ca, now()) {
+            let check = |ca: PublicKey| match cert.verify(&ca, unix_now()) {
                 Err(e) => Err(e),
                 Ok(_) if revoked.as_ref().is_some_and(|r| r.body().revoked.contains(serial)) => {
                     Err(ipop_cert::CertError::Revoked { serial: serial.clone() })

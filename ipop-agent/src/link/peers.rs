@@ -16,12 +16,11 @@ use crate::{
         send::DataTx,
         task,
     },
-    signaling::{Member, admission::Certified},
+    signaling::{
+        Member,
+        admission::{Certified, unix_now},
+    },
 };
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 /// What every link of this agent shares, who this agent is, and (with a CA) how a member's
 /// certificate is checked before a link is set up with it.

@@ -33,7 +33,7 @@ use crate::{
         digest::{hex, unhex},
         node_id::check_node_id,
     },
-    signaling::admission::{Admission, Join, Proof},
+    signaling::admission::{Admission, Join, Proof, unix_now},
 };
 
 /// Longest line either side accepts.
@@ -290,10 +290,6 @@ async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         None => Ok(Some(Member { node_id, public_key, certificate })),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Seats a member: welcomes it with the member list, announces it to the others, and returns
