@@ -262,3 +262,38 @@ fn a_rendezvous_that_swaps_two_members_keys_gets_no_link_and_both_say_why() {
         assert!(!h.link_up(), "no link with a key the certificate does not name");
     }
 }
+
+#[test]
+fn an_arp_claim_outside_the_certificates_addresses_is_refused() {
+    let mut underlay = Underlay::new();
+    let mut hosts = two_hosts(&underlay);
+    let ca = ca_overlay(&mut underlay, &hosts, &[]);
+    // h1 may claim 10.0.3.16/28 (its container 10.0.3.20); its second container is outside.
+    hosts[1].add_container("10.0.3.40");
+    let certs = [
+        ca.certify(&hosts[0], &hosts[0], "h0", &[]),
+        ca.certify(&hosts[0], &hosts[1], "h1", &["--ips", "10.0.3.16/28"]),
+    ];
+    for (i, node) in ["h0", "h1"].iter().enumerate() {
+        let args = ca.member_args(&hosts[i], node, &certs[i]);
+        start(&mut hosts[i], &args);
+    }
+    for h in &hosts {
+        eventually_within(20, "the link is up", || h.link_up());
+    }
+    let ping = |ip: &str| {
+        let out = hosts[0].in_container(0, &["ping", "-c", "2", "-i", "0.2", "-W", "1", ip]);
+        String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss")
+    };
+    assert!(ping("10.0.3.20"), "inside the certificate's addresses");
+    assert!(!ping("10.0.3.40"), "outside them: never learned");
+    let s = support::status(&hosts[0], &hosts[0].pin_dir("lxcbr0"));
+    assert!(s["switch"]["claims_refused"].as_u64().unwrap() >= 1, "{s}");
+    let log = hosts[0].agent_log(0);
+    assert!(
+        log.contains("claim refused: outside the addresses its certificate allows") && log.contains("10.0.3.40"),
+        "{log}"
+    );
+    let table = hosts[0].agent(&["arp", "--pin-dir", hosts[0].pin_dir("lxcbr0").to_str().unwrap(), "list", "--json"]);
+    assert!(!String::from_utf8_lossy(&table.stdout).contains("10.0.3.40"), "not in the kernel's table");
+}

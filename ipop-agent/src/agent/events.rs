@@ -4,7 +4,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     agent::shell::Shell,
-    core::{rpc, switch::PeerId, wire::Inner},
+    core::{
+        addr::Mac,
+        rpc,
+        switch::{Allowed, PeerId},
+        wire::Inner,
+    },
     kernel::maps::monotonic_ns,
     link::event::LinkEvent,
     signaling::SignalEvent,
@@ -25,6 +30,9 @@ impl Shell {
                 self.switch.peer_up(id);
                 if let Some(p) = self.peers.as_ref() {
                     self.switch.adopt(p.tag(id), id);
+                    if let Some(allowed) = p.certificate(id).and_then(allowed) {
+                        self.switch.set_allowed(id, allowed);
+                    }
                 }
             }
             LinkEvent::Down(id) => {
@@ -122,4 +130,10 @@ impl Shell {
             self.apply(out);
         }
     }
+}
+
+/// What a certificate lets its node claim, if it lists anything (else: today's first-owner rule).
+fn allowed(cert: &ipop_cert::CertBody) -> Option<Allowed> {
+    let macs: Vec<Mac> = cert.macs.iter().filter_map(|m| m.parse().ok()).collect();
+    (!cert.ips.is_empty() || !macs.is_empty()).then(|| Allowed { ips: cert.ips.clone(), macs })
 }

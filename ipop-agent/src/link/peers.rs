@@ -43,6 +43,8 @@ struct Peer {
     /// The rendezvous said it left; the link stays while it is up (the rendezvous going
     /// away must not break links), and is closed when it goes down.
     left: bool,
+    /// Its certificate, checked (in an overlay with a CA).
+    certificate: Option<ipop_cert::CertBody>,
 }
 
 pub struct Peers {
@@ -86,13 +88,19 @@ impl Peers {
             return None;
         };
         // The rendezvous introduces; only the CA's certificate says who a key belongs to.
-        if let Some(certified) = &self.template.certified
-            && let Err(why) =
-                certified.member(&member.node_id, &member.public_key, member.certificate.as_deref(), unix_now())
-        {
-            warn!(node = %member.node_id, "the rendezvous introduced a member whose certificate does not hold: {why}; no link");
-            return None;
-        }
+        let certificate = match &self.template.certified {
+            None => None,
+            Some(certified) => {
+                let cert = member.certificate.as_deref();
+                match certified.member(&member.node_id, &member.public_key, cert, unix_now()) {
+                    Ok(body) => Some(body),
+                    Err(why) => {
+                        warn!(node = %member.node_id, "the rendezvous introduced a member whose certificate does not hold: {why}; no link");
+                        return None;
+                    }
+                }
+            }
+        };
         if let Some(p) = self.by_node.get_mut(&member.node_id) {
             p.left = false;
             if p.key == key {
@@ -112,8 +120,10 @@ impl Peers {
         });
         info!(node = %member.node_id, peer = id, "peer known: setting up the link");
         self.names.insert(id, member.node_id.clone());
-        self.by_node
-            .insert(member.node_id.clone(), Peer { id, key, cmd, data: None, up: false, reason: None, left: false });
+        self.by_node.insert(
+            member.node_id.clone(),
+            Peer { id, key, cmd, data: None, up: false, reason: None, left: false, certificate },
+        );
         old
     }
 
@@ -167,6 +177,11 @@ impl Peers {
     /// The signaling service in `status`: where, whether it is reachable, and why not.
     pub fn signaling_status(&self) -> serde_json::Value {
         serde_json::json!({"up": self.signaling_down.is_none(), "reason": self.signaling_down})
+    }
+
+    /// `id`'s certificate, as checked when the rendezvous introduced it.
+    pub fn certificate(&self, id: PeerId) -> Option<&ipop_cert::CertBody> {
+        self.names.get(&id).and_then(|n| self.by_node.get(n)).filter(|p| p.id == id)?.certificate.as_ref()
     }
 
     /// The tag of `id`'s node id kept with the kernel entries it vouches for (0: unknown).

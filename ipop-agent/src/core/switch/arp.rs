@@ -78,9 +78,12 @@ impl Switch {
             Method::ArpReply(r) => (r.sender_mac, r.sender_ip),
         };
         let mut out = Vec::new();
-        if let Err(conflict) = self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
-            self.counters.conflicts += 1;
-            out.push(conflict);
+        if let Err(refusal) = self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
+            match refusal {
+                Output::ClaimRefused { .. } => self.counters.claims_refused += 1,
+                _ => self.counters.conflicts += 1,
+            }
+            out.push(refusal);
             return out;
         }
         // Installed before the frame is injected: the bridge ingress program recognises the
@@ -143,8 +146,12 @@ impl Switch {
         out
     }
 
-    /// Records that `peer` says `ip` is at `mac`, unless someone else owns `ip`.
+    /// Records that `peer` says `ip` is at `mac`, unless its certificate does not allow it or
+    /// someone else owns `ip`.
     fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<(), Output> {
+        if self.allowed.get(&peer).is_some_and(|a| !a.allows(ip, mac)) {
+            return Err(Output::ClaimRefused { ip, claimed: mac, by: peer });
+        }
         // A live peer's word supersedes what a previous agent left (the install overwrites it).
         self.orphans.remove(&ip);
         if let Some(n) = self.local.get(&ip) {

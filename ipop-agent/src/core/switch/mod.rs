@@ -76,6 +76,8 @@ pub enum Output {
     ArpRemove { ip: Ipv4Addr },
     /// A peer claimed an IP that someone else owns; the existing mapping stands.
     Conflict { ip: Ipv4Addr, owner: Owner, claimed: Mac, by: PeerId },
+    /// A peer claimed an IP (or MAC) outside what its certificate allows: refused.
+    ClaimRefused { ip: Ipv4Addr, claimed: Mac, by: PeerId },
     /// A local host appeared with an IP a peer had claimed: the remote entry is withdrawn.
     LocalOverridesRemote { ip: Ipv4Addr, local: Mac, remote: Mac, peer: PeerId },
 }
@@ -126,6 +128,8 @@ pub struct Counters {
     /// Probes (sender 0.0.0.0): duplicate address detection stays on the local bridge.
     pub probes: u64,
     pub conflicts: u64,
+    /// Claims outside the addresses the claiming peer's certificate allows.
+    pub claims_refused: u64,
     pub frames_to_peers: u64,
     pub frames_from_peers: u64,
     /// Frames from peers refused: too short, ARP as data, or a local source MAC.
@@ -156,6 +160,23 @@ pub struct Switch {
     /// Orphans whose peer's link is not up by then are withdrawn.
     orphans_until_ns: u64,
     broadcast: Option<Bucket>,
+    /// What each peer with a certificate that lists addresses may claim.
+    allowed: HashMap<PeerId, Allowed>,
+}
+
+/// The addresses a certificate allows its node's hosts: IP ranges, and MACs (empty: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowed {
+    pub ips: Vec<ipnet::IpNet>,
+    pub macs: Vec<Mac>,
+}
+
+impl Allowed {
+    /// Whether a claim of `ip` at `mac` is inside (an empty list allows anything).
+    pub fn allows(&self, ip: Ipv4Addr, mac: Mac) -> bool {
+        let ip_ok = self.ips.is_empty() || self.ips.iter().any(|n| n.contains(&std::net::IpAddr::V4(ip)));
+        ip_ok && (self.macs.is_empty() || self.macs.contains(&mac))
+    }
 }
 
 fn is_host_mac(mac: &[u8; 6]) -> bool {
@@ -178,7 +199,13 @@ impl Switch {
             broadcast: None,
             orphans: HashMap::new(),
             orphans_until_ns: 0,
+            allowed: HashMap::new(),
         }
+    }
+
+    /// From now on `peer` may claim only what `allowed` lists (its certificate's addresses).
+    pub fn set_allowed(&mut self, peer: PeerId, allowed: Allowed) {
+        self.allowed.insert(peer, allowed);
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {

@@ -195,6 +195,22 @@ fn conflicting_claims_are_reported_and_the_owner_stands() {
 }
 
 #[test]
+fn a_peer_may_claim_only_what_its_certificate_allows() {
+    let mut sw = with_peers(&[P1]);
+    sw.set_allowed(P1, Allowed { ips: vec!["10.0.3.96/28".parse().unwrap()], macs: Vec::new() });
+    // R_IP 10.0.3.104 is inside 10.0.3.96/28.
+    assert!(matches!(sw.handle_rpc(0, P1, &remote_request()).as_slice(), [Output::ArpInstall { .. }, ..]));
+    let outside = Method::ArpRequest(ArpRequest { sender_mac: Mac(R), sender_ip: B_IP.into(), target_ip: A_IP.into() });
+    let out = sw.handle_rpc(1, P1, &outside);
+    assert_eq!(out, vec![Output::ClaimRefused { ip: B_IP.into(), claimed: Mac(R), by: P1 }]);
+    assert_eq!(sw.remote(B_IP.into()), None, "nothing learned, nothing in the kernel");
+    // A MAC list limits the MACs too.
+    sw.set_allowed(P1, Allowed { ips: Vec::new(), macs: vec![Mac(B)] });
+    assert!(matches!(sw.handle_rpc(2, P1, &remote_request()).as_slice(), [Output::ClaimRefused { .. }]));
+    assert_eq!((sw.counters().claims_refused, sw.counters().conflicts), (2, 0));
+}
+
+#[test]
 fn a_local_host_withdraws_a_remote_claim_to_its_ip() {
     let mut sw = with_peers(&[P1]);
     sw.handle_rpc(0, P1, &remote_request());
