@@ -146,13 +146,16 @@ struct CaOverlay {
     ca_public: String,
 }
 
+/// `rendezvous_args` go to the rendezvous; `REVOKED` among them stands for the CA's
+/// revocation list file.
 fn ca_overlay(underlay: &mut Underlay, hosts: &[Host], rendezvous_args: &[&str]) -> CaOverlay {
     let ca_dir = hosts[0].file("ca");
     let out = hosts[0].agent(&["ca", "--dir", ca_dir.to_str().unwrap(), "init"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ca_public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let revoked = ca_dir.join("revoked.json");
     let mut args = vec!["--overlay", "ipop", "--ca-public-key", &ca_public];
-    args.extend_from_slice(rendezvous_args);
+    args.extend(rendezvous_args.iter().map(|a| if *a == "REVOKED" { revoked.to_str().unwrap() } else { a }));
     underlay.start_rendezvous_with(&args);
     CaOverlay { ca_dir, ca_public }
 }
@@ -296,4 +299,74 @@ fn an_arp_claim_outside_the_certificates_addresses_is_refused() {
     );
     let table = hosts[0].agent(&["arp", "--pin-dir", hosts[0].pin_dir("lxcbr0").to_str().unwrap(), "list", "--json"]);
     assert!(!String::from_utf8_lossy(&table.stdout).contains("10.0.3.40"), "not in the kernel's table");
+}
+
+#[test]
+fn a_revoked_member_loses_its_links_within_5_s_and_cannot_rejoin() {
+    let mut underlay = Underlay::new();
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"]), Host::new(&["10.0.3.30"])];
+    for (i, h) in hosts.iter().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+    }
+    let ca = ca_overlay(&mut underlay, &hosts, &["--revocation-list", "REVOKED"]);
+    let mut agents = Vec::new();
+    let mut certs = Vec::new();
+    for (i, node) in ["h0", "h1", "h2"].iter().enumerate() {
+        let cert = ca.certify(&hosts[0], &hosts[i], node, &[]);
+        let args = ca.member_args(&hosts[i], node, &cert);
+        agents.push(start(&mut hosts[i], &args));
+        certs.push(cert);
+    }
+    let up_with = |h: &Host, node: &str| {
+        let s = support::status(h, &h.pin_dir("lxcbr0"));
+        s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["node_id"] == node && p["up"] == true))
+    };
+    for (h, other) in [(&hosts[0], "h2"), (&hosts[1], "h2"), (&hosts[0], "h1")] {
+        eventually_within(20, "the mesh is up", || up_with(h, other));
+    }
+    let out = hosts[0].in_container(0, &["ping", "-c", "1", "-W", "2", "10.0.3.30"]);
+    assert!(out.status.success(), "h2's container reached before the revocation");
+    let pins = hosts[0].pin_dir("lxcbr0");
+    let table = |h: &Host| {
+        String::from_utf8_lossy(&h.agent(&["arp", "--pin-dir", pins.to_str().unwrap(), "list"]).stdout).into_owned()
+    };
+    assert!(table(&hosts[0]).contains("10.0.3.30"));
+
+    let out =
+        hosts[0].agent(&["ca", "--dir", ca.ca_dir.to_str().unwrap(), "revoke", "--cert", certs[2].to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let revoked_at = std::time::Instant::now();
+    eventually_within(5, "h0 and h1 close their links to h2", || {
+        !up_with(&hosts[0], "h2") && !up_with(&hosts[1], "h2")
+    });
+    eventually_within(5, "h2's host leaves h0's kernel table", || !table(&hosts[0]).contains("10.0.3.30"));
+    assert!(revoked_at.elapsed() <= std::time::Duration::from_secs(5), "{:?}", revoked_at.elapsed());
+    assert!(up_with(&hosts[0], "h1"), "the others keep their link");
+    assert!(hosts[0].agent_log(agents[0]).contains("revoked by the CA: its link is closed"));
+
+    // h2 cannot come back: the rendezvous refuses its certificate.
+    let code = hosts[2].stop_agent_wait(agents[2]);
+    assert_eq!(code, Some(1), "h2's agent was refused and stopped:\n{}", hosts[2].agent_log(agents[2]));
+    let log = hosts[2].agent_log(agents[2]);
+    assert!(log.contains("refused this agent") && log.contains("revoked"), "{log}");
+}
+
+#[test]
+fn a_member_whose_certificate_expires_loses_its_links() {
+    let mut underlay = Underlay::new();
+    let mut hosts = two_hosts(&underlay);
+    let ca = ca_overlay(&mut underlay, &hosts, &[]);
+    let certs =
+        [ca.certify(&hosts[0], &hosts[0], "h0", &[]), ca.certify(&hosts[0], &hosts[1], "h1", &["--expires", "6s"])];
+    let issued = std::time::Instant::now();
+    let mut agents = Vec::new();
+    for (i, node) in ["h0", "h1"].iter().enumerate() {
+        let args = ca.member_args(&hosts[i], node, &certs[i]);
+        agents.push(start(&mut hosts[i], &args));
+    }
+    eventually_within(6, "the link is up while the certificate holds", || hosts[0].link_up());
+    std::thread::sleep(std::time::Duration::from_secs(6).saturating_sub(issued.elapsed()));
+    eventually_within(5, "h0 closes its link once h1's certificate expired", || !hosts[0].link_up());
+    let log = hosts[0].agent_log(agents[0]);
+    assert!(log.contains("its certificate expired: its link is closed"), "{log}");
 }

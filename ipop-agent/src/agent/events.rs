@@ -124,10 +124,38 @@ impl Shell {
                 Vec::new()
             }
             SignalEvent::Refused(_) => Vec::new(),
+            SignalEvent::Revocation(list) => {
+                self.revoke(&list, "the rendezvous");
+                Vec::new()
+            }
         };
         for old in replaced {
             let out = self.switch.peer_down(old);
             self.apply(out);
+        }
+    }
+}
+
+impl Shell {
+    /// A revocation list from `source`: the links of revoked members close (and their entries
+    /// leave the kernel's table when their links report down).
+    pub fn revoke(&mut self, list: &str, source: &str) {
+        let Some(peers) = self.peers.as_mut() else { return };
+        match peers.revoke(list) {
+            Ok(gone) => {
+                for node in gone {
+                    warn!(%node, "revoked by the CA: its link is closed");
+                }
+            }
+            Err(e) => warn!("a revocation list from {source} not taken: {e}"),
+        }
+    }
+
+    /// Members whose certificate expired lose their links, as revoked ones do.
+    pub fn expire_certificates(&mut self) {
+        let Some(peers) = self.peers.as_mut() else { return };
+        for node in peers.expire_certificates(crate::signaling::admission::unix_now()) {
+            warn!(%node, "its certificate expired: its link is closed");
         }
     }
 }

@@ -137,6 +137,7 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
+    let mut revocations = setup::RevocationFile::new(cfg);
     let mut frame = vec![0u8; chunk::MAX_WHOLE];
 
     info!(bridge = %cfg.bridge, tap = %cfg.tap, pin_dir = %datapath.pin_dir().display(), "ipop-agent ready");
@@ -169,6 +170,10 @@ async fn serve(
             _ = tick.tick() => {
                 let out = shell.switch.expire(monotonic_ns());
                 shell.apply(out);
+                shell.expire_certificates();
+                if let Some(list) = revocations.changed() {
+                    shell.revoke(&list, "its file");
+                }
                 if let Err(e) = setup::check_devices(&dev.nl, cfg, &dev.bridge, &dev.tap).await {
                     break Err(e);
                 }

@@ -152,6 +152,35 @@ fn trust(o: &OverlayConfig, key: &Arc<NodeKey>) -> Result<(Proof, Option<Certifi
     Ok((Proof::Certificate { certificate: text, key: key.clone() }, Some(certified)))
 }
 
+/// The CA's revocation list file of this agent's config, read again whenever it changes (the
+/// first read was at start, in `trust`).
+pub struct RevocationFile {
+    path: Option<std::path::PathBuf>,
+    seen: Option<std::time::SystemTime>,
+}
+
+impl RevocationFile {
+    pub fn new(cfg: &AgentConfig) -> Self {
+        let path = match cfg.overlay.as_ref().map(|o| &o.trust) {
+            Some(Trust::Ca { revocation_list: Some(path), .. }) => Some(path.clone()),
+            _ => None,
+        };
+        let seen = path.as_ref().and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        RevocationFile { path, seen }
+    }
+
+    /// The file's text, if it changed since it was last read.
+    pub fn changed(&mut self) -> Option<String> {
+        let path = self.path.as_ref()?;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified == self.seen {
+            return None;
+        }
+        self.seen = modified;
+        std::fs::read_to_string(path).ok()
+    }
+}
+
 /// The overlay's pre-shared key for Noise: from the secret, or from the CA's key.
 fn psk(o: &OverlayConfig) -> [u8; 32] {
     match &o.trust {

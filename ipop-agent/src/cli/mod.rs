@@ -143,7 +143,7 @@ fn rendezvous(args: RendezvousArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         tokio::select! {
-            r = rendezvous::serve(listener, args.overlay, admission) => r,
+            r = rendezvous::serve_with(listener, args.overlay, admission, args.revocation_list) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?.recv().await; Ok::<_, std::io::Error>(()) } => Ok(()),
         }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use ipop_cert::RevocationList;
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -177,6 +178,41 @@ impl Peers {
     /// The signaling service in `status`: where, whether it is reachable, and why not.
     pub fn signaling_status(&self) -> serde_json::Value {
         serde_json::json!({"up": self.signaling_down.is_none(), "reason": self.signaling_down})
+    }
+
+    /// Takes a revocation list (the CA's, newer than the one in force) and closes the links of
+    /// the members it revokes: their names. Older or equal lists change nothing.
+    pub fn revoke(&mut self, text: &str) -> Result<Vec<String>, String> {
+        let Some(certified) = self.template.certified.as_mut() else { return Err("this overlay has no CA".into()) };
+        let list = RevocationList::from_text(text).map_err(|e| e.to_string())?;
+        list.verify(&certified.ca).map_err(|e| e.to_string())?;
+        if certified.revoked.as_ref().is_some_and(|r| r.body().number >= list.body().number) {
+            return Ok(Vec::new());
+        }
+        let serials = list.body().revoked.clone();
+        info!(number = list.body().number, revoked = serials.len(), "revocation list in force");
+        certified.revoked = Some(list);
+        Ok(self.close_where(|c| serials.contains(&c.serial)))
+    }
+
+    /// Closes the links of members whose certificate expired by `now` (unix seconds).
+    pub fn expire_certificates(&mut self, now: u64) -> Vec<String> {
+        self.close_where(|c| now >= c.not_after)
+    }
+
+    /// Drops every member whose certificate `gone` says: its link task ends (and reports the
+    /// link down, which withdraws its entries). Their names.
+    fn close_where(&mut self, gone: impl Fn(&ipop_cert::CertBody) -> bool) -> Vec<String> {
+        let names: Vec<String> = self
+            .by_node
+            .iter()
+            .filter(|(_, p)| p.certificate.as_ref().is_some_and(&gone))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &names {
+            self.by_node.remove(n);
+        }
+        names
     }
 
     /// `id`'s certificate, as checked when the rendezvous introduced it.

@@ -30,6 +30,8 @@ pub enum SignalEvent {
     Lost(String),
     /// The service refused us (wrong secret): fatal.
     Refused(String),
+    /// The CA's revocation list, as the service has it (checked by the agent).
+    Revocation(String),
 }
 
 /// Sends signals to peers through the service.
@@ -122,6 +124,7 @@ async fn session(
                     ServerMsg::Joined(m) => SignalEvent::Joined(m),
                     ServerMsg::Left { node_id } => SignalEvent::Left(node_id),
                     ServerMsg::Signal { from, data } => SignalEvent::Signal { from, data },
+                    ServerMsg::Revocation { list } => SignalEvent::Revocation(list),
                     other => anyhow::bail!("unexpected message from the rendezvous: {other:?}"),
                 };
                 events.send(event).await?;

@@ -6,6 +6,7 @@
 //! client: {"join":{"overlay":"lab","node_id":"a","public_key":"<hex>","proof":"<hex>"[,"certificate":"..."]}}
 //! server: {"welcome":{"members":[{"node_id":"b","public_key":"<hex>"[,"certificate":"..."]}]}}   or   {"refused":{"reason":"..."}}
 //! server: {"joined":{"node_id":"c","public_key":"<hex>"[,...]}}   {"left":{"node_id":"b"}}
+//! server: {"revocation":{"list":"<the CA's revocation list>"}}   (with a CA: on joining, and when it changes)
 //! client: {"signal":{"to":"b","data":{...}}}     server -> b: {"signal":{"from":"a","data":{...}}}
 //! ```
 //! `proof` answers the nonce as the overlay's mode asks (`admission`): an HMAC under the
@@ -63,12 +64,27 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMsg {
-    Hello { nonce: String },
-    Welcome { members: Vec<Member> },
-    Refused { reason: String },
+    Hello {
+        nonce: String,
+    },
+    Welcome {
+        members: Vec<Member>,
+    },
+    Refused {
+        reason: String,
+    },
     Joined(Member),
-    Left { node_id: String },
-    Signal { from: String, data: Value },
+    Left {
+        node_id: String,
+    },
+    Signal {
+        from: String,
+        data: Value,
+    },
+    /// The CA's newest revocation list (agents take it only if the CA signed it and it is newer).
+    Revocation {
+        list: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,7 +133,8 @@ type Seat = (Member, mpsc::Sender<ServerMsg>, u64);
 
 struct Overlay {
     name: String,
-    admission: Admission,
+    /// Replaced when a newer revocation list arrives.
+    admission: std::sync::RwLock<Admission>,
     members: Mutex<HashMap<String, Seat>>,
     pending: Semaphore,
     pending_by_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
@@ -165,9 +182,20 @@ impl Dropped {
 
 /// Serves one overlay on `listener` until dropped (which closes every connection).
 pub async fn serve(listener: TcpListener, overlay: String, admission: Admission) -> Result<()> {
+    serve_with(listener, overlay, admission, None).await
+}
+
+/// `serve`, with the CA's revocation list read from `revocations` whenever it changes: newer
+/// lists go to every member, and members they revoke are dropped.
+pub async fn serve_with(
+    listener: TcpListener,
+    overlay: String,
+    admission: Admission,
+    revocations: Option<std::path::PathBuf>,
+) -> Result<()> {
     let state = Arc::new(Overlay {
         name: overlay,
-        admission,
+        admission: std::sync::RwLock::new(admission),
         members: Mutex::new(HashMap::new()),
         pending: Semaphore::new(MAX_PENDING),
         pending_by_ip: std::sync::Mutex::new(HashMap::new()),
@@ -177,6 +205,7 @@ pub async fn serve(listener: TcpListener, overlay: String, admission: Admission)
     let mut next_conn = 0u64;
     // Connections live in this set: when `serve` is dropped, every connection closes.
     let mut conns = tokio::task::JoinSet::new();
+    conns.spawn(watch_members(state.clone(), revocations));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -280,7 +309,7 @@ async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     } else if unhex::<32>(&public_key).is_none() {
         Some("public_key must be 32 bytes of hex".to_owned())
     } else {
-        state.admission.check(&join, &state.name, unix_now()).err()
+        state.admission.read().unwrap_or_else(|e| e.into_inner()).check(&join, &state.name, unix_now()).err()
     };
     match refusal {
         Some(reason) => {
@@ -309,6 +338,9 @@ async fn seat<W: AsyncWrite + Unpin>(
     }
     let list = members.iter().filter(|(id, _)| *id != node_id).map(|(_, (m, _, _))| m.clone()).collect();
     write_msg(w, &ServerMsg::Welcome { members: list }).await?;
+    if let Some(list) = revocation_text(state) {
+        write_msg(w, &ServerMsg::Revocation { list }).await?;
+    }
     for (id, (_, other, _)) in members.iter() {
         if id != node_id {
             let _ = other.try_send(ServerMsg::Joined(me.clone()));
@@ -349,6 +381,79 @@ async fn relay<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// The revocation list in force, as text (with a CA that has one).
+fn revocation_text(state: &Overlay) -> Option<String> {
+    match &*state.admission.read().unwrap_or_else(|e| e.into_inner()) {
+        Admission::Ca(c) => c.revoked.as_ref().map(|r| r.to_text()),
+        Admission::Secret(_) => None,
+    }
+}
+
+/// Every second, with a CA: a newer revocation list in `path` replaces the one in force and
+/// goes to every member; members whose certificate is revoked or expired are dropped (the
+/// others hear they left).
+async fn watch_members(state: Arc<Overlay>, path: Option<std::path::PathBuf>) {
+    let mut seen = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut news = None;
+        if let Some(path) = &path {
+            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if modified != seen {
+                seen = modified;
+                match std::fs::read_to_string(path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|t| take_list(&state, &t).map(|n| (t, n)))
+                {
+                    Ok((text, true)) => news = Some(text),
+                    Ok((_, false)) => {}
+                    Err(e) => warn!(path = %path.display(), "revocation list not taken: {e}"),
+                }
+            }
+        }
+        drop_invalid(&state, news).await;
+    }
+}
+
+/// Drops members whose certificate no longer holds (revoked, expired), and passes `news` (a
+/// newer revocation list) on to the rest.
+async fn drop_invalid(state: &Overlay, news: Option<String>) {
+    let Admission::Ca(certified) = state.admission.read().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+    let now = unix_now();
+    let mut members = state.members.lock().await;
+    let gone: Vec<String> = members
+        .iter()
+        .filter(|(_, (m, _, _))| certified.member(&m.node_id, &m.public_key, m.certificate.as_deref(), now).is_err())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &gone {
+        members.remove(id); // its queue closes: its connection ends
+        info!(node_id = %id, "member's certificate no longer holds (revoked or expired): dropped");
+    }
+    for (_, other, _) in members.values() {
+        if let Some(list) = &news {
+            let _ = other.try_send(ServerMsg::Revocation { list: list.clone() });
+        }
+        for id in &gone {
+            let _ = other.try_send(ServerMsg::Left { node_id: id.clone() });
+        }
+    }
+}
+
+/// Takes `text` as the revocation list in force if the CA signed it and it is newer.
+fn take_list(state: &Overlay, text: &str) -> Result<bool> {
+    let list = ipop_cert::RevocationList::from_text(text)?;
+    let mut admission = state.admission.write().unwrap_or_else(|e| e.into_inner());
+    let Admission::Ca(certified) = &mut *admission else { anyhow::bail!("this overlay has no CA") };
+    list.verify(&certified.ca)?;
+    if certified.revoked.as_ref().is_some_and(|r| r.body().number >= list.body().number) {
+        return Ok(false);
+    }
+    info!(number = list.body().number, revoked = list.body().revoked.len(), "revocation list in force");
+    certified.revoked = Some(list);
+    Ok(true)
 }
 
 /// The member's connection ended: unless a newer one replaced it, the others hear it left.
