@@ -55,6 +55,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let (signaling, mut signals) = signaling::connect_rendezvous(RENDEZVOUS.into(), creds);
     let (events_tx, mut events) = mpsc::channel(8192);
     let shared = LinkShared {
+        node_id: "rogue".into(),
         identity,
         psk: session::overlay_psk(OVERLAY, SECRET),
         ice: Arc::new(IceConfig::start(Vec::new(), None).unwrap()),
@@ -65,7 +66,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         aead: session::Aead::local(),
         rekey_after: ipop_agent::link::timers::REKEY_AFTER,
     };
-    let mut peers = Peers::new(LinkTemplate { node_id: "rogue".into(), shared, certified: None });
+    let mut peers = Peers::new(LinkTemplate { shared, certified: None });
     let give_up = Instant::now() + Duration::from_secs(40);
     let mut sent_at: Option<Instant> = None;
     let mut link = None;

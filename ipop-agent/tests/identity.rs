@@ -6,7 +6,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use support::{Host, Underlay, eventually_within};
+use support::{Host, SignalingProxy, Underlay, eventually_within};
 
 const SECRET: &str = "correct horse battery";
 
@@ -242,8 +242,7 @@ fn a_rendezvous_that_swaps_two_members_keys_gets_no_link_and_both_say_why() {
     let mut underlay = Underlay::new();
     let mut hosts = two_hosts(&underlay);
     let ca = ca_overlay(&mut underlay, &hosts, &[]);
-    let proxy =
-        support::SignalingProxy::start(&underlay, 7001, support::Faults { swap_keys: true, ..Default::default() });
+    let proxy = SignalingProxy::start(&underlay, 7001, support::Faults { swap_keys: true, ..Default::default() });
     let mut agents = Vec::new();
     for (i, node) in ["h0", "h1"].iter().enumerate() {
         let cert = ca.certify(&hosts[0], &hosts[i], node, &[]);
@@ -369,4 +368,50 @@ fn a_member_whose_certificate_expires_loses_its_links() {
     eventually_within(5, "h0 closes its link once h1's certificate expired", || !hosts[0].link_up());
     let log = hosts[0].agent_log(agents[0]);
     assert!(log.contains("its certificate expired: its link is closed"), "{log}");
+}
+
+/// Two members on their own underlay, through a proxy in front of its rendezvous with
+/// `faults`, started.
+fn through_proxy(faults: support::Faults) -> ([Host; 2], SignalingProxy, Underlay) {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let proxy = SignalingProxy::start(&underlay, 7001, faults);
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+        h.start_member_at(&proxy.addr, &format!("h{i}"), SECRET, &[]);
+    }
+    (hosts, proxy, underlay)
+}
+
+#[test]
+fn signals_are_sealed_so_a_rendezvous_can_neither_read_nor_rewrite_them() {
+    // An honest rendezvous: the link comes up, and all it relayed is sealed.
+    let (honest, proxy, _underlay) = through_proxy(support::Faults::default());
+    for h in &honest {
+        eventually_within(20, "the link is up", || h.link_up());
+    }
+    let seen = proxy.signals();
+    assert!(!seen.is_empty(), "signals went through the rendezvous");
+    for s in &seen {
+        let v: serde_json::Value = serde_json::from_str(s).unwrap();
+        let fields: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["sealed"], "only the seal: {s}");
+        for secret in ["ufrag", "pwd", "candidate", "192.168.77.", "offer"] {
+            assert!(!s.contains(secret), "the rendezvous read {secret:?} in {s}");
+        }
+    }
+    // A rendezvous that changes one character of every signal: h1 (the controlled side, which
+    // waits for an offer) refuses every offer, so neither side gets a link.
+    let (hosts, proxy, _underlay) = through_proxy(support::Faults { tamper_signals: true, ..Default::default() });
+    let refused = |h: &Host| support::status(h, &h.pin_dir("lxcbr0"))["signals_refused"].as_u64().unwrap_or(0);
+    eventually_within(20, "h1 refuses the rewritten offers", || refused(&hosts[1]) >= 2);
+    assert!(!proxy.signals().is_empty());
+    let log = hosts[1].agent_log(0);
+    assert!(log.contains("signal refused") && log.contains("node=h0"), "{log}");
+    assert!(log.contains("its seal does not open"), "{log}");
+    assert_eq!(log.matches("signal refused").count(), 1, "said once, counted every time:\n{log}");
+    for h in &hosts {
+        assert!(!h.link_up(), "no link from rewritten signals");
+    }
 }

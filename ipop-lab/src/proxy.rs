@@ -3,7 +3,9 @@
 //! into fragments at random places (as TCP may deliver them), or drops the first signal
 //! between every two nodes (as a server with a full queue, or a member not yet joined, does),
 //! or lies: hands each member the other members' keys swapped (as a hostile rendezvous would,
-//! to put itself in the middle). Agents point `--rendezvous` at it instead of the real one.
+//! to put itself in the middle), or rewrites the signals it relays. It keeps what it relayed,
+//! so a test can see what a rendezvous reads. Agents point `--rendezvous` at it instead of the
+//! real one.
 
 use std::{
     collections::HashSet,
@@ -30,6 +32,8 @@ pub struct Faults {
     pub drop_first_signal: bool,
     /// Announce every member with another member's key (the first other key seen joining).
     pub swap_keys: bool,
+    /// Change one character of every signal a member sends (the last of its first string).
+    pub tamper_signals: bool,
 }
 
 #[derive(Default)]
@@ -41,6 +45,8 @@ struct Shared {
     seen: Mutex<HashSet<(String, String)>>,
     /// The keys members joined with, in order.
     keys: Mutex<Vec<String>>,
+    /// Every signal members sent, as the rendezvous saw it (before any tampering).
+    signals: Mutex<Vec<String>>,
     streams: Mutex<Vec<TcpStream>>,
 }
 
@@ -77,6 +83,11 @@ impl SignalingProxy {
     /// Signals dropped so far.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The data of every signal members sent through the proxy, as JSON text.
+    pub fn signals(&self) -> Vec<String> {
+        self.shared.signals.lock().unwrap().clone()
     }
 
     /// Connections accepted so far (one per agent, unless agents reconnected).
@@ -130,6 +141,9 @@ fn pump(from: TcpStream, mut to: TcpStream, faults: Faults, s: &Shared, from_mem
         if faults.swap_keys {
             line = if from_member { learn_key(s, line) } else { swap_keys(s, line) };
         }
+        if from_member {
+            line = keep_signal(s, line, faults.tamper_signals);
+        }
         line.push(b'\n');
         let sent = if faults.fragment { write_fragmented(&mut to, &line, &mut rng) } else { to.write_all(&line) };
         if sent.is_err() {
@@ -161,6 +175,32 @@ fn learn_key(s: &Shared, line: Vec<u8>) -> Vec<u8> {
         s.keys.lock().unwrap().push(key.to_owned());
     }
     line
+}
+
+/// Keeps a member's signal as it came, and with `tamper` changes it on the way.
+fn keep_signal(s: &Shared, line: Vec<u8>, tamper: bool) -> Vec<u8> {
+    let Ok(mut msg) = serde_json::from_slice::<serde_json::Value>(&line) else { return line };
+    let Some(data) = msg.get_mut("signal").and_then(|m| m.get_mut("data")) else { return line };
+    s.signals.lock().unwrap().push(data.to_string());
+    if !tamper || !change_first_string(data) {
+        return line;
+    }
+    serde_json::to_vec(&msg).unwrap()
+}
+
+/// Changes the last character of the first string in `v` (depth first); false if it has none.
+fn change_first_string(v: &mut serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(text) => {
+            let last = if text.ends_with('0') { '1' } else { '0' };
+            text.pop();
+            text.push(last);
+            true
+        }
+        serde_json::Value::Array(items) => items.iter_mut().any(change_first_string),
+        serde_json::Value::Object(fields) => fields.values_mut().any(change_first_string),
+        _ => false,
+    }
 }
 
 /// Every member announced in a welcome or a join gets another member's key.

@@ -217,6 +217,7 @@ pub fn overlay(
         }
     };
     let shared = LinkShared {
+        node_id: o.node_id.clone(),
         identity,
         psk: psk(o),
         ice,
@@ -228,7 +229,7 @@ pub fn overlay(
         rekey_after: cfg.rekey_after,
     };
     info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
-    Ok((Some(Peers::new(LinkTemplate { node_id: o.node_id.clone(), shared, certified })), Some(signals)))
+    Ok((Some(Peers::new(LinkTemplate { shared, certified })), Some(signals)))
 }
 
 /// Devices deleted under the agent: an error that says which (the TAP's fd does not always

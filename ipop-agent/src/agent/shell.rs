@@ -63,6 +63,7 @@ impl Shell {
             "data_port": self.peers.as_ref().and_then(Peers::data_port),
             "switch": self.switch.counters(),
             "queue_drops": self.peers.as_ref().map_or(0, |p| p.queue_drops),
+            "signals_refused": self.peers.as_ref().map_or(0, |p| p.signals_refused),
             "tap_write_errors": self.tap_write_errors,
             "datagrams_refused": self.datagrams_refused,
             "datagrams_unknown": self.peers.as_ref().map_or(0, Peers::datagrams_unknown),

@@ -11,14 +11,14 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Parses lower- or upper-case hex of exactly `N` bytes.
 pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
-    }
-    Some(out)
+    unhex_vec(s)?.try_into().ok()
+}
+
+/// Parses hex of any even length (bytes of unknown size: sealed signals).
+pub fn unhex_vec(s: &str) -> Option<Vec<u8>> {
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let pairs = s.as_bytes().chunks(2);
+    pairs.map(|p| Some(nibble(p[0])? << 4 | nibble(*p.get(1)?)?)).collect()
 }
 
 /// HMAC-SHA256 of `parts` (length-prefixed, so no two part lists collide) under `key`.
@@ -42,6 +42,9 @@ mod tests {
         assert_eq!(unhex::<2>("0g00"), None);
         assert_eq!(unhex::<2>("000"), None);
         assert_eq!(unhex::<2>("é0"), None);
+        assert_eq!(unhex_vec(&hex(&[1, 2, 255])), Some(vec![1, 2, 255]));
+        assert_eq!(unhex_vec("abc"), None);
+        assert_eq!(unhex_vec("+1"), None);
     }
 
     #[test]

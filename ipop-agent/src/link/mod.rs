@@ -6,11 +6,12 @@
 //! socket, GSO/GRO) or the ICE connection; in the order one arrives: `receive` (the data
 //! socket's reader) or `ice` (the ICE connection's reader), then `event` to the agent. The
 //! link task (`task`: connecting; `serve`: the session, state by state) sets each path up;
-//! `session` holds the keys, `signal` the offer/answer format, `echo` the ICE path's round
+//! `session` holds the keys, `signal` the offer/answer format, `envelope` seals signals end to end, `echo` the ICE path's round
 //! trip from keepalives, `timers` every interval,
 //! `params` what a link is given, `peers` the agent's table of them.
 
 pub mod echo;
+pub mod envelope;
 pub mod event;
 pub mod ice;
 pub mod ice_server;

@@ -19,6 +19,8 @@ use crate::{
 /// What every link of an agent shares.
 #[derive(Clone)]
 pub struct LinkShared {
+    /// This agent's node id.
+    pub node_id: String,
     pub identity: Identity,
     pub psk: [u8; 32],
     /// STUN/TURN servers for server-reflexive and relay candidates.

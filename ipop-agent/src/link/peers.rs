@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::{
     core::{digest::unhex, switch::PeerId, wire::Inner},
     link::{
+        envelope,
         event::LinkCmd,
         params::{LinkParams, LinkShared},
         send::DataTx,
@@ -27,7 +28,6 @@ use crate::{
 /// certificate is checked before a link is set up with it.
 #[derive(Clone)]
 pub struct LinkTemplate {
-    pub node_id: String,
     pub shared: LinkShared,
     pub certified: Option<Certified>,
 }
@@ -46,6 +46,10 @@ struct Peer {
     left: bool,
     /// Its certificate, checked (in an overlay with a CA).
     certificate: Option<ipop_cert::CertBody>,
+    /// The stamp of the last signal taken from it: older ones are replays.
+    signal_stamp: u64,
+    /// Why its last signal was refused, as logged (said once per change).
+    signal_refused: Option<String>,
 }
 
 pub struct Peers {
@@ -55,6 +59,8 @@ pub struct Peers {
     next_id: PeerId,
     /// Datagrams not queued because a link's queue was full.
     pub queue_drops: u64,
+    /// Signals refused: not sealed by the member's key for this node, or replayed.
+    pub signals_refused: u64,
     /// Why signaling is unreachable, while it is (new links wait for it).
     signaling_down: Option<String>,
     scratch: Vec<u8>,
@@ -68,6 +74,7 @@ impl Peers {
             names: HashMap::new(),
             next_id: 1,
             queue_drops: 0,
+            signals_refused: 0,
             signaling_down: Some("not joined yet".into()),
             scratch: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
         }
@@ -81,7 +88,7 @@ impl Peers {
     /// with another key (it restarted) gets a new link; the old one's id is returned, to be
     /// reported down.
     pub fn ensure(&mut self, member: &Member) -> Option<PeerId> {
-        if member.node_id == self.template.node_id {
+        if member.node_id == self.template.shared.node_id {
             return None;
         }
         let Some(key) = unhex::<32>(&member.public_key) else {
@@ -116,14 +123,25 @@ impl Peers {
             peer: id,
             peer_node: member.node_id.clone(),
             remote_key: key,
-            controlling: t.node_id < member.node_id,
+            controlling: t.shared.node_id < member.node_id,
             shared: t.shared.clone(),
         });
         info!(node = %member.node_id, peer = id, "peer known: setting up the link");
         self.names.insert(id, member.node_id.clone());
         self.by_node.insert(
             member.node_id.clone(),
-            Peer { id, key, cmd, data: None, up: false, reason: None, left: false, certificate },
+            Peer {
+                id,
+                key,
+                cmd,
+                data: None,
+                up: false,
+                reason: None,
+                left: false,
+                certificate,
+                signal_stamp: 0,
+                signal_refused: None,
+            },
         );
         old
     }
@@ -243,10 +261,24 @@ impl Peers {
         list
     }
 
-    /// Hands a signal from `from` to its link.
-    pub fn signal(&self, from: &str, data: serde_json::Value) {
-        if let Some(p) = self.by_node.get(from) {
-            let _ = p.cmd.try_send(LinkCmd::Signal(data));
+    /// Opens a signal from `from` and hands it to its link; a signal that member's key did not
+    /// seal for this node, or one replayed, is refused, counted and logged (once per change).
+    pub fn signal(&mut self, from: &str, data: serde_json::Value) {
+        let Some(p) = self.by_node.get_mut(from) else { return };
+        let shared = &self.template.shared;
+        let pair = (from, shared.node_id.as_str());
+        let refusal = match envelope::open(&shared.identity, &p.key, pair, &data, &mut p.signal_stamp) {
+            Ok(signal) => {
+                p.signal_refused = None;
+                let _ = p.cmd.try_send(LinkCmd::Signal(signal));
+                return;
+            }
+            Err(e) => e.to_string(),
+        };
+        self.signals_refused += 1;
+        if p.signal_refused.as_ref() != Some(&refusal) {
+            warn!(node = %from, "signal refused: {refusal}");
+            p.signal_refused = Some(refusal);
         }
     }
 

@@ -115,6 +115,11 @@ impl Identity {
         Self { private: key.x25519_secret(), public: key.public().x25519() }
     }
 
+    /// The private half, for the other Noise patterns of this node (sealed signals).
+    pub(crate) fn secret(&self) -> &[u8; KEY_LEN] {
+        &self.private
+    }
+
     /// A key of its own, kept nowhere (tests, and members of the library's own making).
     pub fn generate() -> Self {
         Self::from_key(&ipop_cert::NodeKey::generate())

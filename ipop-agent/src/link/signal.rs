@@ -2,11 +2,23 @@
 //! the data socket's port and receiver index, the AEAD the sender seals fastest) and ICE
 //! candidates, each tagged with a session number so that candidates of an old attempt never
 //! mix with a new one: `{"t":"offer"|"answer","s":N,"ufrag":..,"pwd":..,"dp":..,"ix":..,"aead":..}`
-//! and `{"t":"cand","s":N,"c":"candidate:..."}`.
+//! and `{"t":"cand","s":N,"c":"candidate:..."}`, each sealed to the peer on the way
+//! (`envelope`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
+use tracing::warn;
 
-use crate::{link::session::Aead, signaling::Signaling};
+use crate::{
+    link::{
+        envelope,
+        params::LinkParams,
+        session::{Aead, Identity, KEY_LEN},
+        timers::now_ns,
+    },
+    signaling::Signaling,
+};
 
 /// An offer or answer from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,26 +55,70 @@ pub fn parse_signal(v: &Value) -> Option<Signal> {
     }
 }
 
+/// Where one link's signals go: to its peer, sealed (`envelope`) so the signaling service can
+/// neither read nor rewrite them.
+pub struct Outbox {
+    signaling: Signaling,
+    me: Identity,
+    from: String,
+    to: String,
+    their_key: [u8; KEY_LEN],
+}
+
+impl Outbox {
+    pub fn new(p: &LinkParams) -> Self {
+        let s = &p.shared;
+        Outbox {
+            signaling: s.signaling.clone(),
+            me: s.identity.clone(),
+            from: s.node_id.clone(),
+            to: p.peer_node.clone(),
+            their_key: p.remote_key,
+        }
+    }
+
+    /// Seals `v` and sends it (each time with a new stamp, so a resend is not a replay).
+    fn send(&self, v: &Value) {
+        match envelope::seal(&self.me, &self.their_key, &self.from, &self.to, stamp(), v) {
+            Ok(sealed) => self.signaling.send(&self.to, sealed),
+            Err(e) => warn!(to = %self.to, "signal not sent: {e}"),
+        }
+    }
+}
+
+/// The next signal's stamp: wall-clock nanoseconds, and always above the last one given, so
+/// it grows across restarts (as the handshake's timestamp does) and between two signals.
+fn stamp() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ns();
+    let last = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(now.max(l + 1))).unwrap_or(0);
+    now.max(last + 1)
+}
+
 /// What this side signalled in one attempt (its offer or answer, then its candidates), kept
 /// to send again: the signaling service may drop any of them, and a lost offer or answer
 /// would otherwise cost the whole connect timeout. The controlling side resends until the
 /// answer comes; the controlled side resends when the same offer comes again.
-#[derive(Debug, Default)]
 pub struct Sent {
+    outbox: Outbox,
     signals: Vec<Value>,
 }
 
 impl Sent {
-    /// Sends `v` to `to` and keeps it.
-    pub fn push(&mut self, signaling: &Signaling, to: &str, v: Value) {
-        signaling.send(to, v.clone());
+    pub fn new(outbox: Outbox) -> Self {
+        Sent { outbox, signals: Vec::new() }
+    }
+
+    /// Sends `v` to the peer and keeps it.
+    pub fn push(&mut self, v: Value) {
+        self.outbox.send(&v);
         self.signals.push(v);
     }
 
     /// Sends everything again, in the same order.
-    pub fn again(&self, signaling: &Signaling, to: &str) {
+    pub fn again(&self) {
         for v in &self.signals {
-            signaling.send(to, v.clone());
+            self.outbox.send(v);
         }
     }
 }

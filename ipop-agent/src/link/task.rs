@@ -32,7 +32,7 @@ use crate::link::{
     send::IcePair,
     serve::{Ended, LinkIo, Plan, serve},
     session::Openers,
-    signal::{Creds, Sent, Signal, parse_signal},
+    signal::{Creds, Outbox, Sent, Signal, parse_signal},
     timers::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, RESEND_MAX, RESEND_MIN},
 };
 
@@ -152,8 +152,8 @@ async fn connect_and_serve(
 ) -> Result<(Ended, bool)> {
     let (ufrag, pwd) = agent.get_local_user_credentials().await;
     let (session_id, my_index, creds) = credentials(p, ufrag, pwd, offer.as_ref())?;
-    let mut sent = Sent::default();
-    sent.push(&p.shared.signaling, &p.peer_node, creds);
+    let mut sent = Sent::new(Outbox::new(p));
+    sent.push(creds);
     let (conn, remote, seen) = match connect(p, cmds, agent, offer, session_id, sent).await? {
         Connected::Yes(conn, remote, seen) => (conn, remote, seen),
         Connected::No(ended) => return Ok((ended, false)),
@@ -225,7 +225,7 @@ async fn connect(
     let mut resend_every = RESEND_MIN;
     let resend = tokio::time::sleep(resend_every);
     tokio::pin!(deadline, resend);
-    let (signaling, to) = (&p.shared.signaling, p.peer_node.as_str());
+    let to = p.peer_node.as_str();
     loop {
         if dial.is_none()
             && let Some(r) = &remote
@@ -246,13 +246,13 @@ async fn connect(
             }
             _ = &mut resend, if p.controlling && remote.is_none() => {
                 debug!(peer = %to, "no answer yet: offering again");
-                sent.again(signaling, to);
+                sent.again();
                 resend_every = (resend_every * 2).min(RESEND_MAX);
                 resend.as_mut().reset(tokio::time::Instant::now() + resend_every);
             }
             Some(c) = cand_rx.recv() => {
                 seen.local_candidate(&*c);
-                sent.push(signaling, to, json!({"t": "cand", "s": session_id, "c": c.marshal()}));
+                sent.push(json!({"t": "cand", "s": session_id, "c": c.marshal()}));
             }
             cmd = cmds.recv() => match cmd {
                 None => { let _ = cancel_tx.try_send(()); return Ok(Connected::No(Ended::Closed)) }
@@ -263,7 +263,7 @@ async fn connect(
                         let _ = cancel_tx.try_send(());
                         return Ok(Connected::No(Ended::NewOffer(o)));
                     }
-                    Heard::SameOffer => sent.again(signaling, to),
+                    Heard::SameOffer => sent.again(),
                     Heard::Candidate(c) => if let Some(c) = parse_candidate(&c) {
                         seen.remote(&*c);
                         if dial.is_some() { add_candidate(agent, &c) } else { early_candidates.push(c) }
