@@ -17,9 +17,13 @@ use crate::{
         vnet::{VNET_HDR_LEN, vnet_hdr_ok},
         wire::{Datagram, Inner},
     },
-    link::session::{self, Identity, Opener, Sealer},
+    link::{
+        envelope,
+        session::{self, Identity, Opener, Sealer},
+    },
     signaling::{
-        admission::secret_proof,
+        admission::{Secret, secret_proof},
+        channel,
         rendezvous::{ClientMsg, ServerMsg},
     },
 };
@@ -28,7 +32,7 @@ use crate::{
 pub type Check = fn(&[u8]);
 
 /// Every target, by name (the fuzz crate's target names).
-pub const TARGETS: [(&str, Check); 7] = [
+pub const TARGETS: [(&str, Check); 9] = [
     ("arp_frame", arp_frame),
     ("link_datagram", link_datagram),
     ("json_rpc", json_rpc),
@@ -36,6 +40,8 @@ pub const TARGETS: [(&str, Check); 7] = [
     ("rendezvous", rendezvous),
     ("chunks", chunks),
     ("turn_stream", turn_stream),
+    ("rendezvous_channel", rendezvous_channel),
+    ("signal_envelope", signal_envelope),
 ];
 
 /// ARP frame parsing never panics; whatever parses rebuilds to the same fields.
@@ -52,7 +58,7 @@ fn pair() -> &'static Mutex<(Sealer, Opener)> {
     static PAIR: OnceLock<Mutex<(Sealer, Opener)>> = OnceLock::new();
     PAIR.get_or_init(|| {
         let (a, b) = (Identity::generate(), Identity::generate());
-        let psk = session::overlay_psk("fuzz", "fuzz secret");
+        let psk = session::overlay_psk("fuzz", b"fuzz secret");
         let (init, m1) = session::initiate(&a, &b.public, &psk, 1, session::Aead::ChaChaPoly).unwrap();
         let (sb, m2, _) = session::respond(&b, &a.public, &psk, &m1[1..], None, session::Aead::ChaChaPoly).unwrap();
         let sa = init.finish(&m2[1..]).unwrap();
@@ -126,7 +132,9 @@ pub fn rendezvous(data: &[u8]) {
         let again: ClientMsg = serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap();
         assert_eq!(again, msg);
         if let ClientMsg::Join { overlay, node_id, public_key, .. } = &msg {
-            let _ = (check_node_id(node_id), secret_proof("secret", "nonce", overlay, node_id, public_key));
+            static SECRET: OnceLock<Secret> = OnceLock::new();
+            let secret = SECRET.get_or_init(|| Secret::stretch("fuzz", "fuzz secret"));
+            let _ = (check_node_id(node_id), secret_proof(secret, "nonce", overlay, node_id, public_key));
         }
     }
     if let Ok(msg) = serde_json::from_slice::<ServerMsg>(data) {
@@ -166,5 +174,37 @@ pub fn turn_stream(data: &[u8]) {
     }
     if let Ok((msg, f)) = turn_frame::in_datagram(data) {
         assert!(msg.len() == f.len && data.starts_with(msg));
+    }
+}
+
+/// What a client sends to the rendezvous, as frames (length, body): the server's side of the
+/// channel's handshake never panics on the first, and no later frame made without the
+/// channel's keys opens.
+pub fn rendezvous_channel(data: &[u8]) {
+    let mut frames = 0;
+    let mut rest = data;
+    let mut opener = None;
+    while let Some((len, more)) = rest.split_first_chunk::<2>() {
+        let Some(body) = more.get(..u16::from_be_bytes(*len) as usize) else { break };
+        rest = &more[body.len()..];
+        frames += 1;
+        match opener.as_mut() {
+            None => match channel::Handshake::server(body) {
+                Ok((_, _, o)) => opener = Some(o),
+                Err(_) => break,
+            },
+            Some(o) => assert!(o.open(body).is_err(), "frame {frames} opened without the channel's keys"),
+        }
+    }
+}
+
+/// A signal as the signaling service hands it over: opening it never panics, and nothing made
+/// without the sender's key opens.
+pub fn signal_envelope(data: &[u8]) {
+    static KEYS: OnceLock<(Identity, Identity)> = OnceLock::new();
+    let (me, them) = KEYS.get_or_init(|| (Identity::generate(), Identity::generate()));
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let opened = envelope::open(me, &them.public, ("a", "b"), &v, &mut 0);
+        assert!(opened.is_err(), "a signal opened without the sender's key");
     }
 }

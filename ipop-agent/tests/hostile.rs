@@ -46,9 +46,10 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl AsyncFnOnce() -> T + Send + 'st
 /// returns the RPCs it got back within 3 s of the last.
 async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let identity = Identity::generate();
+    let secret = signaling::admission::Secret::stretch(OVERLAY, SECRET);
     let creds = Credentials {
         overlay: OVERLAY.into(),
-        proof: signaling::admission::Proof::Secret(SECRET.into()),
+        proof: signaling::admission::Proof::Secret(secret.clone()),
         node_id: "rogue".into(),
         public_key: hex(&identity.public),
     };
@@ -57,7 +58,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let shared = LinkShared {
         node_id: "rogue".into(),
         identity,
-        psk: session::overlay_psk(OVERLAY, SECRET),
+        psk: session::secret_psk(OVERLAY, &secret),
         ice: Arc::new(IceConfig::start(Vec::new(), None).unwrap()),
         exclude_ifaces: vec!["lxcbr0".into()],
         signaling,

@@ -242,7 +242,7 @@ fn a_rendezvous_that_swaps_two_members_keys_gets_no_link_and_both_say_why() {
     let mut underlay = Underlay::new();
     let mut hosts = two_hosts(&underlay);
     let ca = ca_overlay(&mut underlay, &hosts, &[]);
-    let proxy = SignalingProxy::start(&underlay, 7001, support::Faults { swap_keys: true, ..Default::default() });
+    let proxy = support::signaling_proxy(&underlay, 7001, support::Faults { swap_keys: true, ..Default::default() });
     let mut agents = Vec::new();
     for (i, node) in ["h0", "h1"].iter().enumerate() {
         let cert = ca.certify(&hosts[0], &hosts[i], node, &[]);
@@ -375,7 +375,7 @@ fn a_member_whose_certificate_expires_loses_its_links() {
 fn through_proxy(faults: support::Faults) -> ([Host; 2], SignalingProxy, Underlay) {
     let mut underlay = Underlay::new();
     underlay.start_rendezvous(SECRET);
-    let proxy = SignalingProxy::start(&underlay, 7001, faults);
+    let proxy = support::signaling_proxy(&underlay, 7001, faults);
     let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
     for (i, h) in hosts.iter_mut().enumerate() {
         h.join_underlay(&underlay, i as u8 + 1);

@@ -27,7 +27,7 @@ fn container_ip(i: usize) -> String {
 fn mesh(n: usize, faults: Faults) -> (Mesh, Instant) {
     let mut underlay = Underlay::new();
     underlay.start_rendezvous(SECRET);
-    let proxy = SignalingProxy::start(&underlay, 7001, faults);
+    let proxy = support::signaling_proxy(&underlay, 7001, faults);
     let mut hosts = Vec::new();
     for i in 0..n {
         let mut host = Host::new(&[&container_ip(i)]);

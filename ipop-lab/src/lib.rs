@@ -12,8 +12,10 @@
 //!   ([`Host::behind`]): nftables `masquerade` ([`Nat::Cone`]) or `masquerade
 //!   random,fully-random` ([`Nat::Symmetric`]) or none ([`Nat::Routed`]), optionally a home
 //!   router's input filter or a block on outbound UDP, its own conntrack UDP timeout and flush.
-//! - [`SignalingProxy`]: a rendezvous that misbehaves, in front of the real one: every line
-//!   cut into fragments, or the first signal between every two nodes dropped ([`Faults`]).
+//! - [`SignalingProxy`]: a rendezvous that misbehaves, in front of the real one (speaking its
+//!   encrypted channel through a [`Channel`] the tests give): every line cut into fragments,
+//!   the first signal between every two nodes dropped, members' keys swapped, signals
+//!   rewritten ([`Faults`]).
 //! - [`NeighbourLimits`]: room in the kernel's neighbour table (one for all namespaces) for
 //!   a lab of many hosts, raised for the run and restored after.
 //!
@@ -59,6 +61,6 @@ pub use nat::{Nat, Router};
 pub use neigh::NeighbourLimits;
 pub use netns::Netns;
 pub use process::Proc;
-pub use proxy::{Faults, SignalingProxy};
+pub use proxy::{Channel, Faults, Plain, SignalingProxy};
 pub use tls::make_ca;
 pub use underlay::{RENDEZVOUS, Underlay};

@@ -1,5 +1,8 @@
 //! A rendezvous that misbehaves the way real networks and servers do: a TCP proxy in the
-//! underlay's namespace, in front of the real rendezvous, that cuts every line it forwards
+//! underlay's namespace, in front of the real rendezvous, that ends each member's encrypted
+//! channel and opens its own to the rendezvous (as anyone on the path can: the channel hides
+//! lines from listeners, it does not authenticate the rendezvous; the test gives the channel,
+//! [`Channel`]), and in between cuts every line it forwards
 //! into fragments at random places (as TCP may deliver them), or drops the first signal
 //! between every two nodes (as a server with a full queue, or a member not yet joined, does),
 //! or lies: hands each member the other members' keys swapped (as a hostile rendezvous would,
@@ -10,7 +13,7 @@
 use std::{
     collections::HashSet,
     fs::File,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     sync::{
@@ -22,6 +25,18 @@ use std::{
 };
 
 use crate::underlay::Underlay;
+
+/// A reader and a writer of a channel's plaintext.
+pub type Plain = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+/// How the proxy speaks the rendezvous's encrypted channel (the lab does not know it; the
+/// tests give ipop's own).
+pub trait Channel: Send + Sync + 'static {
+    /// The rendezvous's side of a member's connection.
+    fn accept(&self, s: TcpStream) -> std::io::Result<Plain>;
+    /// A member's side of a connection to the rendezvous.
+    fn connect(&self, s: TcpStream) -> std::io::Result<Plain>;
+}
 
 /// What the proxy does to the lines it forwards.
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,8 +74,8 @@ pub struct SignalingProxy {
 
 impl SignalingProxy {
     /// Listens on `port` at the underlay's server address and forwards to the rendezvous
-    /// there, with `faults`.
-    pub fn start(underlay: &Underlay, port: u16, faults: Faults) -> SignalingProxy {
+    /// there, through `channel` on both sides, with `faults`.
+    pub fn start(underlay: &Underlay, port: u16, faults: Faults, channel: Arc<dyn Channel>) -> SignalingProxy {
         let addr = format!("{}:{port}", underlay.addr);
         let upstream = underlay.rendezvous();
         let netns = File::open(format!("/run/netns/{}", underlay.ns)).expect("the underlay's namespace");
@@ -74,7 +89,7 @@ impl SignalingProxy {
             let listener = TcpListener::bind(&listen).expect("the proxy's port");
             listener.set_nonblocking(true).unwrap();
             ready_tx.send(()).unwrap();
-            accept_loop(&listener, &upstream, faults, &s);
+            accept_loop(&listener, &upstream, faults, &s, &channel);
         });
         ready_rx.recv().expect("the proxy started");
         SignalingProxy { addr, shared, thread: Some(thread) }
@@ -108,7 +123,7 @@ impl Drop for SignalingProxy {
     }
 }
 
-fn accept_loop(listener: &TcpListener, upstream: &str, faults: Faults, s: &Arc<Shared>) {
+fn accept_loop(listener: &TcpListener, upstream: &str, faults: Faults, s: &Arc<Shared>, channel: &Arc<dyn Channel>) {
     while !s.stop.load(Ordering::Relaxed) {
         let Ok((client, _)) = listener.accept() else {
             thread::sleep(Duration::from_millis(10));
@@ -121,16 +136,32 @@ fn accept_loop(listener: &TcpListener, upstream: &str, faults: Faults, s: &Arc<S
             stream.set_nodelay(true).unwrap();
             s.streams.lock().unwrap().push(stream.try_clone().unwrap());
         }
-        let (c2, s2, shared) = (client.try_clone().unwrap(), server.try_clone().unwrap(), s.clone());
-        let shared2 = shared.clone();
-        thread::spawn(move || pump(client, server, faults, &shared, true));
-        thread::spawn(move || pump(s2, c2, faults, &shared2, false));
+        let (s, channel) = (s.clone(), channel.clone());
+        // Handshakes on a thread of their own: a member that never completes one blocks nobody.
+        thread::spawn(move || {
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (Ok((c_read, c_write)), Ok((s_read, s_write))) = (channel.accept(client), channel.connect(server))
+            else {
+                return;
+            };
+            let s1 = s.clone();
+            thread::spawn(move || pump(c_read, (s_write, s2), faults, &s1, true));
+            pump(s_read, (c_write, c2), faults, &s, false);
+        });
     }
 }
 
-/// Forwards lines from `from` to `to`. Lines from a member are where signals can be
-/// dropped and keys learnt; lines to a member are where keys can be swapped.
-fn pump(from: TcpStream, mut to: TcpStream, faults: Faults, s: &Shared, from_member: bool) {
+/// Forwards lines from `from` to `to` (its writer, and its stream to shut down at the end).
+/// Lines from a member are where signals can be dropped and keys learnt; lines to a member
+/// are where keys can be swapped.
+fn pump(
+    from: Box<dyn Read + Send>,
+    to: (Box<dyn Write + Send>, TcpStream),
+    faults: Faults,
+    s: &Shared,
+    from_member: bool,
+) {
+    let (mut to, stream) = to;
     let mut rng = Xorshift::seeded();
     let mut node = String::new();
     for line in BufReader::new(from).split(b'\n') {
@@ -150,7 +181,7 @@ fn pump(from: TcpStream, mut to: TcpStream, faults: Faults, s: &Shared, from_mem
             break;
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// Learns the member's node id from its join; true for the first signal to each node.
@@ -223,7 +254,8 @@ fn swap_keys(s: &Shared, line: Vec<u8>) -> Vec<u8> {
     serde_json::to_vec(&msg).unwrap()
 }
 
-fn write_fragmented(to: &mut TcpStream, line: &[u8], rng: &mut Xorshift) -> std::io::Result<()> {
+/// Writes `line` in pieces (each its own message of the channel, so lines cross in pieces).
+fn write_fragmented(to: &mut dyn Write, line: &[u8], rng: &mut Xorshift) -> std::io::Result<()> {
     let mut rest = line;
     while !rest.is_empty() {
         let n = (rng.next() % 24 + 1).min(rest.len() as u64) as usize;

@@ -115,7 +115,17 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Fuzz { seconds, targets } => {
             setup::all()?;
             setup::cargo_fuzz()?;
-            let all = ["arp_frame", "link_datagram", "json_rpc", "config", "rendezvous", "chunks"];
+            let all = [
+                "arp_frame",
+                "link_datagram",
+                "json_rpc",
+                "config",
+                "rendezvous",
+                "chunks",
+                "turn_stream",
+                "rendezvous_channel",
+                "signal_envelope",
+            ];
             let targets: Vec<&str> =
                 if targets.is_empty() { all.to_vec() } else { targets.iter().map(String::as_str).collect() };
             for t in targets {

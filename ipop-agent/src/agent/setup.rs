@@ -36,7 +36,7 @@ use crate::{
     ops::state,
     signaling::{
         self, SignalEvent,
-        admission::{Certified, Proof, unix_now},
+        admission::{Certified, Proof, Secret, unix_now},
     },
 };
 
@@ -114,6 +114,8 @@ pub fn take_learned(table: &mut ArpTable, overlay: bool) -> Vec<(Ipv4Addr, Orpha
 pub struct Joining {
     key: Arc<NodeKey>,
     proof: Proof,
+    /// The links' pre-shared key (from the stretched secret, or the CA's key).
+    psk: [u8; 32],
     /// With a CA: how members' certificates are checked.
     certified: Option<Certified>,
     ice: Arc<IceConfig>,
@@ -122,16 +124,22 @@ pub struct Joining {
 pub fn joining(cfg: &AgentConfig) -> Result<Option<Joining>> {
     let Some(o) = &cfg.overlay else { return Ok(None) };
     let key = Arc::new(state::node_key(&o.state_dir).context("the node's key")?);
-    let (proof, certified) = trust(o, &key)?;
+    let (proof, certified, psk) = trust(o, &key)?;
     let ice = IceConfig::start(o.ice_urls.clone(), o.turn_ca_file.as_deref()).context("the turns: servers")?;
-    Ok(Some(Joining { key, proof, certified, ice: Arc::new(ice) }))
+    Ok(Some(Joining { key, proof, psk, certified, ice: Arc::new(ice) }))
 }
 
-/// The proof and the peer check of the overlay's mode; with a CA, this node's certificate
-/// must name this node and its key, and be valid now.
-fn trust(o: &OverlayConfig, key: &Arc<NodeKey>) -> Result<(Proof, Option<Certified>)> {
+/// The proof, the peer check and the links' pre-shared key of the overlay's mode: the
+/// secret, stretched (once: it takes a deliberate 19 MiB and some tens of milliseconds), or
+/// the CA, whose key keys the PSK and whose certificate of this node must name this node and
+/// its key, and be valid now.
+fn trust(o: &OverlayConfig, key: &Arc<NodeKey>) -> Result<(Proof, Option<Certified>, [u8; 32])> {
     let (ca, certificate, revocation_list) = match &o.trust {
-        Trust::Secret(secret) => return Ok((Proof::Secret(secret.clone()), None)),
+        Trust::Secret(secret) => {
+            let secret = Secret::stretch(&o.overlay, secret);
+            let psk = session::secret_psk(&o.overlay, &secret);
+            return Ok((Proof::Secret(secret), None, psk));
+        }
         Trust::Ca { ca, certificate, revocation_list } => (ca, certificate, revocation_list),
     };
     let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
@@ -149,7 +157,8 @@ fn trust(o: &OverlayConfig, key: &Arc<NodeKey>) -> Result<(Proof, Option<Certifi
     certified
         .member(&o.node_id, &mine, Some(&text), unix_now())
         .map_err(|e| anyhow::anyhow!("this node's certificate {}: {e}", certificate.display()))?;
-    Ok((Proof::Certificate { certificate: text, key: key.clone() }, Some(certified)))
+    let psk = session::overlay_psk(&o.overlay, ca.as_bytes());
+    Ok((Proof::Certificate { certificate: text, key: key.clone() }, Some(certified), psk))
 }
 
 /// The CA's revocation list file of this agent's config, read again whenever it changes (the
@@ -181,21 +190,13 @@ impl RevocationFile {
     }
 }
 
-/// The overlay's pre-shared key for Noise: from the secret, or from the CA's key.
-fn psk(o: &OverlayConfig) -> [u8; 32] {
-    match &o.trust {
-        Trust::Secret(secret) => session::overlay_psk(&o.overlay, secret),
-        Trust::Ca { ca, .. } => session::overlay_psk(&o.overlay, &hex(ca.as_bytes())),
-    }
-}
-
 /// Joins the overlay, if there is one: signaling, the data socket and its reader, the peers.
 pub fn overlay(
     cfg: &AgentConfig,
     joining: Option<Joining>,
     links: mpsc::Sender<LinkEvent>,
 ) -> Result<(Option<Peers>, Option<mpsc::Receiver<SignalEvent>>)> {
-    let (Some(o), Some(Joining { key, proof, certified, ice })) = (&cfg.overlay, joining) else {
+    let (Some(o), Some(Joining { key, proof, psk, certified, ice })) = (&cfg.overlay, joining) else {
         return Ok((None, None));
     };
     let identity = Identity::from_key(&key);
@@ -219,7 +220,7 @@ pub fn overlay(
     let shared = LinkShared {
         node_id: o.node_id.clone(),
         identity,
-        psk: psk(o),
+        psk,
         ice,
         exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
         signaling,

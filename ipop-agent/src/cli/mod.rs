@@ -16,7 +16,7 @@ use crate::{
     config::Settings,
     ops::{control, state},
     signaling::{
-        admission::{Admission, Certified},
+        admission::{Admission, Certified, Secret},
         rendezvous,
     },
 };
@@ -122,7 +122,7 @@ fn dispatch(command: Command) -> Result<()> {
 fn rendezvous(args: RendezvousArgs) -> Result<()> {
     let admission = match (args.secret, args.ca_public_key) {
         (Some(secret), None) if secret.len() < 8 => anyhow::bail!("the secret must be at least 8 characters"),
-        (Some(secret), None) => Admission::Secret(secret),
+        (Some(secret), None) => Admission::Secret(Secret::stretch(&args.overlay, &secret)),
         (None, Some(ca)) => {
             let revoked = match &args.revocation_list {
                 Some(path) => {

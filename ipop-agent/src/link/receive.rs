@@ -187,7 +187,7 @@ mod tests {
     };
 
     fn sessions() -> (Session, Session) {
-        let (a, b, psk) = (Identity::generate(), Identity::generate(), session::overlay_psk("lab", "s3cret"));
+        let (a, b, psk) = (Identity::generate(), Identity::generate(), session::overlay_psk("lab", b"s3cret"));
         let (init, msg1) = session::initiate(&a, &b.public, &psk, 1, session::Aead::ChaChaPoly).unwrap();
         let Ok(Datagram::HandshakeInit(body)) = Datagram::parse(&msg1) else { panic!() };
         let (sb, msg2, _) = session::respond(&b, &a.public, &psk, body, None, session::Aead::ChaChaPoly).unwrap();

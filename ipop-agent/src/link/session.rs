@@ -132,9 +132,16 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// The overlay's pre-shared key for the Noise handshake.
-pub fn overlay_psk(overlay: &str, secret: &str) -> [u8; 32] {
-    mac(secret.as_bytes(), &[b"ipop psk v1", overlay.as_bytes()])
+/// The overlay's pre-shared key for the Noise handshake, from `key` (the stretched secret's
+/// key for links, or the CA's public key).
+pub fn overlay_psk(overlay: &str, key: &[u8]) -> [u8; 32] {
+    mac(key, &[b"ipop psk v1", overlay.as_bytes()])
+}
+
+/// The PSK of an overlay with a shared secret: from the stretched secret, under a label of its
+/// own (the join proof uses the same secret under another).
+pub fn secret_psk(overlay: &str, secret: &crate::signaling::admission::Secret) -> [u8; 32] {
+    overlay_psk(overlay, &secret.derive("ipop link psk"))
 }
 
 /// An initiator waiting for the responder's message.
@@ -371,7 +378,7 @@ mod tests {
     use crate::core::wire::Datagram;
 
     fn pair() -> (Identity, Identity, [u8; 32]) {
-        (Identity::generate(), Identity::generate(), overlay_psk("lab", "s3cret"))
+        (Identity::generate(), Identity::generate(), overlay_psk("lab", b"s3cret"))
     }
 
     fn handshake(a: &Identity, b: &Identity, psk: &[u8; 32]) -> (Session, Session) {
@@ -516,7 +523,7 @@ mod tests {
     #[test]
     fn a_wrong_secret_or_an_unknown_key_fails_the_handshake() {
         let (a, b, psk) = pair();
-        let (_, msg1) = initiate(&a, &b.public, &overlay_psk("lab", "wrong"), 1, Aead::ChaChaPoly).unwrap();
+        let (_, msg1) = initiate(&a, &b.public, &overlay_psk("lab", b"wrong"), 1, Aead::ChaChaPoly).unwrap();
         assert!(matches!(
             respond(&b, &a.public, &psk, &msg1[1..], None, Aead::ChaChaPoly),
             Err(SessionError::Handshake(_))
@@ -542,6 +549,6 @@ mod tests {
 
     #[test]
     fn psks_separate_overlays() {
-        assert_ne!(overlay_psk("lab", "x"), overlay_psk("lab2", "x"));
+        assert_ne!(overlay_psk("lab", b"x"), overlay_psk("lab2", b"x"));
     }
 }

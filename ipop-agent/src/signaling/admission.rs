@@ -1,8 +1,10 @@
 //! Who may join, and how a joining node proves it, in one of two modes:
 //!
 //! - the shared secret (the lab default): the proof is an HMAC of the rendezvous's nonce under
-//!   the overlay secret. Every member holds the secret, so every member (and whoever runs the
-//!   rendezvous) can impersonate every other;
+//!   the overlay secret, stretched first with argon2id ([`Secret`]), so that a proof seen by
+//!   whoever poses as the rendezvous costs an argon2 run per guess, not an HMAC. Every member
+//!   holds the secret, so every member (and whoever runs the rendezvous) can impersonate every
+//!   other;
 //! - the overlay CA: the node shows its certificate and signs the nonce with the key the
 //!   certificate names. The rendezvous needs no secret and cannot forge a member, and agents
 //!   check each member's certificate themselves ([`check_member`]), so a rendezvous that hands
@@ -19,10 +21,39 @@ use crate::core::digest::{hex, mac, unhex};
 /// The signature context of a join.
 const JOIN: &str = "ipop join v1";
 
+/// The overlay secret, stretched with argon2id before any use (the join proof, the links'
+/// PSK): salted with the overlay's name, 19 MiB and 2 passes (OWASP's recommended minimum), so
+/// each guess at the secret costs that much memory and time. Made once at start.
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl Secret {
+    pub fn stretch(overlay: &str, secret: &str) -> Secret {
+        use sha2::Digest as _;
+        let salt = sha2::Sha256::digest([b"ipop overlay v1\0".as_slice(), overlay.as_bytes()].concat());
+        let params = argon2::Params::new(19 * 1024, 2, 1, Some(32)).expect("valid argon2 parameters");
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut key = [0u8; 32];
+        argon.hash_password_into(secret.as_bytes(), &salt[..16], &mut key).expect("argon2 takes any secret");
+        Secret(key)
+    }
+
+    /// A key for one use (`label`), so no two uses share one.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        mac(&self.0, &[label.as_bytes()])
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// What the joining node shows.
 #[derive(Clone)]
 pub enum Proof {
-    Secret(String),
+    Secret(Secret),
     Certificate { certificate: String, key: Arc<NodeKey> },
 }
 
@@ -54,17 +85,17 @@ impl Proof {
     }
 }
 
-/// The shared-secret proof: HMAC-SHA256 under the secret.
-pub fn secret_proof(secret: &str, nonce: &str, overlay: &str, node_id: &str, public_key: &str) -> String {
+/// The shared-secret proof: HMAC-SHA256 under the stretched secret.
+pub fn secret_proof(secret: &Secret, nonce: &str, overlay: &str, node_id: &str, public_key: &str) -> String {
     let parts: [&[u8]; 5] =
-        [b"ipop join v1", nonce.as_bytes(), overlay.as_bytes(), node_id.as_bytes(), public_key.as_bytes()];
-    hex(&mac(secret.as_bytes(), &parts))
+        [b"ipop join v2", nonce.as_bytes(), overlay.as_bytes(), node_id.as_bytes(), public_key.as_bytes()];
+    hex(&mac(&secret.0, &parts))
 }
 
 /// Whom the rendezvous admits.
 #[derive(Clone)]
 pub enum Admission {
-    Secret(String),
+    Secret(Secret),
     Ca(Certified),
 }
 
@@ -217,17 +248,27 @@ mod tests {
         let revoked = RevocationList::empty(&ca, 0).with(&ca, ["serial-host-a".to_owned()], 1);
         let strict = Admission::Ca(Certified { ca: ca.public(), revoked: Some(revoked) });
         assert!(strict.check(&join(&shown, "host-a", &x), "lab", 10).unwrap_err().contains("revoked"));
-        let bare = Proof::Secret("s".into()).prove("n1", "lab", "host-a", &x);
+        let bare = Proof::Secret(Secret::stretch("lab", "a secret")).prove("n1", "lab", "host-a", &x);
         assert!(admit.check(&join(&bare, "host-a", &x), "lab", 10).unwrap_err().contains("by certificate"));
     }
 
     #[test]
     fn the_shared_secret_admits_its_holders() {
-        let admit = Admission::Secret("s3cret".into());
-        let shown = Proof::Secret("s3cret".into()).prove("n1", "lab", "a", "k");
+        let secret = Secret::stretch("lab", "s3cret");
+        let admit = Admission::Secret(secret.clone());
+        let shown = Proof::Secret(secret).prove("n1", "lab", "a", "k");
         assert_eq!(admit.check(&join(&shown, "a", "k"), "lab", 0), Ok(()));
-        let wrong = Proof::Secret("guess".into()).prove("n1", "lab", "a", "k");
+        let wrong = Proof::Secret(Secret::stretch("lab", "guess")).prove("n1", "lab", "a", "k");
         assert!(admit.check(&join(&wrong, "a", "k"), "lab", 0).is_err());
         assert!(admit.check(&join(&shown, "a", "k"), "other", 0).is_err(), "another overlay");
+    }
+
+    #[test]
+    fn the_secret_is_stretched_per_overlay_and_kept_out_of_sight() {
+        let a = Secret::stretch("lab", "s3cret");
+        assert_eq!(a.0, Secret::stretch("lab", "s3cret").0, "the same secret, the same key");
+        assert_ne!(a.0, Secret::stretch("lab2", "s3cret").0, "salted with the overlay's name");
+        assert_ne!(a.derive("one"), a.derive("two"));
+        assert_eq!(format!("{a:?} {:?}", Proof::Secret(a.clone())), "Secret(***) Proof::Secret(***)");
     }
 }

@@ -9,6 +9,7 @@ use tokio::{net::TcpStream, sync::mpsc};
 use tracing::{info, warn};
 
 pub mod admission;
+pub mod channel;
 pub mod rendezvous;
 
 pub use rendezvous::Member;
@@ -99,8 +100,9 @@ async fn session(
 ) -> anyhow::Result<Option<String>> {
     let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
     stream.set_nodelay(true)?;
-    let (r, mut w) = stream.into_split();
-    let mut r = rendezvous::lines(r);
+    let (r, w) = stream.into_split();
+    let (mut r, mut w) =
+        tokio::time::timeout(Duration::from_secs(5), channel::connect(r, w, rendezvous::MAX_SERVER_LINE)).await??;
     let joined = tokio::time::timeout(
         rendezvous::JOIN_TIMEOUT,
         rendezvous::join(&mut r, &mut w, &creds.overlay, &creds.proof, &creds.node_id, &creds.public_key),
@@ -118,7 +120,7 @@ async fn session(
                 let Some((to, data)) = out else { return Ok(None) };
                 rendezvous::write_msg(&mut w, &ClientMsg::Signal { to, data }).await?;
             }
-            line = rendezvous::read_line(&mut r) => {
+            line = r.read_line() => {
                 let Some(line) = line? else { anyhow::bail!("the rendezvous closed the connection") };
                 let event = match serde_json::from_str(&line)? {
                     ServerMsg::Joined(m) => SignalEvent::Joined(m),
@@ -141,7 +143,7 @@ mod tests {
     use crate::core::digest::hex;
 
     fn creds(id: &str, secret: &str) -> Credentials {
-        let proof = admission::Proof::Secret(secret.into());
+        let proof = admission::Proof::Secret(admission::Secret::stretch("lab", secret));
         Credentials { overlay: "lab".into(), proof, node_id: id.into(), public_key: hex(&[7; 32]) }
     }
 
@@ -153,7 +155,11 @@ mod tests {
     async fn clients_reconnect_when_the_rendezvous_returns() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(rendezvous::serve(listener, "lab".into(), admission::Admission::Secret("s".into())));
+        let server = tokio::spawn(rendezvous::serve(
+            listener,
+            "lab".into(),
+            admission::Admission::Secret(admission::Secret::stretch("lab", "s")),
+        ));
         let (_a, mut a_rx) = connect_rendezvous(addr.to_string(), creds("a", "s"));
         assert_eq!(next(&mut a_rx).await, SignalEvent::Members(vec![]));
         let (b, mut b_rx) = connect_rendezvous(addr.to_string(), creds("b", "s"));
@@ -170,7 +176,11 @@ mod tests {
             "{lost:?}"
         );
         let listener = TcpListener::bind(addr).await.unwrap();
-        tokio::spawn(rendezvous::serve(listener, "lab".into(), admission::Admission::Secret("s".into())));
+        tokio::spawn(rendezvous::serve(
+            listener,
+            "lab".into(),
+            admission::Admission::Secret(admission::Secret::stretch("lab", "s")),
+        ));
         // Both come back; whichever joins second sees the other.
         let mut seen = false;
         for _ in 0..6 {
@@ -195,15 +205,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let (r, mut w) = stream.into_split();
-            let mut r = rendezvous::lines(r);
+            let (r, w) = stream.into_split();
+            let (mut r, mut w) = channel::accept(r, w, rendezvous::MAX_LINE).await.unwrap();
             rendezvous::write_msg(&mut w, &ServerMsg::Hello { nonce: "00".into() }).await.unwrap();
-            rendezvous::read_line(&mut r).await.unwrap().unwrap();
+            r.read_line().await.unwrap().unwrap();
             rendezvous::write_msg(&mut w, &ServerMsg::Welcome { members: vec![] }).await.unwrap();
             let reader = tokio::spawn(async move {
                 let mut n = 0;
                 while n < N {
-                    rendezvous::read_line(&mut r).await.unwrap().expect("the agent stays connected");
+                    r.read_line().await.unwrap().expect("the agent stays connected");
                     n += 1;
                 }
             });
@@ -211,7 +221,8 @@ mod tests {
             for i in 0..N {
                 let mut line = serde_json::to_vec(&ServerMsg::Signal { from: "b".into(), data: i.into() }).unwrap();
                 line.push(b'\n');
-                rendezvous::tests::write_fragmented(&mut w, &line, &mut seed).await;
+                let sealed = w.seal(&line).unwrap();
+                rendezvous::tests::write_fragmented(w.get_mut(), &sealed, &mut seed).await;
             }
             reader.await.unwrap();
             w
@@ -237,7 +248,11 @@ mod tests {
     async fn a_wrong_secret_is_a_fatal_refusal() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(rendezvous::serve(listener, "lab".into(), admission::Admission::Secret("s".into())));
+        tokio::spawn(rendezvous::serve(
+            listener,
+            "lab".into(),
+            admission::Admission::Secret(admission::Secret::stretch("lab", "s")),
+        ));
         let (_m, mut rx) = connect_rendezvous(addr.to_string(), creds("m", "guess"));
         assert!(matches!(next(&mut rx).await, SignalEvent::Refused(r) if r.contains("not admitted")));
     }

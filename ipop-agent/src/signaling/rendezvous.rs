@@ -1,5 +1,5 @@
 //! The embedded rendezvous service (`ipop-agent rendezvous`) and its wire protocol: JSON
-//! objects, one per line, over TCP.
+//! objects, one per line, in an encrypted channel (`channel`: Noise NN) over TCP.
 //!
 //! ```text
 //! server: {"hello":{"nonce":"<32 random bytes, hex>"}}
@@ -18,15 +18,13 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{Mutex, Semaphore, mpsc},
 };
-use tokio_util::codec::{FramedRead, LinesCodec};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -34,11 +32,17 @@ use crate::{
         digest::{hex, unhex},
         node_id::check_node_id,
     },
-    signaling::admission::{Admission, Join, Proof, unix_now},
+    signaling::{
+        admission::{Admission, Join, Proof, unix_now},
+        channel,
+    },
 };
 
-/// Longest line either side accepts.
+/// Longest line the rendezvous accepts from a client (a join, a signal).
 pub const MAX_LINE: usize = 64 * 1024;
+/// Longest line a client accepts from the rendezvous: a welcome lists up to `MAX_MEMBERS`
+/// members with their certificates.
+pub const MAX_SERVER_LINE: usize = 4 * 1024 * 1024;
 /// Time a client has to join after connecting.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Members per overlay.
@@ -104,27 +108,13 @@ pub enum ClientMsg {
     },
 }
 
-/// The reading half of a connection, split into lines. The partial line lives here, not in
-/// a future: reading is one branch of a `select!`, and a branch that loses must lose nothing.
-pub type Lines<R> = FramedRead<R, LinesCodec>;
+pub type Reader<R> = channel::Reader<R>;
+pub type Writer<W> = channel::Writer<W>;
 
-pub fn lines<R: AsyncRead>(r: R) -> Lines<R> {
-    FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE))
-}
-
-/// The next line of at most `MAX_LINE` bytes; `None` at end of stream. Cancel-safe.
-pub async fn read_line<R: AsyncRead + Unpin>(r: &mut Lines<R>) -> Result<Option<String>> {
-    match r.next().await.transpose() {
-        Ok(line) => Ok(line),
-        Err(e) => anyhow::bail!("reading a line: {e} (at most {MAX_LINE} bytes)"),
-    }
-}
-
-pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut Writer<W>, msg: &T) -> Result<()> {
     let mut line = serde_json::to_vec(msg)?;
     line.push(b'\n');
-    w.write_all(&line).await?;
-    Ok(())
+    w.write_line(&line).await
 }
 
 /// A joined member: what others are told of it, its connection's queue, and the connection's
@@ -246,8 +236,10 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
         warn!(%peer, "too many connections waiting to join: closing");
         return Ok(());
     };
-    let (r, mut w) = stream.into_split();
-    let mut r = lines(r);
+    let (r, w) = stream.into_split();
+    let (mut r, mut w) = tokio::time::timeout(JOIN_TIMEOUT, channel::accept(r, w, MAX_LINE))
+        .await
+        .context("the channel's handshake timed out")??;
     let Some(me) = challenge(&state, &mut r, &mut w, peer).await? else { return Ok(()) };
     drop((permit, per_ip));
     let node_id = me.node_id.clone();
@@ -278,15 +270,15 @@ fn refuse(reason: &str) -> ServerMsg {
 /// overlay asks, or `None` (refused, and told why).
 async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     state: &Overlay,
-    r: &mut Lines<R>,
-    w: &mut W,
+    r: &mut Reader<R>,
+    w: &mut Writer<W>,
     peer: SocketAddr,
 ) -> Result<Option<Member>> {
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
     let nonce = hex(&nonce);
     write_msg(w, &ServerMsg::Hello { nonce: nonce.clone() }).await?;
-    let line = tokio::time::timeout(JOIN_TIMEOUT, read_line(r))
+    let line = tokio::time::timeout(JOIN_TIMEOUT, r.read_line())
         .await
         .context("join timed out")??
         .context("closed before joining")?;
@@ -325,7 +317,7 @@ async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// its queue; `None` if the overlay is full.
 async fn seat<W: AsyncWrite + Unpin>(
     state: &Overlay,
-    w: &mut W,
+    w: &mut Writer<W>,
     me: Member,
     conn: u64,
 ) -> Result<Option<mpsc::Receiver<ServerMsg>>> {
@@ -354,8 +346,8 @@ async fn seat<W: AsyncWrite + Unpin>(
 /// Relays: what others queue for this member goes out; its signals go to their members.
 async fn relay<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     state: &Overlay,
-    r: &mut Lines<R>,
-    w: &mut W,
+    r: &mut Reader<R>,
+    w: &mut Writer<W>,
     mut rx: mpsc::Receiver<ServerMsg>,
     node_id: &str,
 ) -> Result<()> {
@@ -365,7 +357,7 @@ async fn relay<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 Some(msg) => write_msg(w, &msg).await?,
                 None => return Ok(()), // replaced by a newer connection
             },
-            line = read_line(r) => {
+            line = r.read_line() => {
                 let Some(line) = line? else { return Ok(()) };
                 let Ok(ClientMsg::Signal { to, data }) = serde_json::from_str::<ClientMsg>(&line) else {
                     anyhow::bail!("unexpected message from a member");
@@ -468,17 +460,17 @@ async fn leave(state: &Overlay, node_id: &str, conn: u64) {
     }
 }
 
-/// Joins the overlay over an established stream: reads the hello, answers it with `proof`,
+/// Joins the overlay over an established channel: reads the hello, answers it with `proof`,
 /// returns the members or the refusal.
 pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    r: &mut Lines<R>,
-    w: &mut W,
+    r: &mut Reader<R>,
+    w: &mut Writer<W>,
     overlay: &str,
     proof: &Proof,
     node_id: &str,
     public_key: &str,
 ) -> Result<Result<Vec<Member>, String>> {
-    let line = read_line(r).await?.context("rendezvous closed before hello")?;
+    let line = r.read_line().await?.context("rendezvous closed before hello")?;
     let ServerMsg::Hello { nonce } = serde_json::from_str(&line).context("bad hello")? else {
         anyhow::bail!("expected hello from the rendezvous");
     };
@@ -491,7 +483,7 @@ pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         certificate,
     };
     write_msg(w, &join).await?;
-    let line = read_line(r).await?.context("rendezvous closed before answering the join")?;
+    let line = r.read_line().await?.context("rendezvous closed before answering the join")?;
     match serde_json::from_str(&line).context("bad answer to join")? {
         ServerMsg::Welcome { members } => Ok(Ok(members)),
         ServerMsg::Refused { reason } => Ok(Err(reason)),
@@ -501,32 +493,43 @@ pub async fn join<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
     use super::*;
+    use crate::signaling::admission::Secret;
+
+    type Conn = (Reader<tokio::net::tcp::OwnedReadHalf>, Writer<tokio::net::tcp::OwnedWriteHalf>);
+
+    /// A client's channel to the rendezvous at `addr`.
+    async fn open(addr: SocketAddr) -> Conn {
+        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+        channel::connect(r, w, MAX_SERVER_LINE).await.unwrap()
+    }
 
     async fn start(secret: &str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, "lab".into(), Admission::Secret(secret.into())));
+        tokio::spawn(serve(listener, "lab".into(), Admission::Secret(Secret::stretch("lab", secret))));
         addr
     }
 
     struct Client {
-        r: Lines<tokio::net::tcp::OwnedReadHalf>,
-        w: tokio::net::tcp::OwnedWriteHalf,
+        r: Reader<tokio::net::tcp::OwnedReadHalf>,
+        w: Writer<tokio::net::tcp::OwnedWriteHalf>,
     }
 
     impl Client {
         async fn join(addr: SocketAddr, secret: &str, id: &str) -> (Client, Result<Vec<Member>, String>) {
-            let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-            let mut r = lines(r);
+            let (mut r, mut w) = open(addr).await;
             let key = hex(&[id.len() as u8; 32]);
-            let res = join(&mut r, &mut w, "lab", &Proof::Secret(secret.into()), id, &key).await.unwrap();
+            let res =
+                join(&mut r, &mut w, "lab", &Proof::Secret(Secret::stretch("lab", secret)), id, &key).await.unwrap();
             (Client { r, w }, res)
         }
 
         async fn next(&mut self) -> ServerMsg {
             let line =
-                tokio::time::timeout(Duration::from_secs(2), read_line(&mut self.r)).await.unwrap().unwrap().unwrap();
+                tokio::time::timeout(Duration::from_secs(2), self.r.read_line()).await.unwrap().unwrap().unwrap();
             serde_json::from_str(&line).unwrap()
         }
     }
@@ -579,16 +582,88 @@ pub(crate) mod tests {
         let try_join = |id: &'static str, proof: Proof| {
             let noise = noise.clone();
             async move {
-                let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-                join(&mut lines(r), &mut w, "lab", &proof, id, &noise).await.unwrap()
+                let (mut r, mut w) = open(addr).await;
+                join(&mut r, &mut w, "lab", &proof, id, &noise).await.unwrap()
             }
         };
         let members = try_join("a", proof.clone()).await.expect("a joins with its certificate");
         assert!(members.is_empty());
         let refused = try_join("b", proof).await.unwrap_err();
         assert!(refused.contains("b shows the certificate of a"), "{refused}");
-        let refused = try_join("c", Proof::Secret("any secret".into())).await.unwrap_err();
+        let refused = try_join("c", Proof::Secret(Secret::stretch("lab", "any secret"))).await.unwrap_err();
         assert!(refused.contains("admits by certificate"), "{refused}");
+    }
+
+    /// Copies what clients send to the rendezvous at `to`, keeping those bytes: what anyone
+    /// on the path can capture.
+    async fn tap(to: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, seen) = (listener.local_addr().unwrap(), Arc::new(std::sync::Mutex::new(Vec::new())));
+        let kept = seen.clone();
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = TcpStream::connect(to).await.unwrap().into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = tokio::io::AsyncReadExt::read(&mut cr, &mut buf).await {
+                kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                sw.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_captured_join_shows_nothing_and_cannot_be_replayed() {
+        let addr = start("s3cret").await;
+        let (mut b, _) = Client::join(addr, "s3cret", "bb").await;
+        // h1 joins through a tap, by hand, so the test holds its join in clear as well.
+        let (tapped, seen) = tap(addr).await;
+        let (mut r, mut w) = open(tapped).await;
+        let Some(ServerMsg::Hello { nonce }) = r.read_line().await.unwrap().map(|l| serde_json::from_str(&l).unwrap())
+        else {
+            panic!("hello")
+        };
+        let secret = Proof::Secret(Secret::stretch("lab", "s3cret"));
+        let (proof, _) = secret.prove(&nonce, "lab", "h1", &hex(&[5; 32]));
+        let join = ClientMsg::Join {
+            overlay: "lab".into(),
+            node_id: "h1".into(),
+            public_key: hex(&[5; 32]),
+            proof: proof.clone(),
+            certificate: None,
+        };
+        write_msg(&mut w, &join).await.unwrap();
+        assert!(matches!(serde_json::from_str(&r.read_line().await.unwrap().unwrap()), Ok(ServerMsg::Welcome { .. })));
+        assert!(matches!(b.next().await, ServerMsg::Joined(m) if m.node_id == "h1"));
+        drop((r, w));
+        assert_eq!(b.next().await, ServerMsg::Left { node_id: "h1".into() });
+
+        // On the wire: neither the join, nor the node, nor the proof.
+        let wire = seen.lock().unwrap().clone();
+        for clear in [b"join".as_slice(), b"h1", proof.as_bytes(), nonce.as_bytes()] {
+            assert!(!wire.windows(clear.len()).any(|w| w == clear), "{:?} in clear", String::from_utf8_lossy(clear));
+        }
+        // The captured bytes, sent again: the handshake makes new keys, nothing opens.
+        let mut replay = TcpStream::connect(addr).await.unwrap();
+        replay.write_all(&wire).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::io::AsyncReadExt::read_to_end(&mut replay, &mut answer),
+        )
+        .await;
+        assert!(read.is_ok(), "the rendezvous closed the replayed connection");
+        // The join itself, in clear, on a new channel: its nonce is not this channel's.
+        let (mut r, mut w) = open(addr).await;
+        r.read_line().await.unwrap().unwrap();
+        write_msg(&mut w, &join).await.unwrap();
+        let answer: ServerMsg = serde_json::from_str(&r.read_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer, ServerMsg::Refused { reason: "not admitted: wrong overlay or secret".into() });
+        // b heard of no second h1.
+        let quiet = tokio::time::timeout(Duration::from_millis(500), b.r.read_line()).await;
+        assert!(quiet.is_err(), "nothing more for b: {quiet:?}");
     }
 
     #[tokio::test]
@@ -610,12 +685,11 @@ pub(crate) mod tests {
         let addr = start("s3cret").await;
         let (_, res) = Client::join(addr, "s3cret", "bad id!").await;
         assert!(res.unwrap_err().contains("node id"));
-        let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
-        let mut r = lines(r);
-        read_line(&mut r).await.unwrap().unwrap();
-        w.write_all(&vec![b'x'; MAX_LINE + 10]).await.unwrap();
+        let (mut r, mut w) = open(addr).await;
+        r.read_line().await.unwrap().unwrap();
+        w.write_line(&vec![b'x'; MAX_LINE + 10]).await.unwrap();
         // The server gives up on the line and closes without admitting anyone.
-        let end = tokio::time::timeout(Duration::from_secs(2), read_line(&mut r)).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(2), r.read_line()).await.unwrap();
         assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     }
 
@@ -647,7 +721,8 @@ pub(crate) mod tests {
             for i in 0..N {
                 let mut line = serde_json::to_vec(&ClientMsg::Signal { to: "a".into(), data: i.into() }).unwrap();
                 line.push(b'\n');
-                write_fragmented(&mut b.w, &line, &mut seed).await;
+                let sealed = b.w.seal(&line).unwrap();
+                write_fragmented(b.w.get_mut(), &sealed, &mut seed).await;
             }
             let mut got = Vec::new();
             while got.len() < N {
@@ -682,12 +757,13 @@ pub(crate) mod tests {
                 idle.push(c);
             }
         }
+        let guess = Proof::Secret(Secret::stretch("lab", "guess"));
         for i in 0..100 {
             let s = tokio::net::TcpSocket::new_v4().unwrap();
             s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-            let (r, mut w) = s.connect(addr).await.unwrap().into_split();
-            let mut r = lines(r);
-            let _ = join(&mut r, &mut w, "lab", &Proof::Secret("guess".into()), &format!("m{i}"), &hex(&[9; 32])).await;
+            let (r, w) = s.connect(addr).await.unwrap().into_split();
+            let (mut r, mut w) = channel::connect(r, w, MAX_SERVER_LINE).await.unwrap();
+            let _ = join(&mut r, &mut w, "lab", &guess, &format!("m{i}"), &hex(&[9; 32])).await;
         }
         // A member from elsewhere still joins, and signals still flow.
         let (mut b, members) = Client::join(addr, "s3cret", "bb").await;
