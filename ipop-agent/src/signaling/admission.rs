@@ -118,6 +118,12 @@ impl Certified {
         let certificate = certificate.ok_or_else(|| format!("{node_id} came without a certificate"))?;
         check_member(&self.ca, self.revoked.as_ref(), node_id, public_key, certificate, now)
     }
+
+    /// Whether a certificate checked before still holds `now`: not expired, not revoked by the
+    /// list in force (what can change after the check).
+    pub fn still_holds(&self, body: &CertBody, now: u64) -> bool {
+        now < body.not_after && !self.revoked.as_ref().is_some_and(|r| r.body().revoked.contains(&body.serial))
+    }
 }
 
 /// One join as the rendezvous reads it.
@@ -132,8 +138,9 @@ pub struct Join<'a> {
 }
 
 impl Admission {
-    /// Whether `join` proves what this mode asks; `Err` is the reason told to the client.
-    pub fn check(&self, join: &Join<'_>, overlay: &str, now: u64) -> Result<(), String> {
+    /// Whether `join` proves what this mode asks (with a CA: its certificate, checked); `Err` is
+    /// the reason told to the client.
+    pub fn check(&self, join: &Join<'_>, overlay: &str, now: u64) -> Result<Option<CertBody>, String> {
         match self {
             Admission::Secret(secret) => {
                 let expected = secret_proof(secret, join.nonce, overlay, join.node_id, join.public_key);
@@ -141,7 +148,7 @@ impl Admission {
                 if join.overlay != overlay || !constant_time_eq(expected.as_bytes(), join.proof.as_bytes()) {
                     return Err("not admitted: wrong overlay or secret".into());
                 }
-                Ok(())
+                Ok(None)
             }
             Admission::Ca(certified) => {
                 if join.overlay != overlay {
@@ -156,7 +163,7 @@ impl Admission {
                 if !sig.is_some_and(|s| body.public_key.verify(JOIN, &message, &s)) {
                     return Err("not admitted: the join is not signed by the certificate's key".into());
                 }
-                Ok(())
+                Ok(Some(body))
             }
         }
     }
@@ -229,7 +236,8 @@ mod tests {
         let x = hex(&key.public().x25519());
         let proof = Proof::Certificate { certificate: cert.clone(), key: key.clone() };
         let shown = proof.prove("n1", "lab", "host-a", &x);
-        assert_eq!(admit.check(&join(&shown, "host-a", &x), "lab", 10), Ok(()));
+        let body = admit.check(&join(&shown, "host-a", &x), "lab", 10).unwrap().expect("its certificate");
+        assert_eq!(body.node_id, "host-a");
 
         // The same certificate for another node id, or with another key.
         let as_b = proof.prove("n1", "lab", "host-b", &x);
@@ -257,7 +265,7 @@ mod tests {
         let secret = Secret::stretch("lab", "s3cret");
         let admit = Admission::Secret(secret.clone());
         let shown = Proof::Secret(secret).prove("n1", "lab", "a", "k");
-        assert_eq!(admit.check(&join(&shown, "a", "k"), "lab", 0), Ok(()));
+        assert!(matches!(admit.check(&join(&shown, "a", "k"), "lab", 0), Ok(None)));
         let wrong = Proof::Secret(Secret::stretch("lab", "guess")).prove("n1", "lab", "a", "k");
         assert!(admit.check(&join(&wrong, "a", "k"), "lab", 0).is_err());
         assert!(admit.check(&join(&shown, "a", "k"), "other", 0).is_err(), "another overlay");

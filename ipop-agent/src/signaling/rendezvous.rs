@@ -18,6 +18,7 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
+use ipop_cert::CertBody;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
@@ -117,9 +118,16 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(w: &mut Writer<W>, m
     w.write_line(&line).await
 }
 
-/// A joined member: what others are told of it, its connection's queue, and the connection's
-/// number (so that a replaced connection does not remove its successor when it ends).
-type Seat = (Member, mpsc::Sender<ServerMsg>, u64);
+/// A joined member.
+struct Seat {
+    /// What others are told of it.
+    member: Member,
+    queue: mpsc::Sender<ServerMsg>,
+    /// The connection's number: a replaced connection does not remove its successor.
+    conn: u64,
+    /// Its certificate as checked when it joined (with a CA), to see it expire or be revoked.
+    cert: Option<CertBody>,
+}
 
 struct Overlay {
     name: String,
@@ -240,10 +248,10 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
     let (mut r, mut w) = tokio::time::timeout(JOIN_TIMEOUT, channel::accept(r, w, MAX_LINE))
         .await
         .context("the channel's handshake timed out")??;
-    let Some(me) = challenge(&state, &mut r, &mut w, peer).await? else { return Ok(()) };
+    let Some((me, cert)) = challenge(&state, &mut r, &mut w, peer).await? else { return Ok(()) };
     drop((permit, per_ip));
     let node_id = me.node_id.clone();
-    let Some(rx) = seat(&state, &mut w, me, conn).await? else { return Ok(()) };
+    let Some(rx) = seat(&state, &mut w, me, conn, cert).await? else { return Ok(()) };
     info!(%peer, %node_id, "member joined");
     let result = relay(&state, &mut r, &mut w, rx, &node_id).await;
     leave(&state, &node_id, conn).await;
@@ -273,7 +281,7 @@ async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     r: &mut Reader<R>,
     w: &mut Writer<W>,
     peer: SocketAddr,
-) -> Result<Option<Member>> {
+) -> Result<Option<(Member, Option<CertBody>)>> {
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
     let nonce = hex(&nonce);
@@ -296,20 +304,16 @@ async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         proof: &proof,
         certificate: certificate.as_deref(),
     };
-    let refusal = if let Err(e) = check_node_id(&node_id) {
-        Some(e)
-    } else if unhex::<32>(&public_key).is_none() {
-        Some("public_key must be 32 bytes of hex".to_owned())
-    } else {
-        state.admission.read().unwrap_or_else(|e| e.into_inner()).check(&join, &state.name, unix_now()).err()
-    };
-    match refusal {
-        Some(reason) => {
+    let checked = check_node_id(&node_id)
+        .and_then(|()| unhex::<32>(&public_key).ok_or_else(|| "public_key must be 32 bytes of hex".to_owned()))
+        .and_then(|_| state.admission.read().unwrap_or_else(|e| e.into_inner()).check(&join, &state.name, unix_now()));
+    match checked {
+        Err(reason) => {
             warn!(%peer, node_id = %node_id.chars().take(64).collect::<String>(), "refused: {reason}");
             write_msg(w, &refuse(&reason)).await?;
             Ok(None)
         }
-        None => Ok(Some(Member { node_id, public_key, certificate })),
+        Ok(cert) => Ok(Some((Member { node_id, public_key, certificate }, cert))),
     }
 }
 
@@ -320,6 +324,7 @@ async fn seat<W: AsyncWrite + Unpin>(
     w: &mut Writer<W>,
     me: Member,
     conn: u64,
+    cert: Option<CertBody>,
 ) -> Result<Option<mpsc::Receiver<ServerMsg>>> {
     let (tx, rx) = mpsc::channel::<ServerMsg>(QUEUE);
     let mut members = state.members.lock().await;
@@ -328,18 +333,18 @@ async fn seat<W: AsyncWrite + Unpin>(
         write_msg(w, &refuse("overlay full")).await?;
         return Ok(None);
     }
-    let list = members.iter().filter(|(id, _)| *id != node_id).map(|(_, (m, _, _))| m.clone()).collect();
+    let list = members.iter().filter(|(id, _)| *id != node_id).map(|(_, s)| s.member.clone()).collect();
     write_msg(w, &ServerMsg::Welcome { members: list }).await?;
     if let Some(list) = revocation_text(state) {
         write_msg(w, &ServerMsg::Revocation { list }).await?;
     }
-    for (id, (_, other, _)) in members.iter() {
+    for (id, other) in members.iter() {
         if id != node_id {
-            let _ = other.try_send(ServerMsg::Joined(me.clone()));
+            let _ = other.queue.try_send(ServerMsg::Joined(me.clone()));
         }
     }
     // A node that rejoins (restarted, or reconnecting) replaces its old connection.
-    members.insert(me.node_id.clone(), (me, tx, conn));
+    members.insert(me.node_id.clone(), Seat { member: me, queue: tx, conn, cert });
     Ok(Some(rx))
 }
 
@@ -363,8 +368,8 @@ async fn relay<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     anyhow::bail!("unexpected message from a member");
                 };
                 let members = state.members.lock().await;
-                let delivered = members.get(&to).map(|(_, target, _)| {
-                    target.try_send(ServerMsg::Signal { from: node_id.to_owned(), data }).is_ok()
+                let delivered = members.get(&to).map(|target| {
+                    target.queue.try_send(ServerMsg::Signal { from: node_id.to_owned(), data }).is_ok()
                 });
                 if delivered != Some(true) {
                     let mut dropped = state.dropped.lock().unwrap_or_else(|e| e.into_inner());
@@ -417,19 +422,19 @@ async fn drop_invalid(state: &Overlay, news: Option<String>) {
     let mut members = state.members.lock().await;
     let gone: Vec<String> = members
         .iter()
-        .filter(|(_, (m, _, _))| certified.member(&m.node_id, &m.public_key, m.certificate.as_deref(), now).is_err())
+        .filter(|(_, s)| s.cert.as_ref().is_some_and(|c| !certified.still_holds(c, now)))
         .map(|(id, _)| id.clone())
         .collect();
     for id in &gone {
         members.remove(id); // its queue closes: its connection ends
         info!(node_id = %id, "member's certificate no longer holds (revoked or expired): dropped");
     }
-    for (_, other, _) in members.values() {
+    for other in members.values() {
         if let Some(list) = &news {
-            let _ = other.try_send(ServerMsg::Revocation { list: list.clone() });
+            let _ = other.queue.try_send(ServerMsg::Revocation { list: list.clone() });
         }
         for id in &gone {
-            let _ = other.try_send(ServerMsg::Left { node_id: id.clone() });
+            let _ = other.queue.try_send(ServerMsg::Left { node_id: id.clone() });
         }
     }
 }
@@ -451,10 +456,10 @@ fn take_list(state: &Overlay, text: &str) -> Result<bool> {
 /// The member's connection ended: unless a newer one replaced it, the others hear it left.
 async fn leave(state: &Overlay, node_id: &str, conn: u64) {
     let mut members = state.members.lock().await;
-    if members.get(node_id).is_some_and(|(_, _, c)| *c == conn) {
+    if members.get(node_id).is_some_and(|s| s.conn == conn) {
         members.remove(node_id);
-        for (_, other, _) in members.values() {
-            let _ = other.try_send(ServerMsg::Left { node_id: node_id.to_owned() });
+        for other in members.values() {
+            let _ = other.queue.try_send(ServerMsg::Left { node_id: node_id.to_owned() });
         }
         info!(%node_id, "member left");
     }
