@@ -130,7 +130,7 @@ pub fn joining(cfg: &AgentConfig) -> Result<Option<Joining>> {
 }
 
 /// The proof, the peer check and the links' pre-shared key of the overlay's mode: the
-/// secret, stretched (once: it takes a deliberate 19 MiB and some tens of milliseconds), or
+/// secret, stretched (once: it takes a deliberate 7 MiB and some tens of milliseconds), or
 /// the CA, whose key keys the PSK and whose certificate of this node must name this node and
 /// its key, and be valid now.
 fn trust(o: &OverlayConfig, key: &Arc<NodeKey>) -> Result<(Proof, Option<Certified>, [u8; 32])> {
