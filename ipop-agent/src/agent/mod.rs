@@ -59,6 +59,21 @@ pub fn coalesce_timers() {
     }
 }
 
+/// glibc's default threshold above which an allocation is its own mapping (128 KiB).
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// Keeps glibc's mmap threshold where it starts. glibc raises it to the size of any mapped
+/// block that is freed, so the one large allocation at start (argon2's 7 MiB, stretching the
+/// secret) would send every later buffer up to that size to the heap, where freed memory stays:
+/// measured, +4.5 MiB of peak RSS under TCP load, for nothing. Setting it turns that off.
+pub fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt sets an allocator parameter and touches no memory of ours.
+    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
+        debug!("mallopt(M_MMAP_THRESHOLD) refused");
+    }
+}
+
 /// Decodes one ring buffer record; `None` if it is not a whole event.
 pub fn parse_event(bytes: &[u8]) -> Option<ArpEvent> {
     if bytes.len() < size_of::<ArpEvent>() {

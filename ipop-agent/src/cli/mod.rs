@@ -185,6 +185,7 @@ fn run(args: RunArgs) -> Result<()> {
     let settings = file.overridden_by(cli).with_password_file(|f| std::fs::read_to_string(f));
     let cfg = settings.and_then(Settings::resolve).map_err(anyhow::Error::msg)?;
     agent::coalesce_timers();
+    agent::fix_mmap_threshold();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(agent::run(cfg))
 }
