@@ -32,7 +32,7 @@ use crate::{
 pub type Check = fn(&[u8]);
 
 /// Every target, by name (the fuzz crate's target names).
-pub const TARGETS: [(&str, Check); 9] = [
+pub const TARGETS: [(&str, Check); 10] = [
     ("arp_frame", arp_frame),
     ("link_datagram", link_datagram),
     ("json_rpc", json_rpc),
@@ -42,6 +42,7 @@ pub const TARGETS: [(&str, Check); 9] = [
     ("turn_stream", turn_stream),
     ("rendezvous_channel", rendezvous_channel),
     ("signal_envelope", signal_envelope),
+    ("xmpp_stanza", xmpp_stanza),
 ];
 
 /// ARP frame parsing never panics; whatever parses rebuilds to the same fields.
@@ -206,5 +207,29 @@ pub fn signal_envelope(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let opened = envelope::open(me, &them.public, ("a", "b"), &v, &mut 0);
         assert!(opened.is_err(), "a signal opened without the sender's key");
+    }
+}
+
+/// A stanza as an XMPP server passes it on, read by a room this agent has just asked to join:
+/// never panics, and no message is a signal (no one is an occupant yet).
+pub fn xmpp_stanza(data: &[u8]) {
+    use tokio_xmpp::{
+        minidom::Element,
+        parsers::{message::Message, presence::Presence},
+    };
+
+    use crate::signaling::{
+        Member,
+        muc::{Heard, Room},
+    };
+    let Some(element) = std::str::from_utf8(data).ok().and_then(|t| t.parse::<Element>().ok()) else { return };
+    let me = Member { node_id: "h0".into(), public_key: "ab".repeat(32), certificate: None };
+    let mut room = Room::new("lab@conference.xmpp.test".parse().expect("a room JID"), me);
+    room.join();
+    if let Ok(p) = Presence::try_from(element.clone()) {
+        let _ = room.presence(&p);
+    }
+    if let Ok(m) = Message::try_from(element) {
+        assert!(!matches!(room.message(&m), Heard::Event(_)), "a signal from no occupant");
     }
 }

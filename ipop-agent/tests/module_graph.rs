@@ -98,7 +98,8 @@ fn edges(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<String>
         rest = &rest[i + 4..];
     }
     for word in code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
-        if word.contains("::") {
+        // `a::b::{` is the head of a use tree, which `expand` reads whole above.
+        if word.contains("::") && !word.ends_with("::") {
             paths.push(word.to_owned());
         }
     }

@@ -35,10 +35,18 @@ pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
 }
 
 /// Waits up to `secs` seconds for `cond`.
-pub fn eventually_within(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn eventually_within(secs: u64, what: &str, cond: impl FnMut() -> bool) {
+    assert!(holds_within(secs, cond), "not within {secs} s: {what}");
+}
+
+/// Whether `cond` comes to hold within `secs` seconds (checked every 100 ms).
+pub fn holds_within(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         thread::sleep(Duration::from_millis(100));
     }
+    true
 }

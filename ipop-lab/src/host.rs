@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Output,
     thread,
     time::{Duration, Instant},
@@ -19,6 +19,7 @@ use crate::{
     netns::Netns,
     process::Proc,
     underlay::{RENDEZVOUS, Underlay},
+    xmpp::{DOMAIN, ROOM},
 };
 
 pub struct Host {
@@ -161,6 +162,34 @@ impl Host {
         args.extend_from_slice(&["--rendezvous", rendezvous, "--secret", secret]);
         args.extend_from_slice(extra);
         self.start_agent(&args)
+    }
+
+    /// The `ipop-agent run` options of an overlay member on lxcbr0 that signals through the
+    /// XMPP server `server` (`host:port`, certificate chained to `ca`) as `node`@[`DOMAIN`]
+    /// with `password` (in a file of this host's, as an operator would keep it), in the lab's
+    /// room, with `secret`.
+    pub fn xmpp_member_args(&self, server: &str, ca: &Path, node: &str, password: &str, secret: &str) -> Vec<String> {
+        let pins = self.pin_dir("lxcbr0");
+        let password_file = self.file(&format!("{node}.xmpp-password"));
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        let jid = format!("{node}@{DOMAIN}");
+        let args = [
+            ("--pin-dir", pins.to_str().unwrap()),
+            ("--node-id", node),
+            ("--secret", secret),
+            ("--xmpp-jid", &jid),
+            ("--xmpp-password-file", password_file.to_str().unwrap()),
+            ("--xmpp-room", ROOM),
+            ("--xmpp-server", server),
+            ("--xmpp-ca-file", ca.to_str().unwrap()),
+        ];
+        args.iter().flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect()
+    }
+
+    /// Starts `xmpp_member_args`, then `extra`; waits until it is ready.
+    pub fn start_xmpp_member(&mut self, server: &str, ca: &Path, node: &str, password: &str, secret: &str) -> usize {
+        let args = self.xmpp_member_args(server, ca, node, password, secret);
+        self.start_agent(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Whether the agent on lxcbr0 has a link up to any peer (its `status`).

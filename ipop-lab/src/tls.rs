@@ -1,5 +1,5 @@
-//! Certificates for the lab's TLS servers (coturn's `turns:`), made with the openssl command
-//! for each run: a CA of the run's own, and a server certificate it signs for one IP address.
+//! Certificates for the lab's TLS servers (coturn's `turns:`, the XMPP servers), made with
+//! the openssl command for each run: a CA of the run's own, and server certificates it signs.
 
 use std::path::Path;
 
@@ -23,12 +23,29 @@ pub fn make_ca(ca: &Path, ca_key: &Path) {
 /// all PEM, valid for a day.
 pub fn issue(ip: &str, ca: &Path, cert: &Path, key: &Path, ca_key: &Path) {
     make_ca(ca, ca_key);
+    sign(&[format!("IP:{ip}")], "1", (ca, ca_key), cert, key);
+}
+
+/// Makes a CA (`ca`, its key beside it) and a certificate for `names` (`DNS:...`, `IP:...`)
+/// signed by it (`cert`, `key`): valid for a day, or `expired` (valid for no time at all).
+pub fn issue_for(names: &[String], expired: bool, ca: &Path, cert: &Path, key: &Path) {
+    let ca_key = ca.with_extension("key");
+    make_ca(ca, &ca_key);
+    sign(names, if expired { "0" } else { "1" }, (ca, &ca_key), cert, key);
+    if expired {
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // past its one second
+    }
+}
+
+/// A certificate for `names`, valid for `days`, signed by `ca` (certificate, key).
+fn sign(names: &[String], days: &str, (ca, ca_key): (&Path, &Path), cert: &Path, key: &Path) {
     let p = |path: &Path| path.to_str().unwrap().to_owned();
     let (ca, cert, key, ca_key) = (p(ca), p(cert), p(key), p(ca_key));
     let csr = format!("{cert}.csr");
     let ext = format!("{cert}.ext");
-    std::fs::write(&ext, format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n")).unwrap();
-    req(&["-new"], &["-subj", &format!("/CN={ip}"), "-keyout", &key, "-out", &csr]);
+    let first = names[0].split_once(':').map_or(names[0].as_str(), |(_, n)| n);
+    std::fs::write(&ext, format!("subjectAltName={}\nbasicConstraints=CA:FALSE\n", names.join(","))).unwrap();
+    req(&["-new"], &["-subj", &format!("/CN={first}"), "-keyout", &key, "-out", &csr]);
     ok(&[
         "openssl",
         "x509",
@@ -41,7 +58,7 @@ pub fn issue(ip: &str, ca: &Path, cert: &Path, key: &Path, ca_key: &Path) {
         &ca_key,
         "-CAcreateserial",
         "-days",
-        "1",
+        days,
         "-extfile",
         &ext,
         "-out",

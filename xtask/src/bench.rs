@@ -432,16 +432,19 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
     drop(hosts);
     drop(underlay);
     results.insert("nat".into(), crate::nat::run(&agent, &opts)?);
+    results.insert("signaling".into(), crate::scale::signaling(Path::new(&agent), 8, opts.runs)?);
 
     let report = report(&results, &opts);
     println!("{report}");
     let nat = crate::nat::report(&results["nat"]);
     println!("{nat}");
+    let signaling = crate::scale::signaling_table(&results["signaling"]);
+    println!("{signaling}");
     let out_dir = crate::root().join("target/bench");
     fs::create_dir_all(&out_dir)?;
     let doc = json!({"machine": machine(), "results": results, "runs": opts.runs, "seconds": opts.seconds});
     fs::write(out_dir.join("latest.json"), serde_json::to_string_pretty(&doc)?)?;
-    write_benchmarks_md(&report, &nat, &opts)?;
+    write_benchmarks_md(&report, &nat, &signaling, &opts)?;
     eprintln!("bench: wrote target/bench/latest.json and BENCHMARKS.md");
     Ok(())
 }
@@ -484,6 +487,11 @@ pub fn run_scale(agent: &Path, sizes: &[usize]) -> Result<()> {
 }
 
 const SCALE: &str = "## Scale";
+const SIGNALING: &str = "## Signaling";
+const SIGNALING_TEXT: &str = "The same run: 8 hosts on the flat underlay, each with bridge lxcbr0 and one container, every\n\
+agent started at once, meeting through the rendezvous, then in a members-only room of a prosody\n\
+on the underlay (TLS, each agent its own account), alternating; full mesh: every agent has\n\
+logged `link up` for every other, timed from the last agent's start.";
 
 /// Which in-kernel encrypted tunnels this kernel was built with, e.g. "WIREGUARD=n, ...".
 fn kernel_ciphers() -> String {
@@ -615,7 +623,7 @@ fn targets(r: &serde_json::Map<String, Value>) -> String {
     t
 }
 
-fn write_benchmarks_md(table: &str, nat: &str, opts: &Options) -> Result<()> {
+fn write_benchmarks_md(table: &str, nat: &str, signaling: &str, opts: &Options) -> Result<()> {
     let m = machine();
     let text = format!(
         "# Benchmarks\n\nThe latest `cargo xtask bench --runs {} --seconds {}`, on {} ({} cores, kernel {}), {}.\n\
@@ -648,6 +656,7 @@ fn write_benchmarks_md(table: &str, nat: &str, opts: &Options) -> Result<()> {
         sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),
         kernel_ciphers(),
     );
+    let text = format!("{text}\n{SIGNALING}\n\n{SIGNALING_TEXT}\n\n{signaling}");
     // The scale section comes from its own command: kept.
     let path = crate::root().join("BENCHMARKS.md");
     let old = fs::read_to_string(&path).unwrap_or_default();

@@ -10,8 +10,9 @@ use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: eBPF inspection, namespaces and veth, the tools the tests drive, conntrack
 /// (the lab's NAT routers: list and flush mappings), lxc with busybox-static (the lab's
-/// real LXC containers, from the busybox template), coturn (STUN and TURN) and openssl (the
-/// lab's certificates for TURN over TLS).
+/// real LXC containers, from the busybox template), coturn (STUN and TURN), prosody (with
+/// lua-unbound, its resolver) and ejabberd (the XMPP servers of the signaling tests), and
+/// openssl (the lab's certificates for TURN over TLS and XMPP).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -25,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "lxc",
     "busybox-static",
     "coturn",
+    "prosody",
+    "lua-unbound",
+    "ejabberd",
     "openssl",
 ];
 const NIGHTLY: &str = "nightly";

@@ -128,6 +128,12 @@ impl Shell {
                 self.revoke(&list, "the rendezvous");
                 Vec::new()
             }
+            SignalEvent::Ignored(why) => {
+                if peers.signaling_ignored(monotonic_ns()) {
+                    warn!("signaling: ignored {why} (counted in status; said at most every 10 s)");
+                }
+                Vec::new()
+            }
         };
         for old in replaced {
             let out = self.switch.peer_down(old);

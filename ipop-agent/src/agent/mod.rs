@@ -173,7 +173,7 @@ async fn serve(
             }
             Some(ev) = link_rx.recv(), if shell.peers.is_some() => shell.link_event(ev),
             ev = async { signals.as_mut().unwrap().recv().await }, if signals.is_some() => match ev {
-                Some(SignalEvent::Refused(reason)) => break Err(anyhow!("the rendezvous refused this agent: {reason}")),
+                Some(SignalEvent::Refused(reason)) => break Err(anyhow!("{reason}")),
                 Some(ev) => shell.signal_event(ev),
                 None => break Err(anyhow!("signaling stopped")),
             },

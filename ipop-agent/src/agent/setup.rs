@@ -13,7 +13,7 @@ use tracing::{debug, info};
 
 use crate::{
     agent::shell::ArpTable,
-    config::{AgentConfig, OverlayConfig, Trust},
+    config::{AgentConfig, OverlayConfig, SignalingConfig, Trust},
     core::{
         addr::Mac,
         digest::hex,
@@ -35,8 +35,9 @@ use crate::{
     },
     ops::state,
     signaling::{
-        self, SignalEvent,
+        self, Backend, Member, SignalEvent,
         admission::{Certified, Proof, Secret, unix_now},
+        xmpp::Xmpp,
     },
 };
 
@@ -113,7 +114,8 @@ pub fn take_learned(table: &mut ArpTable, overlay: bool) -> Vec<(Ipv4Addr, Orpha
 /// TCP or TLS.
 pub struct Joining {
     key: Arc<NodeKey>,
-    proof: Proof,
+    /// The signaling service, with what proves this node belongs.
+    backend: Backend,
     /// The links' pre-shared key (from the stretched secret, or the CA's key).
     psk: [u8; 32],
     /// With a CA: how members' certificates are checked.
@@ -125,8 +127,29 @@ pub fn joining(cfg: &AgentConfig) -> Result<Option<Joining>> {
     let Some(o) = &cfg.overlay else { return Ok(None) };
     let key = Arc::new(state::node_key(&o.state_dir).context("the node's key")?);
     let (proof, certified, psk) = trust(o, &key)?;
+    let backend = backend(o, &key, proof)?;
     let ice = IceConfig::start(o.ice_urls.clone(), o.turn_ca_file.as_deref()).context("the turns: servers")?;
-    Ok(Some(Joining { key, proof, psk, certified, ice: Arc::new(ice) }))
+    Ok(Some(Joining { key, backend, psk, certified, ice: Arc::new(ice) }))
+}
+
+/// The signaling service of the config, announcing this node as `proof` proves it.
+fn backend(o: &OverlayConfig, key: &NodeKey, proof: Proof) -> Result<Backend> {
+    let public_key = hex(&key.public().x25519());
+    Ok(match &o.signaling {
+        SignalingConfig::Rendezvous(addr) => {
+            let creds =
+                signaling::Credentials { overlay: o.overlay.clone(), proof, node_id: o.node_id.clone(), public_key };
+            Backend::Rendezvous { addr: addr.clone(), creds }
+        }
+        SignalingConfig::Xmpp(x) => {
+            let certificate = match proof {
+                Proof::Certificate { certificate, .. } => Some(certificate),
+                Proof::Secret(_) => None,
+            };
+            let me = Member { node_id: o.node_id.clone(), public_key, certificate };
+            Backend::Xmpp(Xmpp::new(x.clone(), me)?)
+        }
+    })
 }
 
 /// The proof, the peer check and the links' pre-shared key of the overlay's mode: the
@@ -196,17 +219,12 @@ pub fn overlay(
     joining: Option<Joining>,
     links: mpsc::Sender<LinkEvent>,
 ) -> Result<(Option<Peers>, Option<mpsc::Receiver<SignalEvent>>)> {
-    let (Some(o), Some(Joining { key, proof, psk, certified, ice })) = (&cfg.overlay, joining) else {
+    let (Some(o), Some(Joining { key, backend, psk, certified, ice })) = (&cfg.overlay, joining) else {
         return Ok((None, None));
     };
     let identity = Identity::from_key(&key);
-    let credentials = signaling::Credentials {
-        overlay: o.overlay.clone(),
-        proof,
-        node_id: o.node_id.clone(),
-        public_key: hex(&identity.public),
-    };
-    let (signaling, signals) = signaling::connect_rendezvous(o.rendezvous.clone(), credentials);
+    let service = backend.name();
+    let (signaling, signals) = backend.connect();
     let data = match cfg.data_port {
         None => None,
         Some(port) => {
@@ -229,7 +247,7 @@ pub fn overlay(
         aead: session::Aead::local(),
         rekey_after: cfg.rekey_after,
     };
-    info!(node_id = %o.node_id, overlay = %o.overlay, rendezvous = %o.rendezvous, "joining the overlay");
+    info!(node_id = %o.node_id, overlay = %o.overlay, signaling = %service, "joining the overlay");
     Ok((Some(Peers::new(LinkTemplate { shared, certified })), Some(signals)))
 }
 

@@ -88,6 +88,50 @@ pub struct RunArgs {
     /// Broadcast/multicast frames a second flooded to peers (0: unlimited) [default: 0].
     #[arg(long)]
     pub broadcast_rate: Option<u32>,
+    #[command(flatten)]
+    pub xmpp: XmppArgs,
+}
+
+/// Signaling through an XMPP server (the config's `xmpp` object), instead of `--rendezvous`.
+#[derive(Args, Debug)]
+pub struct XmppArgs {
+    /// This agent's XMPP account, user@domain.
+    #[arg(long)]
+    pub xmpp_jid: Option<String>,
+    /// Its password (prefer the config file, IPOP_XMPP_PASSWORD or --xmpp-password-file).
+    #[arg(long, env = "IPOP_XMPP_PASSWORD", hide_env_values = true)]
+    pub xmpp_password: Option<String>,
+    /// A file holding the XMPP password.
+    #[arg(long)]
+    pub xmpp_password_file: Option<PathBuf>,
+    /// The overlay's members-only room, name@conference.domain.
+    #[arg(long)]
+    pub xmpp_room: Option<String>,
+    /// The XMPP server, host:port [default: DNS SRV of the JID's domain].
+    #[arg(long)]
+    pub xmpp_server: Option<String>,
+    /// PEM certificates the XMPP server's certificate may chain to, beside the system's.
+    #[arg(long)]
+    pub xmpp_ca_file: Option<PathBuf>,
+    /// No TLS to the XMPP server: for labs only (logged as a warning).
+    #[arg(long)]
+    pub xmpp_plaintext: bool,
+}
+
+impl XmppArgs {
+    /// The `xmpp` settings these give, if any.
+    pub fn settings(self) -> Option<config::XmppSettings> {
+        let s = config::XmppSettings {
+            jid: self.xmpp_jid,
+            password: self.xmpp_password,
+            password_file: self.xmpp_password_file,
+            room: self.xmpp_room,
+            server: self.xmpp_server,
+            ca_file: self.xmpp_ca_file,
+            plaintext: self.xmpp_plaintext.then_some(true),
+        };
+        (!s.is_empty()).then_some(s)
+    }
 }
 
 #[derive(Args, Debug)]

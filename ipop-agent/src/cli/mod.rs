@@ -168,6 +168,7 @@ fn run(args: RunArgs) -> Result<()> {
         overlay: args.overlay,
         secret: args.secret,
         rendezvous: args.rendezvous,
+        xmpp: args.xmpp.settings(),
         stun: (!args.stun.is_empty()).then_some(args.stun),
         turn: (!args.turn.is_empty()).then_some(args.turn),
         turn_user: args.turn_user,

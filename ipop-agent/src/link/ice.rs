@@ -35,9 +35,10 @@ use crate::{
         session::Openers,
         timers::{ICE_CHECKING, ICE_CONSENT, clock_ms, clock_us},
         turn_check::{CHECK_TIMEOUT, CheckTarget, Problem, TurnChecks},
-        turn_stream::{self, StreamRelay, Target},
+        turn_stream::{StreamRelay, Target},
         underlay::force_buffers,
     },
+    signaling::tls,
 };
 
 /// The STUN and TURN servers as links use them: as configured (to say why an attempt failed),
@@ -56,7 +57,11 @@ impl IceConfig {
     /// checked against the system's roots and `ca_file`'s).
     pub fn start(servers: Vec<IceServer>, ca_file: Option<&Path>) -> Result<IceConfig> {
         let needs_tls = servers.iter().any(|s| s.transport == Transport::Tls);
-        let tls = if needs_tls { Some(turn_stream::tls_config(ca_file)?) } else { None };
+        let tls = if needs_tls {
+            Some(tls::client_config(ca_file).context("trusting turns: servers (turn_ca_file)")?)
+        } else {
+            None
+        };
         let (mut urls, mut relays) = (Vec::new(), Vec::new());
         for s in &servers {
             let relay = match s.transport {

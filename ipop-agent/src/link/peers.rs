@@ -63,6 +63,9 @@ pub struct Peers {
     pub signals_refused: u64,
     /// Why signaling is unreachable, while it is (new links wait for it).
     signaling_down: Option<String>,
+    /// What signaling passed on and was not taken (malformed stanzas, strangers): how many,
+    /// and when that was last said (monotonic ns).
+    signaling_ignored: (u64, u64),
     scratch: Vec<u8>,
 }
 
@@ -76,6 +79,7 @@ impl Peers {
             queue_drops: 0,
             signals_refused: 0,
             signaling_down: Some("not joined yet".into()),
+            signaling_ignored: (0, 0),
             scratch: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
         }
     }
@@ -193,9 +197,26 @@ impl Peers {
         changed
     }
 
-    /// The signaling service in `status`: where, whether it is reachable, and why not.
+    /// The signaling service in `status`: whether it is reachable, why not, and how much of
+    /// what it passed on was not taken.
     pub fn signaling_status(&self) -> serde_json::Value {
-        serde_json::json!({"up": self.signaling_down.is_none(), "reason": self.signaling_down})
+        serde_json::json!({
+            "up": self.signaling_down.is_none(),
+            "reason": self.signaling_down,
+            "ignored": self.signaling_ignored.0,
+        })
+    }
+
+    /// Counts one thing signaling passed on that was not taken; true if it is time to say so
+    /// (at most every 10 s: a stranger must not flood the log).
+    pub fn signaling_ignored(&mut self, now_ns: u64) -> bool {
+        let (count, said) = &mut self.signaling_ignored;
+        *count += 1;
+        let due = *said == 0 || now_ns.saturating_sub(*said) >= 10_000_000_000;
+        if due {
+            *said = now_ns.max(1);
+        }
+        due
     }
 
     /// Takes a revocation list (the CA's, newer than the one in force) and closes the links of

@@ -1,54 +1,26 @@
 //! How an agent finds its peers and trades what links need: a small interface (a handle to
-//! send, a channel of events) with one backend today, the embedded rendezvous over TCP. An
-//! XMPP backend would produce the same handle and events.
+//! send, a channel of events) with two backends, the embedded rendezvous over TCP
+//! (`rendezvous`, `channel`) and an XMPP server's members-only room (`xmpp`, `muc`). Each is
+//! a `Service` that `keep` keeps a session with, reconnecting with backoff.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use serde_json::Value;
 use tokio::{net::TcpStream, sync::mpsc};
-use tracing::{info, warn};
+use tracing::info;
 
 pub mod admission;
 pub mod channel;
+pub mod muc;
 pub mod rendezvous;
+pub mod service;
+pub mod tls;
+pub mod xmpp;
+
+pub use service::{Service, SignalEvent, Signaling, keep};
 
 pub use rendezvous::Member;
 use rendezvous::{ClientMsg, ServerMsg};
-
-/// What the signaling service tells the agent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SignalEvent {
-    /// Connected (again): the full member list, self excluded.
-    Members(Vec<Member>),
-    Joined(Member),
-    Left(String),
-    Signal {
-        from: String,
-        data: Value,
-    },
-    /// The connection dropped or could not be made (why, in words); links that are up keep
-    /// working; reconnecting.
-    Lost(String),
-    /// The service refused us (wrong secret): fatal.
-    Refused(String),
-    /// The CA's revocation list, as the service has it (checked by the agent).
-    Revocation(String),
-}
-
-/// Sends signals to peers through the service.
-#[derive(Debug, Clone)]
-pub struct Signaling {
-    tx: mpsc::Sender<(String, Value)>,
-}
-
-impl Signaling {
-    /// Queues `data` for `to`; dropped (logged) if the service is unreachable for long.
-    pub fn send(&self, to: &str, data: Value) {
-        if self.tx.try_send((to.to_owned(), data)).is_err() {
-            warn!(to, "signal dropped: the rendezvous connection is backed up or gone");
-        }
-    }
-}
 
 /// Who we are to the rendezvous, and how we prove it.
 #[derive(Debug, Clone)]
@@ -59,36 +31,53 @@ pub struct Credentials {
     pub public_key: String,
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// The embedded rendezvous at `addr`, as this agent joins it.
+struct Rendezvous {
+    addr: String,
+    creds: Credentials,
+}
+
+impl Service for Rendezvous {
+    fn name(&self) -> String {
+        format!("rendezvous {}", self.addr)
+    }
+
+    fn session(
+        &mut self,
+        outgoing: &mut mpsc::Receiver<(String, Value)>,
+        events: &mpsc::Sender<SignalEvent>,
+    ) -> impl Future<Output = anyhow::Result<Option<String>>> + Send {
+        session(&self.addr, &self.creds, outgoing, events)
+    }
+}
 
 /// Connects to the rendezvous at `addr` and keeps reconnecting with backoff until refused
 /// or until the returned receiver is dropped.
 pub fn connect_rendezvous(addr: String, creds: Credentials) -> (Signaling, mpsc::Receiver<SignalEvent>) {
-    let (tx, mut outgoing) = mpsc::channel::<(String, Value)>(1024);
-    let (events, rx) = mpsc::channel(1024);
-    tokio::spawn(async move {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let lost = match session(&addr, &creds, &mut outgoing, &events).await {
-                Ok(Some(reason)) => {
-                    let _ = events.send(SignalEvent::Refused(reason)).await;
-                    return;
-                }
-                Ok(None) => {
-                    backoff = BACKOFF_MIN;
-                    format!("rendezvous {addr}: the connection ended")
-                }
-                Err(e) => format!("rendezvous {addr}: {e:#}"),
-            };
-            if events.send(SignalEvent::Lost(lost)).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+    keep(Rendezvous { addr, creds })
+}
+
+/// The service an agent is configured with, made (and its settings checked) before anything
+/// else is; `connect` starts it.
+pub enum Backend {
+    Rendezvous { addr: String, creds: Credentials },
+    Xmpp(xmpp::Xmpp),
+}
+
+impl Backend {
+    pub fn connect(self) -> (Signaling, mpsc::Receiver<SignalEvent>) {
+        match self {
+            Backend::Rendezvous { addr, creds } => connect_rendezvous(addr, creds),
+            Backend::Xmpp(x) => keep(x),
         }
-    });
-    (Signaling { tx }, rx)
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Backend::Rendezvous { addr, .. } => format!("rendezvous {addr}"),
+            Backend::Xmpp(x) => x.name(),
+        }
+    }
 }
 
 /// One connection: `Ok(Some(reason))` if refused, `Ok(None)` if it ended after joining.

@@ -5,6 +5,10 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub mod xmpp;
+
+pub use xmpp::XmppSettings;
+
 use crate::{
     core::{limit::Rate, node_id::check_node_id, switch::Limits},
     kernel::datapath::default_pin_dir,
@@ -13,6 +17,7 @@ use crate::{
         timers::REKEY_AFTER,
     },
     ops::state::default_state_dir,
+    signaling::xmpp::XmppConfig,
 };
 
 /// Defaults, as documented in README.md.
@@ -44,8 +49,10 @@ pub struct Settings {
     pub overlay: Option<String>,
     /// The overlay's shared secret: admits to the rendezvous and keys the links.
     pub secret: Option<String>,
-    /// `host:port` of the rendezvous service; without it the agent runs alone.
+    /// `host:port` of the rendezvous service; without it (or `xmpp`) the agent runs alone.
     pub rendezvous: Option<String>,
+    /// Signaling through an XMPP server's members-only room instead of the rendezvous.
+    pub xmpp: Option<XmppSettings>,
     /// STUN servers (`stun:host:port`) for server-reflexive candidates.
     pub stun: Option<Vec<String>>,
     /// TURN servers (`turn:host:port?transport=udp`, credentials in the url as
@@ -103,6 +110,10 @@ impl Settings {
             overlay: over.overlay.or(self.overlay),
             secret: over.secret.or(self.secret),
             rendezvous: over.rendezvous.or(self.rendezvous),
+            xmpp: match (self.xmpp, over.xmpp) {
+                (Some(file), Some(over)) => Some(file.overridden_by(over)),
+                (file, over) => over.or(file),
+            },
             stun: over.stun.or(self.stun),
             turn: over.turn.or(self.turn),
             turn_user: over.turn_user.or(self.turn_user),
@@ -119,28 +130,33 @@ impl Settings {
         }
     }
 
-    /// `turn_password_file` read (by `read`, e.g. `std::fs::read_to_string`) into
-    /// `turn_password`, its last line break dropped. Giving both is an error.
+    /// The password files read (by `read`, e.g. `std::fs::read_to_string`): `turn_password_file`
+    /// into `turn_password`, the `xmpp` one into its password. Giving a password and its file
+    /// is an error.
     pub fn with_password_file(
         mut self,
-        read: impl FnOnce(&std::path::Path) -> std::io::Result<String>,
+        read: impl Fn(&std::path::Path) -> std::io::Result<String>,
     ) -> Result<Settings, String> {
-        let Some(file) = self.turn_password_file.take() else { return Ok(self) };
-        if self.turn_password.is_some() {
-            return Err("turn_password and turn_password_file are both given: keep one".into());
+        if let Some(file) = self.turn_password_file.take() {
+            if self.turn_password.is_some() {
+                return Err("turn_password and turn_password_file are both given: keep one".into());
+            }
+            self.turn_password = Some(one_line(&read, &file, "turn_password_file")?);
         }
-        let text = read(&file).map_err(|e| format!("turn_password_file {}: {e}", file.display()))?;
-        let password = text.strip_suffix('\n').unwrap_or(&text);
-        let password = password.strip_suffix('\r').unwrap_or(password);
-        if password.is_empty() {
-            return Err(format!("turn_password_file {} is empty", file.display()));
+        if let Some(x) = self.xmpp.as_mut()
+            && let Some(file) = x.password_file.take()
+        {
+            if x.password.is_some() {
+                return Err("xmpp password and password_file are both given: keep one".into());
+            }
+            x.password = Some(one_line(&read, &file, "xmpp password_file")?);
         }
-        self.turn_password = Some(password.to_owned());
         Ok(self)
     }
 
     /// Checks the settings together and fills in defaults.
-    pub fn resolve(self) -> Result<AgentConfig, String> {
+    pub fn resolve(mut self) -> Result<AgentConfig, String> {
+        let overlay = self.take_overlay()?;
         if let Some(mode) = self.switchmode
             && mode != 1
         {
@@ -167,38 +183,6 @@ impl Settings {
             None => default_pin_dir(&bridge),
         };
         let max_age = self.arp_max_age_secs.unwrap_or(DEFAULT_ARP_MAX_AGE_SECS);
-        let overlay = match self.rendezvous {
-            None => {
-                let ice = self.stun.is_some() || self.turn.is_some() || self.turn_user.is_some();
-                let turn_files = self.turn_password_file.is_some() || self.turn_ca_file.is_some();
-                let ca = self.ca_public_key.is_some() || self.certificate.is_some() || self.revocation_list.is_some();
-                if self.secret.is_some()
-                    || ice
-                    || self.turn_password.is_some()
-                    || turn_files
-                    || self.overlay.is_some()
-                    || ca
-                {
-                    return Err("overlay, secret, stun and turn need a rendezvous to join".into());
-                }
-                None
-            }
-            Some(rendezvous) => {
-                if self.turn_password_file.is_some() {
-                    return Err("turn_password_file must be read before the settings are resolved".into());
-                }
-                let ice_urls = ice_servers(self.stun, self.turn, self.turn_user, self.turn_password)?;
-                let tls = ice_urls.iter().any(|s| s.transport == Transport::Tls);
-                if let Some(file) = self.turn_ca_file.as_ref().filter(|_| !tls) {
-                    return Err(format!("turn_ca_file {} is set but no turn url is turns: (TLS)", file.display()));
-                }
-                let trust = trust(self.secret, self.ca_public_key, self.certificate, self.revocation_list)?;
-                let mut o = overlay_config(rendezvous, trust, self.node_id, self.overlay, ice_urls)?;
-                o.turn_ca_file = self.turn_ca_file;
-                o.state_dir = state_dir(self.state_dir, &o.overlay)?;
-                Some(o)
-            }
-        };
         let rekey_after = match self.rekey_after_secs {
             Some(0) => return Err("rekey_after_secs must be at least 1".into()),
             Some(secs) => Duration::from_secs(secs),
@@ -217,6 +201,55 @@ impl Settings {
                 broadcast: self.broadcast_rate.map_or(Rate::UNLIMITED, Rate::per_second),
             },
         })
+    }
+
+    /// The overlay part, checked: where and how to meet peers (`None`: the agent runs alone,
+    /// and then nothing of an overlay may be given).
+    fn take_overlay(&mut self) -> Result<Option<OverlayConfig>, String> {
+        let signaling = match (self.rendezvous.take(), self.xmpp.take()) {
+            (Some(_), Some(_)) => return Err("rendezvous and xmpp: give one signaling service".into()),
+            (Some(addr), None) => Some(SignalingConfig::Rendezvous(check_rendezvous(addr)?)),
+            (None, Some(x)) => Some(SignalingConfig::Xmpp(x.resolve()?)),
+            (None, None) => None,
+        };
+        match signaling {
+            None => {
+                let ice = self.stun.is_some() || self.turn.is_some() || self.turn_user.is_some();
+                let turn_files = self.turn_password_file.is_some() || self.turn_ca_file.is_some();
+                let ca = self.ca_public_key.is_some() || self.certificate.is_some() || self.revocation_list.is_some();
+                if self.secret.is_some()
+                    || ice
+                    || self.turn_password.is_some()
+                    || turn_files
+                    || self.overlay.is_some()
+                    || ca
+                {
+                    return Err("overlay, secret, stun and turn need a rendezvous (or xmpp) to join".into());
+                }
+                Ok(None)
+            }
+            Some(signaling) => {
+                if self.turn_password_file.is_some() {
+                    return Err("turn_password_file must be read before the settings are resolved".into());
+                }
+                let ice_urls =
+                    ice_servers(self.stun.take(), self.turn.take(), self.turn_user.take(), self.turn_password.take())?;
+                let tls = ice_urls.iter().any(|s| s.transport == Transport::Tls);
+                if let Some(file) = self.turn_ca_file.as_ref().filter(|_| !tls) {
+                    return Err(format!("turn_ca_file {} is set but no turn url is turns: (TLS)", file.display()));
+                }
+                let trust = trust(
+                    self.secret.take(),
+                    self.ca_public_key.take(),
+                    self.certificate.take(),
+                    self.revocation_list.take(),
+                )?;
+                let mut o = overlay_config(signaling, trust, self.node_id.take(), self.overlay.take(), ice_urls)?;
+                o.turn_ca_file = self.turn_ca_file.take();
+                o.state_dir = state_dir(self.state_dir.take(), &o.overlay)?;
+                Ok(Some(o))
+            }
+        }
     }
 }
 
@@ -249,21 +282,41 @@ fn trust(
             let certificate = certificate.ok_or("ca_public_key needs this node's certificate (certificate)")?;
             Ok(Trust::Ca { ca, certificate, revocation_list })
         }
-        (None, None) => Err("a rendezvous needs the overlay's secret, or ca_public_key and a certificate".into()),
+        (None, None) => Err("an overlay needs its secret, or ca_public_key and a certificate".into()),
     }
+}
+
+/// A rendezvous address: `host:port`.
+fn check_rendezvous(addr: String) -> Result<String, String> {
+    if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        return Err(format!("rendezvous {addr:?} must be host:port"));
+    }
+    Ok(addr)
+}
+
+/// A password file's one line, its line break dropped; empty is an error.
+fn one_line(
+    read: impl FnOnce(&std::path::Path) -> std::io::Result<String>,
+    file: &std::path::Path,
+    key: &str,
+) -> Result<String, String> {
+    let text = read(file).map_err(|e| format!("{key} {}: {e}", file.display()))?;
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.is_empty() {
+        return Err(format!("{key} {} is empty", file.display()));
+    }
+    Ok(line.to_owned())
 }
 
 /// The overlay part of the settings, checked: what joining needs.
 fn overlay_config(
-    rendezvous: String,
+    signaling: SignalingConfig,
     trust: Trust,
     node_id: Option<String>,
     overlay: Option<String>,
     ice_urls: Vec<IceServer>,
 ) -> Result<OverlayConfig, String> {
-    if rendezvous.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
-        return Err(format!("rendezvous {rendezvous:?} must be host:port"));
-    }
     let node_id = match node_id {
         Some(id) => id,
         None => hostname().ok_or("no node_id given and the host name is unusable")?,
@@ -272,7 +325,7 @@ fn overlay_config(
     let name = overlay.unwrap_or_else(|| DEFAULT_OVERLAY.into());
     check_overlay(&name)?;
     let state_dir = default_state_dir(&name);
-    Ok(OverlayConfig { node_id, overlay: name, trust, rendezvous, ice_urls, turn_ca_file: None, state_dir })
+    Ok(OverlayConfig { node_id, overlay: name, trust, signaling, ice_urls, turn_ca_file: None, state_dir })
 }
 
 /// Overlay names: as node ids (they name the state directory), and neither `.` nor `..`.
@@ -335,7 +388,7 @@ pub struct OverlayConfig {
     pub node_id: String,
     pub overlay: String,
     pub trust: Trust,
-    pub rendezvous: String,
+    pub signaling: SignalingConfig,
     pub ice_urls: Vec<IceServer>,
     /// Roots for `turns:` servers beside the system's.
     pub turn_ca_file: Option<PathBuf>,
@@ -349,11 +402,18 @@ impl std::fmt::Debug for OverlayConfig {
         f.debug_struct("OverlayConfig")
             .field("node_id", &self.node_id)
             .field("overlay", &self.overlay)
-            .field("rendezvous", &self.rendezvous)
+            .field("signaling", &self.signaling)
             .field("ice_urls", &self.ice_urls)
             .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
+}
+
+/// Where agents meet: the rendezvous (`host:port`), or an XMPP server's room.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignalingConfig {
+    Rendezvous(String),
+    Xmpp(XmppConfig),
 }
 
 fn hostname() -> Option<String> {
@@ -437,7 +497,8 @@ mod tests {
         )
         .unwrap();
         let o = s.resolve().unwrap().overlay.unwrap();
-        assert_eq!((o.node_id.as_str(), o.overlay.as_str(), o.rendezvous.as_str()), ("a", "ipop", "192.0.2.1:7000"));
+        assert_eq!((o.node_id.as_str(), o.overlay.as_str()), ("a", "ipop"));
+        assert_eq!(o.signaling, SignalingConfig::Rendezvous("192.0.2.1:7000".into()));
         assert_eq!(o.ice_urls.iter().map(|s| s.url.as_str()).collect::<Vec<_>>(), ["stun:192.0.2.2:3478"]);
         assert!(!format!("{o:?}").contains("long enough"), "the secret is not logged");
         assert_eq!(Settings::default().resolve().unwrap().overlay, None, "alone without a rendezvous");
@@ -470,6 +531,34 @@ mod tests {
         assert!(err.contains("go together"), "{err}");
         let err = Settings::from_json(r#"{"turn_user": "u", "turn_password": "p"}"#).unwrap().resolve().unwrap_err();
         assert!(err.contains("need a rendezvous"), "{err}");
+    }
+
+    #[test]
+    fn xmpp_replaces_the_rendezvous_and_reads_its_password_file() {
+        let xmpp = r#""xmpp": {"jid": "a@xmpp.test", "room": "lab@conference.xmpp.test", "password_file": "/pw"}"#;
+        let settings = Settings::from_json(&format!(r#"{{"node_id": "a", "secret": "long enough", {xmpp}}}"#)).unwrap();
+        let read = settings.clone().with_password_file(|p| {
+            assert_eq!(p, std::path::Path::new("/pw"));
+            Ok("s3cret\n".into())
+        });
+        let o = read.unwrap().resolve().unwrap().overlay.unwrap();
+        let SignalingConfig::Xmpp(x) = o.signaling else { panic!("xmpp: {:?}", o.signaling) };
+        assert_eq!((x.jid.to_string(), x.password.as_str()), ("a@xmpp.test".into(), "s3cret"));
+        let err = settings.clone().with_password_file(|_| Ok("\n".into())).unwrap_err();
+        assert!(err.contains("xmpp password_file /pw is empty"), "{err}");
+        let both = Settings { rendezvous: Some("192.0.2.1:7000".into()), ..settings.clone() };
+        let err = both.with_password_file(|_| Ok("s".into())).unwrap().resolve().unwrap_err();
+        assert!(err.contains("give one signaling service"), "{err}");
+        // The command line's --xmpp-room overrides the file's, and keeps the file's other keys.
+        let cli = Settings {
+            xmpp: Some(XmppSettings { room: Some("other@conference.xmpp.test".into()), ..Default::default() }),
+            ..Default::default()
+        };
+        let over = settings.overridden_by(cli).xmpp.unwrap();
+        assert_eq!(
+            (over.room.as_deref(), over.jid.as_deref()),
+            (Some("other@conference.xmpp.test"), Some("a@xmpp.test"))
+        );
     }
 
     #[test]
