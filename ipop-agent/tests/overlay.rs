@@ -238,3 +238,31 @@ fn two_hosts_claiming_one_ip_are_a_conflict_and_the_first_owner_stands() {
     let log = hosts[0].agent_log(0);
     assert!(log.contains("IP conflict"), "the conflict is logged:\n{log}");
 }
+
+#[test]
+fn status_says_for_each_peer_where_its_data_goes_how_much_crossed_and_who_is_behind_it() {
+    let o = overlay();
+    let (h0, pins) = (&o.hosts[0], o.hosts[0].pin_dir("lxcbr0"));
+    assert!(ping(h0, 0, IPS[1][0], &[]).0, "h0's container pings h1's");
+    let s = status(h0, &pins);
+    assert_eq!(
+        (s["node_id"].as_str(), s["overlay"].as_str(), s["bridge"].as_str()),
+        (Some("h0"), Some("ipop"), Some("lxcbr0"))
+    );
+    let h1 = s["peers"].as_array().unwrap().iter().find(|p| p["node_id"] == "h1").expect("h1").clone();
+    assert_eq!(h1["path"], "direct", "{h1}");
+    assert!(h1["endpoint"].as_str().unwrap().starts_with("192.168.77.2:"), "{h1}");
+    assert!(h1["rx_frames"].as_u64() >= Some(2) && h1["tx_frames"].as_u64() >= Some(2), "the pings crossed: {h1}");
+    assert!(h1["rx_bytes"].as_u64() > h1["rx_frames"].as_u64(), "{h1}");
+    assert!(h1["handshake_age_s"].as_f64().is_some_and(|a| a < 120.0), "{h1}");
+    assert!(h1["heard_age_s"].as_f64().is_some_and(|a| a < 5.0), "{h1}");
+    let behind: Vec<&str> = h1["hosts"].as_array().unwrap().iter().map(|h| h["ip"].as_str().unwrap()).collect();
+    assert!(behind.contains(&IPS[1][0]), "h1's container is learned behind h1: {h1}");
+    assert!(s["local_hosts"].as_array().unwrap().iter().any(|h| h["ip"] == IPS[0][0]), "{s}");
+
+    let text = h0.agent(&["status", "--pin-dir", pins.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    for line in ["node: h0  overlay: ipop  bridge: lxcbr0", "peer: h1\n  state: up, path: direct", IPS[1][0]] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+}

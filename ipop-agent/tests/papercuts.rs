@@ -126,7 +126,7 @@ fn the_cli_finds_an_agent_by_its_config_and_takes_options_after_the_subcommand()
     assert_eq!(run(&["arp", "--config", config, "list", "--json"]), listed);
     let stats: serde_json::Value = serde_json::from_str(&run(&["stats", "--json", "--config", config])).unwrap();
     assert!(stats["seen"].is_u64(), "{stats}");
-    let status: serde_json::Value = serde_json::from_str(&run(&["status", "--config", config])).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&run(&["status", "--json", "--config", config])).unwrap();
     assert!(status["switch"].is_object(), "{status}");
     run(&["arp", "del", "--config", config, "10.0.3.104"]);
     assert_eq!(run(&["arp", "list", "--pin-dir", pins, "--json"]).trim(), "[]");

@@ -294,3 +294,54 @@ fn an_unprivileged_user_cannot_ask_the_agent_or_touch_its_maps() {
     let list = host.agent(&["arp", "--pin-dir", pin_str(&pins), "list", "--json"]);
     assert!(!String::from_utf8_lossy(&list.stdout).contains(REMOTE_IP), "the table is as it was");
 }
+
+/// A system group made for one test, removed on drop (also when the test fails).
+struct TempGroup {
+    name: String,
+    gid: String,
+}
+
+impl TempGroup {
+    fn new(host: &Host) -> TempGroup {
+        let name = format!("{}g", host.prefix.trim_end_matches('_'));
+        let out = support::cmd(&["groupadd", "--system", &name]);
+        assert!(out.status.success(), "groupadd {name}: {}", stderr(&out));
+        let entry = support::cmd(&["getent", "group", &name]);
+        let gid = String::from_utf8_lossy(&entry.stdout).split(':').nth(2).unwrap().to_owned();
+        TempGroup { name, gid }
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = support::cmd(&["groupdel", &self.name]);
+    }
+}
+
+#[test]
+fn a_member_of_the_control_group_reads_status_without_root() {
+    let _serial = serial();
+    let mut host = Host::new(&["10.0.3.5"]);
+    let group = TempGroup::new(&host);
+    let pins = host.pin_dir("lxcbr0");
+    host.start_agent(&["--bridge", "lxcbr0", "--pin-dir", pin_str(&pins), "--control-group", &group.name]);
+    let agent = support::agent_binary();
+    let agent = agent.to_str().unwrap();
+    let as_user = |groups: &str, args: &[&str]| {
+        let groups = format!("--groups={groups}");
+        let mut full = vec!["setpriv", "--reuid=65534", "--regid=65534", &groups];
+        full.extend_from_slice(args);
+        host.in_ns(&full)
+    };
+    let member = as_user(&group.gid, &[agent, "status", "--pin-dir", pin_str(&pins)]);
+    assert!(member.status.success(), "{}", stderr(&member));
+    let text = String::from_utf8_lossy(&member.stdout);
+    assert!(text.contains("bridge: lxcbr0 (tap ipop)"), "the table:\n{text}");
+    let json = as_user(&group.gid, &[agent, "status", "--json", "--pin-dir", pin_str(&pins)]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(doc["bridge"], "lxcbr0", "{doc}");
+    assert!(doc["local_hosts"].is_array() && doc["switch"]["events"].is_u64(), "{doc}");
+    // Not a member: refused by the socket's permissions.
+    let stranger = as_user("65534", &[agent, "status", "--pin-dir", pin_str(&pins)]);
+    assert!(!stranger.status.success() && stderr(&stranger).contains("ermission denied"), "{}", stderr(&stranger));
+}

@@ -47,7 +47,7 @@ fn beside(exe: &Path) -> Option<PathBuf> {
 
 /// The agent's own status (peers, link states, switch counters) from its control socket.
 pub fn status(host: &Host, pin_dir: &Path) -> serde_json::Value {
-    let out = host.agent(&["status", "--pin-dir", pin_dir.to_str().unwrap()]);
+    let out = host.agent(&["status", "--json", "--pin-dir", pin_dir.to_str().unwrap()]);
     assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -359,7 +359,7 @@ fn connected(p: &Path2) -> Result<()> {
 
 fn ipop_pipeline(client: &str, agent: &str, pin: &str, rate: u32, seconds: u32) -> Result<Value> {
     let status = || -> Result<Value> {
-        Ok(serde_json::from_slice(&Command::new(agent).args(["status", "--pin-dir", pin]).output()?.stdout)?)
+        Ok(serde_json::from_slice(&Command::new(agent).args(["status", "--json", "--pin-dir", pin]).output()?.stdout)?)
     };
     let stats = || -> Result<Value> {
         Ok(serde_json::from_slice(&Command::new(agent).args(["stats", "--json", "--pin-dir", pin]).output()?.stdout)?)

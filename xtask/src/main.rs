@@ -187,8 +187,9 @@ pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> Result<bool>) -
 pub fn wait_links_up(agent: &str, pins: &[String]) -> Result<()> {
     for pin in pins {
         wait_for("the agents' links", 30, || {
-            let out = Command::new(agent).args(["status", "--pin-dir", pin]).output()?;
-            Ok(String::from_utf8_lossy(&out.stdout).contains("\"up\": true"))
+            let out = Command::new(agent).args(["status", "--json", "--pin-dir", pin]).output()?;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Ok(status["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["up"] == true)))
         })?;
     }
     Ok(())

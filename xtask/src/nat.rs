@@ -114,7 +114,7 @@ fn udp_rcvbuf_errors(ns: &str) -> Result<f64> {
 
 /// The `path` of the first peer in the agent's status.
 fn path(agent: &str, pin: &str) -> Result<String> {
-    let status: Value = serde_json::from_str(&sh(&[agent, "status", "--pin-dir", pin])?)?;
+    let status: Value = serde_json::from_str(&sh(&[agent, "status", "--json", "--pin-dir", pin])?)?;
     Ok(status["peers"][0]["path"].as_str().unwrap_or_default().to_owned())
 }
 

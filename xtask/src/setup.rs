@@ -12,7 +12,8 @@ use anyhow::{Context as _, Result, bail};
 /// (the lab's NAT routers: list and flush mappings), lxc with busybox-static (the lab's
 /// real LXC containers, from the busybox template), coturn (STUN and TURN), prosody (with
 /// lua-unbound, its resolver) and ejabberd (the XMPP servers of the signaling tests), and
-/// openssl (the lab's certificates for TURN over TLS and XMPP).
+/// openssl (the lab's certificates for TURN over TLS and XMPP), prometheus (its promtool checks
+/// the agent's metrics) and curl (scrapes them).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -30,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "lua-unbound",
     "ejabberd",
     "openssl",
+    "prometheus",
+    "curl",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13";

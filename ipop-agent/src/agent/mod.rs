@@ -32,7 +32,7 @@ use crate::{
         tap::Tap,
     },
     link::event::LinkEvent,
-    ops::{control::ControlSocket, lock},
+    ops::lock,
     signaling::SignalEvent,
 };
 
@@ -147,8 +147,8 @@ async fn serve(
     let mut shell = Shell::new(switch, arp_table, tap.clone(), peers);
     shell.apply(removals);
 
-    let control = ControlSocket::bind(&cfg.pin_dir)?;
-    let node_id = cfg.overlay.as_ref().map(|o| o.node_id.clone());
+    let (control, http, mut queries) = setup::operations(cfg).await?;
+    let about = setup::about(cfg);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
@@ -177,10 +177,9 @@ async fn serve(
                 Some(ev) => shell.signal_event(ev),
                 None => break Err(anyhow!("signaling stopped")),
             },
-            served = control.serve_one(|| shell.status(node_id.as_deref())) => {
-                if let Err(e) = served {
-                    debug!("control socket: {e:#}");
-                }
+            Some(q) = queries.recv() => {
+                let doc = shell.answer(&q.get, &about, &kernel_counters(datapath.pin_dir()));
+                q.answer(doc);
             }
             _ = tick.tick() => {
                 let out = shell.switch.expire(monotonic_ns());
@@ -196,11 +195,26 @@ async fn serve(
             }
         }
     };
-    drop((events, logger, shell, tap, control));
+    drop((events, logger, shell, tap, control, http));
     result
 }
 
 /// Everything on the ring buffer, into the switch.
+/// The programs' own counters (the pinned `stats` map, summed over CPUs), for `status`; null
+/// if the map cannot be read.
+fn kernel_counters(pin_dir: &std::path::Path) -> serde_json::Value {
+    match crate::kernel::maps::Pinned::new(pin_dir).stats() {
+        Ok(s) => crate::kernel::maps::stats_rows(&s)
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect(),
+        Err(e) => {
+            debug!("reading the kernel's counters: {e:#}");
+            serde_json::Value::Null
+        }
+    }
+}
+
 fn arp_events(shell: &mut Shell, mut guard: tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>) {
     while let Some(item) = guard.get_inner_mut().next() {
         match parse_event(&item) {

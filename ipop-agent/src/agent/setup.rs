@@ -33,7 +33,11 @@ use crate::{
         session::{self, Identity},
         underlay::Underlay,
     },
-    ops::state,
+    ops::{
+        control::{ControlSocket, Query},
+        http::HttpServer,
+        state,
+    },
     signaling::{
         self, Backend, Member, SignalEvent,
         admission::{Certified, Proof, Secret, unix_now},
@@ -249,6 +253,34 @@ pub fn overlay(
     };
     info!(node_id = %o.node_id, overlay = %o.overlay, signaling = %service, "joining the overlay");
     Ok((Some(Peers::new(LinkTemplate { shared, certified })), Some(signals)))
+}
+
+/// The ways to ask the agent: its control socket and, if configured, its metrics endpoint;
+/// their questions come out of the receiver, for the loop to answer.
+pub async fn operations(cfg: &AgentConfig) -> Result<(ControlSocket, Option<HttpServer>, mpsc::Receiver<Query>)> {
+    let (ask, queries) = mpsc::channel(16);
+    let control = ControlSocket::bind(&cfg.pin_dir, &cfg.control_group, ask.clone())?;
+    let http = match cfg.metrics_listen {
+        Some(listen) => Some(HttpServer::start(listen, ask).await?),
+        None => None,
+    };
+    Ok((control, http, queries))
+}
+
+/// Who this agent is, as `status` says first.
+pub fn about(cfg: &AgentConfig) -> serde_json::Value {
+    let o = cfg.overlay.as_ref();
+    let signaling = o.map(|o| match &o.signaling {
+        SignalingConfig::Rendezvous(addr) => format!("rendezvous {addr}"),
+        SignalingConfig::Xmpp(x) => format!("xmpp {} in {}", x.jid, x.room),
+    });
+    serde_json::json!({
+        "node_id": o.map(|o| &o.node_id),
+        "overlay": o.map(|o| &o.overlay),
+        "bridge": cfg.bridge,
+        "tap": cfg.tap,
+        "signaling_service": signaling,
+    })
 }
 
 /// Devices deleted under the agent: an error that says which (the TAP's fd does not always

@@ -17,6 +17,11 @@ use crate::{
     link::peers::Peers,
 };
 
+/// Hosts as `status` lists them.
+fn hosts_json(hosts: Vec<(std::net::Ipv4Addr, crate::core::addr::Mac)>) -> serde_json::Value {
+    hosts.iter().map(|(ip, mac)| serde_json::json!({"ip": ip.to_string(), "mac": mac.to_string()})).collect()
+}
+
 /// The kernel's `arp_table`, as the agent holds it.
 pub type ArpTable = BpfHashMap<MapData, ArpKey, ArpEntry>;
 
@@ -54,13 +59,59 @@ impl Shell {
         }
     }
 
-    /// What `ipop-agent status` shows.
-    pub fn status(&self, node_id: Option<&str>) -> serde_json::Value {
-        serde_json::json!({
-            "node_id": node_id,
-            "peers": self.peers.as_ref().map(Peers::status).unwrap_or_default(),
+    /// The answer to a control socket request (`ops::control::REQUESTS`); `about` says who
+    /// this agent is (node id, overlay, bridge).
+    /// `kernel` is the programs' own counters.
+    pub fn answer(&self, get: &str, about: &serde_json::Value, kernel: &serde_json::Value) -> serde_json::Value {
+        match get {
+            "peers" => self.peers_status(),
+            "hosts" => self.hosts(),
+            "counters" => self.counters(kernel),
+            _ => self.status(about, kernel),
+        }
+    }
+
+    /// What `ipop-agent status` shows: everything (its schema: docs/status.md).
+    pub fn status(&self, about: &serde_json::Value, kernel: &serde_json::Value) -> serde_json::Value {
+        let peers = self.peers_status();
+        let public = peers.as_array().into_iter().flatten().find_map(|p| p["public_address"].as_str());
+        let mut doc = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "public_address": public,
             "signaling": self.peers.as_ref().map(Peers::signaling_status),
             "data_port": self.peers.as_ref().and_then(Peers::data_port),
+            "peers": peers,
+            "local_hosts": self.hosts()["local"].clone(),
+        });
+        for part in [about, &self.counters(kernel)] {
+            if let (Some(doc), Some(part)) = (doc.as_object_mut(), part.as_object()) {
+                doc.extend(part.clone());
+            }
+        }
+        doc
+    }
+
+    /// Every peer, with the hosts learned behind it.
+    fn peers_status(&self) -> serde_json::Value {
+        let hosts = |id| hosts_json(self.switch.hosts_behind(id));
+        serde_json::json!(self.peers.as_ref().map(|p| p.status(hosts)).unwrap_or_default())
+    }
+
+    /// The hosts this bridge has, and those behind each peer.
+    fn hosts(&self) -> serde_json::Value {
+        let remote: serde_json::Map<_, _> = self
+            .peers
+            .as_ref()
+            .map(|p| p.ids().map(|(id, node)| (node.to_owned(), hosts_json(self.switch.hosts_behind(id)))).collect())
+            .unwrap_or_default();
+        serde_json::json!({"local": hosts_json(self.switch.local_hosts()), "remote": remote})
+    }
+
+    /// The agent's counters: the programs' (`kernel`), the switch's decisions, and what was
+    /// refused or dropped where.
+    fn counters(&self, kernel: &serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "kernel": kernel,
             "switch": self.switch.counters(),
             "queue_drops": self.peers.as_ref().map_or(0, |p| p.queue_drops),
             "signals_refused": self.peers.as_ref().map_or(0, |p| p.signals_refused),
@@ -101,6 +152,9 @@ impl Shell {
         if !vnet_hdr_ok(hdr, frame.len()) {
             self.frames_dropped += 1;
             return;
+        }
+        if let Some(p) = self.peers.as_mut() {
+            p.received_frame(id, whole.len());
         }
         if self.switch.accept_from_peer(now, id, frame) && self.tap.get_ref().send_with(hdr, frame).is_err() {
             self.tap_write_errors += 1;

@@ -88,6 +88,12 @@ pub struct RunArgs {
     /// Broadcast/multicast frames a second flooded to peers (0: unlimited) [default: 0].
     #[arg(long)]
     pub broadcast_rate: Option<u32>,
+    /// The group whose members may ask this agent (`status`) without root [default: ipop].
+    #[arg(long)]
+    pub control_group: Option<String>,
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub xmpp: XmppArgs,
 }

@@ -55,6 +55,9 @@ pub enum Command {
     Status {
         #[command(flatten)]
         target: Target,
+        /// Everything, as JSON (its schema: docs/status.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Run the embedded rendezvous service that introduces the agents of one overlay.
     Rendezvous(RendezvousArgs),
@@ -109,11 +112,17 @@ fn dispatch(command: Command) -> Result<()> {
             println!("{}", state::node_key(&target.state_dir()?)?.public());
             Ok(())
         }
-        Command::Status { target } => {
-            let pinned = target.pinned()?;
+        Command::Status { target, json } => {
+            // The pin directory names the agent's socket; its maps are not opened (members
+            // of the group ipop may ask without root).
+            let pin_dir = target.pin_dir()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let status = runtime.block_on(control::query(pinned.dir()))?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            let status = runtime.block_on(control::query(&pin_dir, "status"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", show::status_text(&status));
+            }
             Ok(())
         }
     }
@@ -169,6 +178,8 @@ fn run(args: RunArgs) -> Result<()> {
         secret: args.secret,
         rendezvous: args.rendezvous,
         xmpp: args.xmpp.settings(),
+        control_group: args.control_group,
+        metrics_listen: args.metrics_listen,
         stun: (!args.stun.is_empty()).then_some(args.stun),
         turn: (!args.turn.is_empty()).then_some(args.turn),
         turn_user: args.turn_user,

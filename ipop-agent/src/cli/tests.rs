@@ -12,7 +12,7 @@ fn parse(args: &[&str]) -> Command {
 
 fn target(args: &[&str]) -> Target {
     match parse(args) {
-        Command::Arp { target, .. } | Command::Status { target } | Command::Stats { target, .. } => target,
+        Command::Arp { target, .. } | Command::Status { target, .. } | Command::Stats { target, .. } => target,
         other => panic!("not an inspecting command: {other:?}"),
     }
 }

@@ -25,6 +25,7 @@ pub const DEFAULT_BRIDGE: &str = "lxcbr0";
 pub const DEFAULT_TAP: &str = "ipop";
 pub const DEFAULT_ARP_MAX_AGE_SECS: u64 = 300;
 pub const DEFAULT_OVERLAY: &str = "ipop";
+pub const DEFAULT_CONTROL_GROUP: &str = "ipop";
 
 /// Settings as given, in a file or on the command line; `None` means "not given here".
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -82,6 +83,11 @@ pub struct Settings {
     pub arp_rpc_rate: Option<u32>,
     /// Broadcast and multicast frames a second flooded to the peers (0: unlimited).
     pub broadcast_rate: Option<u32>,
+    /// The group whose members may ask the agent (`status`) without root (default `ipop`,
+    /// when it exists).
+    pub control_group: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9464`; off if unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -127,6 +133,8 @@ impl Settings {
             revocation_list: over.revocation_list.or(self.revocation_list),
             arp_rpc_rate: over.arp_rpc_rate.or(self.arp_rpc_rate),
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
+            control_group: over.control_group.or(self.control_group),
+            metrics_listen: over.metrics_listen.or(self.metrics_listen),
         }
     }
 
@@ -188,7 +196,10 @@ impl Settings {
             Some(secs) => Duration::from_secs(secs),
             None => REKEY_AFTER,
         };
+        let control_group = self.control_group.unwrap_or_else(|| DEFAULT_CONTROL_GROUP.into());
         Ok(AgentConfig {
+            control_group,
+            metrics_listen: self.metrics_listen,
             rekey_after,
             bridge,
             tap,
@@ -380,6 +391,10 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// How often links renew their session keys.
     pub rekey_after: Duration,
+    /// Whose members may use the control socket (besides root), if the group exists.
+    pub control_group: String,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// How the agent joins an overlay.

@@ -86,6 +86,19 @@ impl Pinned {
     }
 }
 
+/// The programs' counters by name, as `stats` and `status` show them.
+pub fn stats_rows(s: &Stats) -> [(&'static str, u64); 7] {
+    [
+        ("seen", s.seen),
+        ("answered", s.answered),
+        ("events", s.events),
+        ("events_lost", s.events_lost),
+        ("malformed", s.malformed),
+        ("stale", s.stale),
+        ("injected", s.injected),
+    ]
+}
+
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads, so entry ages compare.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

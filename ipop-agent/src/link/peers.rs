@@ -50,6 +50,17 @@ struct Peer {
     signal_stamp: u64,
     /// Why its last signal was refused, as logged (said once per change).
     signal_refused: Option<String>,
+    /// Frames and their bytes to and from it, since this agent met it.
+    traffic: Traffic,
+}
+
+/// Whole frames (and their bytes) one peer's link carried each way.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    tx_frames: u64,
+    tx_bytes: u64,
+    rx_frames: u64,
+    rx_bytes: u64,
 }
 
 pub struct Peers {
@@ -82,6 +93,11 @@ impl Peers {
             signaling_ignored: (0, 0),
             scratch: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
         }
+    }
+
+    /// Every peer's id and node id.
+    pub fn ids(&self) -> impl Iterator<Item = (PeerId, &str)> {
+        self.by_node.iter().map(|(n, p)| (p.id, n.as_str()))
     }
 
     pub fn name(&self, id: PeerId) -> &str {
@@ -145,6 +161,7 @@ impl Peers {
                 certificate,
                 signal_stamp: 0,
                 signal_refused: None,
+                traffic: Traffic::default(),
             },
         );
         old
@@ -274,10 +291,19 @@ impl Peers {
         self.template.shared.data.as_ref().map_or(0, |d| d.underlay.unknown())
     }
 
-    /// Every peer with its link state, sorted by node id.
-    pub fn status(&self) -> Vec<serde_json::Value> {
+    /// Every peer with its link state, sorted by node id; `hosts` names the hosts the switch
+    /// learned behind a peer.
+    pub fn status(&self, hosts: impl Fn(PeerId) -> serde_json::Value) -> Vec<serde_json::Value> {
         let down = self.signaling_down.as_deref();
-        let mut list: Vec<_> = self.by_node.iter().map(|(n, p)| peer_status(n, p, down)).collect();
+        let mut list: Vec<_> = self
+            .by_node
+            .iter()
+            .map(|(n, p)| {
+                let mut s = peer_status(n, p, down);
+                s["hosts"] = hosts(p.id);
+                s
+            })
+            .collect();
         list.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
         list
     }
@@ -313,21 +339,37 @@ impl Peers {
 
     /// Sends a whole frame (virtio header and frame) to one peer, as chunks.
     pub fn send_frame(&mut self, id: PeerId, frame_id: u32, whole: &[u8]) {
-        let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else { return };
-        if p.id == id && p.up && !deliver_frame(p, frame_id, whole, &mut self.scratch) {
-            self.queue_drops += 1;
+        let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get_mut(node)) else { return };
+        if p.id == id && p.up {
+            if deliver_frame(p, frame_id, whole, &mut self.scratch) {
+                p.traffic.sent(whole.len());
+            } else {
+                self.queue_drops += 1;
+            }
         }
     }
 
     /// Sends a whole frame to every peer whose link is up.
     pub fn broadcast_frame(&mut self, frame_id: u32, whole: &[u8]) {
         let mut drops = 0;
-        for p in self.by_node.values().filter(|p| p.up) {
-            if !deliver_frame(p, frame_id, whole, &mut self.scratch) {
+        for p in self.by_node.values_mut().filter(|p| p.up) {
+            if deliver_frame(p, frame_id, whole, &mut self.scratch) {
+                p.traffic.sent(whole.len());
+            } else {
                 drops += 1;
             }
         }
         self.queue_drops += drops;
+    }
+
+    /// Counts a whole frame (its `len` bytes, virtio header included) that came from `id`.
+    pub fn received_frame(&mut self, id: PeerId, len: usize) {
+        if let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get_mut(node))
+            && p.id == id
+        {
+            p.traffic.rx_frames += 1;
+            p.traffic.rx_bytes += len as u64;
+        }
     }
 
     /// Sends to every peer whose link is up.
@@ -340,6 +382,13 @@ impl Peers {
             }
         }
         self.queue_drops += drops;
+    }
+}
+
+impl Traffic {
+    fn sent(&mut self, len: usize) {
+        self.tx_frames += 1;
+        self.tx_bytes += len as u64;
     }
 }
 
@@ -364,14 +413,26 @@ fn peer_status(node: &str, p: &Peer, signaling_down: Option<&str>) -> serde_json
         }
         (false, None) => p.reason.clone(),
     };
+    let now = crate::link::timers::clock_ms();
+    let times = p.data.as_ref().map(DataTx::handshake_and_heard_ms);
+    let age = |ms: u64| (ms > 0).then(|| now.saturating_sub(ms) as f64 / 1000.0);
+    let t = p.traffic;
     serde_json::json!({
         "node_id": node,
         "up": p.up,
         "path": p.data.as_ref().map(DataTx::path),
+        "endpoint": p.data.as_ref().map(DataTx::endpoint),
         "local_candidate": pair.map(|c| &c.local),
         "remote_candidate": pair.map(|c| &c.remote),
+        "public_address": pair.and_then(|c| c.public.as_ref()),
         "rtt_ms": p.data.as_ref().and_then(DataTx::rtt).map(|d| d.as_secs_f64() * 1000.0),
+        "handshake_age_s": times.and_then(|(hs, _)| age(hs)),
+        "heard_age_s": times.and_then(|(_, heard)| age(heard)),
         "rekeys": p.data.as_ref().map(DataTx::rekeys),
+        "tx_frames": t.tx_frames,
+        "tx_bytes": t.tx_bytes,
+        "rx_frames": t.rx_frames,
+        "rx_bytes": t.rx_bytes,
         "reason": reason,
     })
 }

@@ -30,6 +30,11 @@ pub struct DataTx {
     pub(crate) echo: Arc<EchoClock>,
     /// Rekeys of this link so far.
     pub(crate) rekeys: Arc<AtomicU64>,
+    /// When the current session's handshake completed (`clock_ms`).
+    pub(crate) handshake_ms: Arc<AtomicU64>,
+    /// When anything authentic last arrived from the peer on the ICE path and on the data
+    /// socket (`clock_ms`).
+    pub(crate) rx_ms: [Arc<AtomicU64>; 2],
 }
 
 /// The candidate pair ICE selected: each side's type and address (`"srflx 203.0.113.2:4000"`),
@@ -39,6 +44,8 @@ pub struct IcePair {
     pub local: String,
     pub remote: String,
     pub relayed: bool,
+    /// This host's address as a STUN server saw it, if the attempt gathered one.
+    pub public: Option<String>,
 }
 
 /// A proven path on the data socket: where the peer's socket is, and its receiver index.
@@ -74,10 +81,25 @@ impl DataTx {
         self.rekeys.load(Ordering::Relaxed)
     }
 
+    /// When the current session's keys were agreed, and when the peer was last heard on any
+    /// path (`timers::clock_ms`).
+    pub fn handshake_and_heard_ms(&self) -> (u64, u64) {
+        let heard = self.rx_ms.iter().map(|t| t.load(Ordering::Relaxed)).max().unwrap_or(0);
+        (self.handshake_ms.load(Ordering::Relaxed), heard)
+    }
+
     /// The last measured round trip of the path data takes.
     pub fn rtt(&self) -> Option<std::time::Duration> {
         let us = if self.is_direct() { self.rtt.load(Ordering::Relaxed) } else { self.echo.rtt_us() };
         (us > 0).then(|| std::time::Duration::from_micros(us))
+    }
+
+    /// Where data to the peer goes: its data socket's address, or ICE's remote candidate.
+    pub fn endpoint(&self) -> String {
+        match &self.direct {
+            Some(d) => d.to.to_string(),
+            None => self.pair.remote.clone(),
+        }
     }
 
     /// What `status` calls the path: `direct` (the data socket), `relay` (ICE through a TURN

@@ -153,6 +153,8 @@ struct Rekey {
     retire_at: Option<Instant>,
     /// Rekeys so far, shared with the `DataTx` for `status`.
     count: Arc<AtomicU64>,
+    /// When the current session's keys were agreed (`clock_ms`), for `status`.
+    handshake_ms: Arc<AtomicU64>,
 }
 
 /// The data socket path: probed from each new session until a full-size probe is answered
@@ -201,7 +203,14 @@ impl<'a> Serve<'a> {
             sealer: None,
             keys: None,
             pending: None,
-            rekey: Rekey { session_at: now, sent: None, last_sent: now, retire_at: None, count: Arc::default() },
+            rekey: Rekey {
+                session_at: now,
+                sent: None,
+                last_sent: now,
+                retire_at: None,
+                count: Arc::default(),
+                handshake_ms: Arc::default(),
+            },
             initiator: None,
             init_msg: Vec::new(),
             answered: None,
@@ -326,6 +335,7 @@ impl<'a> Serve<'a> {
         self.io.last_rx.store(clock_ms(), Ordering::Relaxed);
         self.sealer = Some(tx.clone());
         self.rekey.session_at = Instant::now();
+        self.rekey.handshake_ms.store(clock_ms(), Ordering::Relaxed);
         self.data_tx(tx, self.probe.direct.clone())
     }
 
@@ -337,6 +347,7 @@ impl<'a> Serve<'a> {
             keys.lock().unwrap_or_else(|e| e.into_inner()).rotate(rx);
         }
         self.rekey.session_at = Instant::now();
+        self.rekey.handshake_ms.store(clock_ms(), Ordering::Relaxed);
         if initiator {
             self.switch_sealer(tx).await
         } else {
@@ -357,7 +368,9 @@ impl<'a> Serve<'a> {
     fn data_tx(&self, sealer: Sealer, direct: Option<Direct>) -> DataTx {
         let (conn, pair, rtt, echo) =
             (self.io.conn.clone(), self.io.pair.clone(), self.io.rtt.clone(), self.io.echo.clone());
-        DataTx { sealer, conn, direct, pair, rtt, echo, rekeys: self.rekey.count.clone() }
+        let (rekeys, handshake_ms) = (self.rekey.count.clone(), self.rekey.handshake_ms.clone());
+        let rx_ms = [self.io.last_rx.clone(), self.probe.direct_rx.clone()];
+        DataTx { sealer, conn, direct, pair, rtt, echo, rekeys, handshake_ms, rx_ms }
     }
 
     /// Sends a probe, an answer or a keepalive on the data socket. Full-size ones are as large

@@ -352,7 +352,8 @@ fn describe(local: &(dyn Candidate + Send + Sync), remote: &(dyn Candidate + Sen
     };
     let (lk, rk) = (kind(local), kind(remote));
     let relayed = [lk, rk].contains(&CandidateType::Relay);
-    IcePair { local: ice::describe(lk, local), remote: ice::describe(rk, remote), relayed }
+    let public = seen.reflexive_addr.clone();
+    IcePair { local: ice::describe(lk, local), remote: ice::describe(rk, remote), relayed, public }
 }
 
 /// The candidates of one attempt, to say why it failed.
@@ -365,6 +366,8 @@ struct Gathered {
     remote: usize,
     /// The peer's relay candidates, (address, port).
     remote_relays: Vec<(String, u16)>,
+    /// This host's address as a STUN server saw it (a server-reflexive candidate).
+    reflexive_addr: Option<String>,
     /// Every candidate of this attempt in words, by webrtc-ice's id.
     names: HashMap<String, String>,
 }
@@ -379,6 +382,9 @@ impl Gathered {
 
     fn local_candidate(&mut self, c: &(dyn Candidate + Send + Sync)) {
         self.local(c.candidate_type(), ice::is_public(&c.address()));
+        if c.candidate_type() == CandidateType::ServerReflexive {
+            self.reflexive_addr.get_or_insert_with(|| format!("{}:{}", c.address(), c.port()));
+        }
         self.names.insert(c.id(), ice::describe(c.candidate_type(), c));
     }
 

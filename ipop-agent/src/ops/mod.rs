@@ -1,6 +1,9 @@
-//! Operating a running agent: its control socket (`ipop-agent status`), the locks that keep
-//! one agent per bridge and per pin directory, and its state directory (the node's key).
+//! Operating a running agent: its control socket (`ipop-agent status`), its metrics for
+//! Prometheus (`metrics`, served by `http`), the locks that keep one agent per bridge and
+//! per pin directory, and its state directory (the node's key).
 
 pub mod control;
+pub mod http;
 pub mod lock;
+pub mod metrics;
 pub mod state;

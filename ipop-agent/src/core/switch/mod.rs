@@ -240,6 +240,21 @@ impl Switch {
         self.remote.get(&ip).copied()
     }
 
+    /// The hosts learned behind `peer`, by address.
+    pub fn hosts_behind(&self, peer: PeerId) -> Vec<(Ipv4Addr, Mac)> {
+        let mut hosts: Vec<_> =
+            self.remote.iter().filter(|(_, r)| r.peer == peer).map(|(ip, r)| (*ip, r.mac)).collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// The local hosts (this bridge's), by address.
+    pub fn local_hosts(&self) -> Vec<(Ipv4Addr, Mac)> {
+        let mut hosts: Vec<_> = self.local.iter().map(|(ip, n)| (*ip, n.mac)).collect();
+        hosts.sort();
+        hosts
+    }
+
     /// An address of the host itself on the bridge: always local, never asked about.
     pub fn add_local_address(&mut self, ip: Ipv4Addr, mac: Mac) {
         self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true });
