@@ -61,3 +61,68 @@ fn metrics_move_as_pings_cross_and_promtool_takes_them() {
     let other = hosts[0].in_ns(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{METRICS}/")]);
     assert_eq!(String::from_utf8_lossy(&other.stdout), "404");
 }
+
+/// One overlay's agent on `host`: `bridge`, its own TAP, pins, state directory and metrics
+/// port, as two instances of ipop@.service would have them.
+fn start_overlay_member(host: &mut Host, overlay: &str, bridge: &str, rendezvous: &str, node: &str, port: u16) {
+    let pins = host.pin_dir(bridge);
+    let state = host.file(&format!("state-{overlay}"));
+    let metrics = format!("127.0.0.1:{port}");
+    host.start_agent(&[
+        "--bridge",
+        bridge,
+        "--tap",
+        &format!("ipop-{overlay}"),
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--overlay",
+        overlay,
+        "--node-id",
+        node,
+        "--rendezvous",
+        rendezvous,
+        "--secret",
+        SECRET,
+        "--metrics-listen",
+        &metrics,
+    ]);
+}
+
+#[test]
+fn two_overlays_on_one_host_run_side_by_side_and_stay_apart() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous_for("red", SECRET);
+    underlay.start_rendezvous_on(7001, &["--overlay", "blue", "--secret", SECRET]);
+    let blue_rendezvous = format!("{}:7001", underlay.addr);
+    // The same container addresses in both overlays: only the overlay keeps them apart.
+    let ips = ["10.0.3.10", "10.0.3.20"];
+    let mut hosts = [Host::new(&[ips[0]]), Host::new(&[ips[1]])];
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.add_bridge("lxcbr1");
+        h.add_container_on("lxcbr1", ips[i]);
+        h.join_underlay(&underlay, i as u8 + 1);
+        start_overlay_member(h, "red", "lxcbr0", support::RENDEZVOUS, &format!("h{i}"), 9464);
+        start_overlay_member(h, "blue", "lxcbr1", &blue_rendezvous, &format!("h{i}"), 9465);
+    }
+    for h in &hosts {
+        for (bridge, overlay) in [("lxcbr0", "red"), ("lxcbr1", "blue")] {
+            eventually_within(20, "each overlay's link is up", || {
+                let s = support::status(h, &h.pin_dir(bridge));
+                s["overlay"] == overlay && s["peers"].as_array().is_some_and(|p| p.len() == 1 && p[0]["up"] == true)
+            });
+        }
+    }
+    // Container 0 is red, container 1 blue, on both hosts; each reaches its own overlay's twin.
+    for (c, overlay) in [(0, "red"), (1, "blue")] {
+        let out = hosts[0].in_container(c, &["ping", "-c", "3", "-i", "0.2", "-W", "2", ips[1]]);
+        assert!(out.status.success(), "{overlay}: {}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(hosts[0].arping(c, ips[1], 1), vec![hosts[1].container_mac(c)], "{overlay} answers for its own");
+    }
+    for (port, overlay) in [(9464, "red"), (9465, "blue")] {
+        let out = hosts[1].in_ns(&["curl", "-sf", &format!("http://127.0.0.1:{port}/metrics")]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("overlay=\"{overlay}\"")), "{overlay}'s metrics on {port}:\n{text}");
+    }
+}

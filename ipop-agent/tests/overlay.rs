@@ -6,7 +6,7 @@ mod support;
 
 use std::{thread, time::Duration};
 
-use support::{Host, RENDEZVOUS, Underlay, eventually_within, ok, stats, status};
+use support::{Host, RENDEZVOUS, SystemUser, Underlay, eventually_within, ok, stats, status};
 
 const SECRET: &str = "correct horse battery";
 /// Container addresses per host: host i has 10.0.3.<10i+10> and 10.0.3.<10i+11>.
@@ -42,12 +42,20 @@ fn peers_up(host: &Host) -> usize {
 }
 
 fn overlay() -> Overlay {
+    overlay_as(None)
+}
+
+/// The overlay, its agents run as `user` with only `CAPABILITIES` if given.
+fn overlay_as(user: Option<&SystemUser>) -> Overlay {
     let mut underlay = Underlay::new();
     let rendezvous = underlay.start_rendezvous(SECRET);
     let mut hosts = Vec::new();
     let mut agents = Vec::new();
     for (i, ips) in IPS.iter().enumerate() {
         let mut host = Host::new(ips);
+        if let Some(user) = user {
+            host.run_agents_as(&user.name, &CAPABILITIES);
+        }
         host.join_underlay(&underlay, i as u8 + 1);
         // Like an LXC host: forwarding on, so a misrouted frame would show as an ICMP redirect.
         host.sysctl("net.ipv4.ip_forward", "1");
@@ -92,8 +100,32 @@ fn icmp_out_redirects(host: &Host) -> u64 {
 
 #[test]
 fn three_hosts_are_one_ethernet_segment() {
-    let mut o = overlay();
+    one_ethernet_segment(overlay());
+}
 
+/// What ipop@.service gives the agent, and all it needs: the TAP, netlink, TCX links, socket
+/// buffers beyond rmem_max (CAP_NET_ADMIN); programs, maps, BTF (CAP_BPF).
+const CAPABILITIES: [&str; 2] = ["net_admin", "bpf"];
+
+#[test]
+fn three_hosts_are_one_ethernet_segment_with_agents_run_as_a_user_with_two_capabilities() {
+    let user = SystemUser::new(&support::unique_prefix());
+    let o = overlay_as(Some(&user));
+    let uid = support::ok(&["id", "-u", &user.name]);
+    for (host, &agent) in o.hosts.iter().zip(&o.agents) {
+        let proc_status = std::fs::read_to_string(format!("/proc/{}/status", host.agent_pid(agent))).unwrap();
+        let euid = proc_status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
+        assert_eq!(euid, Some(uid.trim()), "the agent runs as {}:\n{proc_status}", user.name);
+    }
+    for (host, &agent) in o.hosts.iter().zip(&o.agents) {
+        let log = host.agent_log(agent);
+        assert!(!log.contains("WARN") && !log.contains("ermission"), "nothing refused to the user:\n{log}");
+    }
+    one_ethernet_segment(o);
+    drop(user);
+}
+
+fn one_ethernet_segment(mut o: Overlay) {
     // Every container pings every other, across hosts too, without a duplicate reply.
     for (h, host) in o.hosts.iter().enumerate() {
         for (c, from) in IPS[h].iter().enumerate() {

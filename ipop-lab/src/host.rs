@@ -33,6 +33,8 @@ pub struct Host {
     container_ns: Vec<Netns>,
     netns: Netns,
     scratch: Scratch,
+    /// What agents are started under (`setpriv ...`), if not as root.
+    wrapper: Vec<String>,
 }
 
 impl Host {
@@ -55,6 +57,7 @@ impl Host {
             container_ns: Vec::new(),
             netns,
             scratch,
+            wrapper: Vec::new(),
         };
         host.ip(&["link", "add", "lxcbr0", "type", "bridge"]);
         host.ip(&["addr", "add", "10.0.3.1/24", "dev", "lxcbr0"]);
@@ -67,11 +70,22 @@ impl Host {
 
     /// One more veth container, eth0 at `addr`/24 on lxcbr0; its index.
     pub fn add_container(&mut self, addr: &str) -> usize {
+        self.add_container_on("lxcbr0", addr)
+    }
+
+    /// Another bridge, without an address (a second overlay's, beside lxcbr0).
+    pub fn add_bridge(&self, name: &str) {
+        self.ip(&["link", "add", name, "type", "bridge"]);
+        self.ip(&["link", "set", name, "up"]);
+    }
+
+    /// One more veth container, eth0 at `addr`/24 on `bridge`; its index.
+    pub fn add_container_on(&mut self, bridge: &str, addr: &str) -> usize {
         let i = self.containers.len();
         let c = Netns::add(&format!("{}c{i}", self.prefix));
         let port = format!("veth{i}");
         self.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
-        self.ip(&["link", "set", &port, "master", "lxcbr0", "up"]);
+        self.ip(&["link", "set", &port, "master", bridge, "up"]);
         c.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         c.ip(&["link", "set", "eth0", "up"]);
         self.containers.push(c.name.clone());
@@ -127,11 +141,37 @@ impl Host {
         self.in_ns(&full)
     }
 
+    /// From now on, agents start as `user` (its uid, gid and no other group) holding only
+    /// `caps` (e.g. `net_admin`), through `setpriv`: what ipop@.service gives them. The user
+    /// gets what the unit makes for it: the state directory, a run directory (`IPOP_RUN_DIR`,
+    /// the unit's /run/ipop) and this host's pin root on bpffs.
+    pub fn run_agents_as(&mut self, user: &str, caps: &[&str]) {
+        let run = self.scratch.file("run");
+        for dir in [self.scratch.file("state"), run.clone(), self.pin_root.clone()] {
+            fs::create_dir_all(&dir).unwrap();
+            ok(&["chown", &format!("{user}:{user}"), dir.to_str().unwrap()]);
+            ok(&["chmod", "0700", dir.to_str().unwrap()]);
+        }
+        self.netns.set_env("IPOP_RUN_DIR", run.to_str().unwrap());
+        let caps = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
+        self.wrapper = vec![
+            "setpriv".into(),
+            format!("--reuid={user}"),
+            format!("--regid={user}"),
+            "--clear-groups".into(),
+            format!("--inh-caps=-all,{caps}"),
+            format!("--ambient-caps=-all,{caps}"),
+            format!("--bounding-set=-all,{caps}"),
+            "--no-new-privs".into(),
+        ];
+    }
+
     /// Starts `ipop-agent run` with `args` in the host namespace and waits until it is ready.
     pub fn start_agent(&mut self, args: &[&str]) -> usize {
         let log = self.log_path(self.agents.len());
         let agent = agent_binary();
-        let mut full = vec![agent.to_str().unwrap(), "run"];
+        let mut full: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        full.extend_from_slice(&[agent.to_str().unwrap(), "run"]);
         full.extend_from_slice(args);
         self.agents.push(self.netns.start(&full, &log));
         let idx = self.agents.len() - 1;

@@ -51,6 +51,7 @@ mod process;
 mod proxy;
 mod tls;
 mod underlay;
+mod user;
 mod xmpp;
 
 pub use agent::{agent_binary, prog_name, remove_pins, set_agent, stats, status, tcx_links};
@@ -65,4 +66,5 @@ pub use process::Proc;
 pub use proxy::{Channel, Faults, Plain, SignalingProxy};
 pub use tls::make_ca;
 pub use underlay::{RENDEZVOUS, Underlay};
+pub use user::SystemUser;
 pub use xmpp::{Cert, DOMAIN as XMPP_DOMAIN, Ejabberd, Prosody, ROOM as XMPP_ROOM};

@@ -153,12 +153,17 @@ impl Underlay {
     /// Starts `ipop-agent rendezvous` with `args` after its listening address (an overlay,
     /// and a secret or `--ca-public-key`) and waits until it listens; its index.
     pub fn start_rendezvous_with(&mut self, args: &[&str]) -> usize {
+        self.start_rendezvous_on(7000, args)
+    }
+
+    /// `start_rendezvous_with` on another `port` (another overlay's rendezvous).
+    pub fn start_rendezvous_on(&mut self, port: u16, args: &[&str]) -> usize {
         let agent = agent_binary();
-        let listen = self.rendezvous();
+        let listen = format!("{}:{port}", self.addr);
         let mut full = vec![agent.to_str().unwrap(), "rendezvous", "--listen", &listen];
         full.extend_from_slice(args);
         let idx = self.spawn(&full, &format!("rendezvous{}.log", self.netns.services()));
-        let probe = format!("exec 3<>/dev/tcp/{}/7000", self.addr);
+        let probe = format!("exec 3<>/dev/tcp/{}/{port}", self.addr);
         eventually("the rendezvous listens", || self.exec(&["bash", "-c", &probe]).status.success());
         idx
     }

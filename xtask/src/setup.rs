@@ -13,7 +13,8 @@ use anyhow::{Context as _, Result, bail};
 /// real LXC containers, from the busybox template), coturn (STUN and TURN), prosody (with
 /// lua-unbound, its resolver) and ejabberd (the XMPP servers of the signaling tests), and
 /// openssl (the lab's certificates for TURN over TLS and XMPP), prometheus (its promtool checks
-/// the agent's metrics) and curl (scrapes them).
+/// the agent's metrics) and curl (scrapes them), chromium and chromium-driver (the topology
+/// page's test drives a headless browser through WebDriver), with a font to draw text.
 const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -33,7 +34,11 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "prometheus",
     "curl",
+    "chromium",
+    "chromium-driver",
+    "fonts-dejavu-core",
 ];
+const CARGO_DEB_VERSION: &str = "3";
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -41,7 +46,34 @@ pub fn all() -> Result<()> {
     packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
+    tun_mode()?;
     bpffs()
+}
+
+/// /dev/net/tun 0666, as udev's default rules make it (`KERNEL=="tun", MODE="0666"`): opening
+/// it grants nothing without CAP_NET_ADMIN, and an agent run as its own user must open it.
+/// Machines without udev (containers) often leave it 0600.
+fn tun_mode() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tun = Path::new("/dev/net/tun");
+    let mode = std::fs::metadata(tun).context("/dev/net/tun: this kernel has no TUN/TAP")?.permissions().mode();
+    if mode & 0o777 == 0o666 {
+        return Ok(());
+    }
+    eprintln!("xtask setup: /dev/net/tun to mode 0666, as udev sets it");
+    std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666)).context("chmod /dev/net/tun")
+}
+
+/// cargo-deb: `cargo xtask deb` builds the package with it, and its test installs it.
+fn cargo_deb() -> Result<()> {
+    if quiet(Command::new("cargo").args(["deb", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-deb");
+    run(Command::new("cargo")
+        .args(["install", "cargo-deb", "--locked", "--version"])
+        .arg(format!("^{CARGO_DEB_VERSION}")))
 }
 
 fn quiet(cmd: &mut Command) -> bool {

@@ -38,7 +38,8 @@ pub fn check_privileges() -> Result<()> {
     let missing = missing_capabilities(effective_capabilities()?);
     if !missing.is_empty() {
         bail!(
-            "ipop-agent needs {} (run it as root): it loads eBPF programs and creates a TAP device",
+            "ipop-agent needs {} (run it as root, or as its own user with those capabilities, as \
+             ipop@.service does): it loads eBPF programs and creates a TAP device",
             missing.join(" and ")
         );
     }

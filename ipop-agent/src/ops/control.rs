@@ -1,5 +1,5 @@
 //! The agent's control socket: `ipop-agent status` (and anything else that asks) reads what
-//! only the running agent knows. One unix socket per agent in /run/ipop, named after its pin
+//! only the running agent knows. One unix socket per agent in the run directory (/run/ipop), named after its pin
 //! directory, mode 0660, its group the config's `control_group` (`ipop`) when that group
 //! exists, so that group's members need no root.
 //!
@@ -23,7 +23,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::ops::lock::{LOCK_DIR, pin_dir_key};
+use crate::ops::lock::{pin_dir_key, run_dir};
 
 /// The protocol's version.
 pub const VERSION: u64 = 1;
@@ -33,7 +33,7 @@ pub const REQUESTS: [&str; 4] = ["status", "peers", "hosts", "counters"];
 const MAX_REQUEST: u64 = 1024;
 
 pub fn socket_path(pin_dir: &Path) -> PathBuf {
-    Path::new(LOCK_DIR).join(format!("agent-{}.sock", pin_dir_key(pin_dir)))
+    run_dir().join(format!("agent-{}.sock", pin_dir_key(pin_dir)))
 }
 
 /// A request the agent's loop answers: what was asked (one of `REQUESTS`), and where the

@@ -1,4 +1,5 @@
-//! One agent per bridge and per pin directory, enforced with `flock` on files in /run/ipop.
+//! One agent per bridge and per pin directory, enforced with `flock` on files in the run
+//! directory (`/run/ipop`, systemd's `RuntimeDirectory=ipop`; `IPOP_RUN_DIR` elsewhere).
 //!
 //! A lock dies with its process (even on `kill -9`), so a crashed agent never blocks the next
 //! one; the pid written in the file names the holder in the error message.
@@ -12,7 +13,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub const LOCK_DIR: &str = "/run/ipop";
+/// Where the locks and control sockets live, unless `IPOP_RUN_DIR` says otherwise.
+pub const RUN_DIR: &str = "/run/ipop";
+
+/// The run directory: `IPOP_RUN_DIR` if set (an agent run by an unprivileged user outside
+/// systemd, which makes /run/ipop for the unit, needs one it owns), else `RUN_DIR`. The CLI
+/// reads the same variable to find an agent's socket.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("IPOP_RUN_DIR").filter(|d| !d.is_empty()).map(PathBuf::from).unwrap_or_else(|| RUN_DIR.into())
+}
 
 /// Held locks; released (and their files removed) on drop.
 #[derive(Debug)]
@@ -35,11 +44,12 @@ pub fn pin_lock_name(pin_dir: &Path) -> String {
 /// namespaces do not collide) and the pin directory (bpffs is shared by all namespaces).
 pub fn acquire(bridge: &str, bridge_ifindex: u32, pin_dir: &Path) -> Result<InstanceLock> {
     let netns = fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino();
-    fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    let dir = run_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
     let mut lock = InstanceLock { held: Vec::new() };
-    let bridge_file = Path::new(LOCK_DIR).join(format!("bridge-{netns}-{bridge_ifindex}.lock"));
+    let bridge_file = dir.join(format!("bridge-{netns}-{bridge_ifindex}.lock"));
     lock.take(&bridge_file, &format!("bridge {bridge}"))?;
-    lock.take(&Path::new(LOCK_DIR).join(pin_lock_name(pin_dir)), &format!("pin directory {}", pin_dir.display()))?;
+    lock.take(&dir.join(pin_lock_name(pin_dir)), &format!("pin directory {}", pin_dir.display()))?;
     Ok(lock)
 }
 

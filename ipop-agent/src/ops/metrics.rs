@@ -63,6 +63,7 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.0;
+        self.info(&mut e)?;
         for (name, help, path) in AGENT_COUNTERS {
             counter(&mut e, name, help, at(s, path).as_u64().unwrap_or(0))?;
         }
@@ -80,6 +81,14 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
+    /// Which agent this is, as labels (two overlays on one host are two agents).
+    fn info(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let label = |k: &str| self.0[k].as_str().unwrap_or("").to_owned();
+        let labels = [("overlay", label("overlay")), ("node_id", label("node_id")), ("bridge", label("bridge"))];
+        let mut m = e.encode_descriptor("ipop_agent", "which agent this is (always 1)", None, MetricType::Gauge)?;
+        ConstGauge::new(1).encode(m.encode_family(&labels)?)
+    }
+
     fn peers(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let peers: Vec<&Value> = self.0["peers"].as_array().into_iter().flatten().collect();
         let name = |p: &Value| p["node_id"].as_str().unwrap_or("?").to_owned();
