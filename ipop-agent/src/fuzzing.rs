@@ -108,6 +108,8 @@ pub fn json_rpc(data: &[u8]) {
             assert_eq!(rpc::decode(&rpc::encode(&m)).unwrap(), Incoming::Notification(m));
         }
         Ok(Incoming::Response { .. }) => {}
+        // What was taken is sent on again as a summary that decodes.
+        Ok(Incoming::Summary(s)) => assert!(matches!(rpc::decode(&rpc::encode_summary(s)), Ok(Incoming::Summary(_)))),
         Err(rejection) => {
             if let Some(answer) = rejection.answer {
                 let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();

@@ -98,6 +98,11 @@ impl Host {
         self.netns.ip(args)
     }
 
+    /// Moves the calling thread into the host namespace (`Netns::enter_this_thread`).
+    pub fn enter_this_thread(&self) {
+        self.netns.enter_this_thread()
+    }
+
     /// A command inside the host namespace (network only: bpffs stays the machine's).
     pub fn in_ns(&self, args: &[&str]) -> Output {
         self.netns.nsenter(args)

@@ -45,6 +45,16 @@ impl Netns {
         self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     }
 
+    /// Moves the calling thread (only it) into this namespace: the sockets it opens from now
+    /// on live here. For a test's client of a server in the namespace (a WebDriver session).
+    pub fn enter_this_thread(&self) {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        // SAFETY: setns on an fd we own; it changes only this thread's network namespace.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
+    }
+
     /// A command in the namespace, network only (bpffs stays the machine's).
     pub fn nsenter(&self, args: &[&str]) -> Output {
         let net = format!("--net=/run/netns/{}", self.name);

@@ -75,6 +75,11 @@ impl Shell {
                     p.send(id, Inner::Rpc, rpc::encode_result(&call));
                 }
             }
+            Ok(rpc::Incoming::Summary(summary)) => {
+                if let Some(p) = self.peers.as_ref() {
+                    self.topology.heard(p.name(id), summary, now);
+                }
+            }
             Ok(rpc::Incoming::Response { error, .. }) => {
                 if let Some((code, message)) = error {
                     debug!(peer = id, code, %message, "error response from a peer");

@@ -185,6 +185,7 @@ async fn serve(
                 let out = shell.switch.expire(monotonic_ns());
                 shell.apply(out);
                 shell.expire_certificates();
+                shell.share_summary();
                 if let Some(list) = revocations.changed() {
                     shell.revoke(&list, "its file");
                 }

@@ -39,17 +39,20 @@ impl Shell {
                 Output::ArpRemove { ip } => self.remove(ip),
                 Output::LocalOverridesRemote { ip, local, remote, peer } => {
                     let peer = self.peers.as_ref().map(|p| p.name(peer).to_owned()).unwrap_or_default();
+                    self.conflicts.record(ip, remote, &peer);
                     warn!(%ip, %local, %remote, %peer, "IP conflict: a local host has an IP a peer claimed; the local host wins");
                 }
                 Output::ClaimRefused { ip, claimed, by } => {
                     let peers = self.peers.as_ref();
                     let name = peers.map(|p| p.name(by).to_owned()).unwrap_or_default();
+                    self.conflicts.record(ip, claimed, &name);
                     let cert = peers.and_then(|p| p.certificate(by));
                     let (serial, ips) = cert.map(|c| (c.serial.clone(), format!("{:?}", c.ips))).unwrap_or_default();
                     warn!(%ip, %claimed, peer = %name, certificate = %serial, allowed = %ips, "claim refused: outside the addresses its certificate allows");
                 }
                 Output::Conflict { ip, owner, claimed, by } => {
                     let by = self.peers.as_ref().map(|p| p.name(by).to_owned()).unwrap_or_default();
+                    self.conflicts.record(ip, claimed, &by);
                     let owner = match owner {
                         Owner::Local(mac) => format!("local host {mac}"),
                         Owner::Remote { mac, peer } => {

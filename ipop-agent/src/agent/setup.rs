@@ -35,7 +35,7 @@ use crate::{
     },
     ops::{
         control::{ControlSocket, Query},
-        http::HttpServer,
+        http::{HttpServer, Routes},
         state,
     },
     signaling::{
@@ -255,16 +255,21 @@ pub fn overlay(
     Ok((Some(Peers::new(LinkTemplate { shared, certified })), Some(signals)))
 }
 
-/// The ways to ask the agent: its control socket and, if configured, its metrics endpoint;
-/// their questions come out of the receiver, for the loop to answer.
-pub async fn operations(cfg: &AgentConfig) -> Result<(ControlSocket, Option<HttpServer>, mpsc::Receiver<Query>)> {
+/// The ways to ask the agent: its control socket and, if configured, its metrics endpoint
+/// and topology page (one server when both have one address); their questions come out of
+/// the receiver, for the loop to answer.
+pub async fn operations(cfg: &AgentConfig) -> Result<(ControlSocket, Vec<HttpServer>, mpsc::Receiver<Query>)> {
     let (ask, queries) = mpsc::channel(16);
     let control = ControlSocket::bind(&cfg.pin_dir, &cfg.control_group, ask.clone())?;
-    let http = match cfg.metrics_listen {
-        Some(listen) => Some(HttpServer::start(listen, ask).await?),
-        None => None,
-    };
-    Ok((control, http, queries))
+    let mut servers = Vec::new();
+    for listen in [cfg.metrics_listen, cfg.web_listen].into_iter().flatten() {
+        if servers.iter().any(|s: &HttpServer| s.listen == listen) {
+            continue;
+        }
+        let routes = Routes { metrics: cfg.metrics_listen == Some(listen), web: cfg.web_listen == Some(listen) };
+        servers.push(HttpServer::start(listen, routes, ask.clone()).await?);
+    }
+    Ok((control, servers, queries))
 }
 
 /// Who this agent is, as `status` says first.

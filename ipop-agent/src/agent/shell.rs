@@ -10,8 +10,11 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     core::{
+        rpc,
         switch::{PeerId, Route, Switch},
+        topology::{Conflicts, HostReport, LinkReport, Summary, Topology},
         vnet::{VNET_HDR_LEN, vnet_hdr_ok},
+        wire::Inner,
     },
     kernel::{maps::monotonic_ns, tap::Tap},
     link::peers::Peers,
@@ -41,6 +44,9 @@ pub struct Shell {
     /// Per peer: when a refusal was last logged, and how many since.
     pub(super) rpc_refused_logged: std::collections::HashMap<PeerId, (u64, u64)>,
     pub(super) next_frame_id: u32,
+    /// What peers said of their links, for the topology page; and the claims refused here.
+    pub(super) topology: Topology,
+    pub(super) conflicts: Conflicts,
 }
 
 impl Shell {
@@ -56,6 +62,8 @@ impl Shell {
             rpc_refused: 0,
             rpc_refused_logged: Default::default(),
             next_frame_id: 0,
+            topology: Topology::default(),
+            conflicts: Conflicts::default(),
         }
     }
 
@@ -67,7 +75,34 @@ impl Shell {
             "peers" => self.peers_status(),
             "hosts" => self.hosts(),
             "counters" => self.counters(kernel),
+            "topology" => {
+                let name = |k: &str| about[k].as_str().unwrap_or_default().to_owned();
+                self.topology.view(monotonic_ns(), &name("overlay"), &name("node_id"), &self.summary())
+            }
             _ => self.status(about, kernel),
+        }
+    }
+
+    /// What this node says of itself to its peers: its links, the hosts on its bridge, the
+    /// claims it refused.
+    fn summary(&self) -> Summary {
+        let peers = self.peers_status();
+        let links = peers.as_array().into_iter().flatten().map(|p| LinkReport {
+            peer: p["node_id"].as_str().unwrap_or_default().to_owned(),
+            up: p["up"] == true,
+            path: p["path"].as_str().map(str::to_owned),
+            rtt_ms: p["rtt_ms"].as_f64(),
+        });
+        let hosts = self.switch.local_hosts().into_iter();
+        let hosts = hosts.map(|(ip, mac)| HostReport { ip: ip.to_string(), mac: mac.to_string() });
+        Summary { links: links.collect(), hosts: hosts.collect(), conflicts: self.conflicts.list() }
+    }
+
+    /// Sends this node's summary to every peer that is up (every tick).
+    pub fn share_summary(&mut self) {
+        let message = rpc::encode_summary(self.summary());
+        if let Some(p) = self.peers.as_mut() {
+            p.broadcast(Inner::Rpc, &message);
         }
     }
 

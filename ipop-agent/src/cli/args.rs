@@ -94,6 +94,9 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9464.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the live topology page on this address (GET /), e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub web_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub xmpp: XmppArgs,
 }

@@ -180,6 +180,7 @@ fn run(args: RunArgs) -> Result<()> {
         xmpp: args.xmpp.settings(),
         control_group: args.control_group,
         metrics_listen: args.metrics_listen,
+        web_listen: args.web_listen,
         stun: (!args.stun.is_empty()).then_some(args.stun),
         turn: (!args.turn.is_empty()).then_some(args.turn),
         turn_user: args.turn_user,

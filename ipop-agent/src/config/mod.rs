@@ -88,6 +88,8 @@ pub struct Settings {
     pub control_group: Option<String>,
     /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9464`; off if unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where to serve the topology page (`GET /`), e.g. `127.0.0.1:8080`; off if unset.
+    pub web_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -135,6 +137,7 @@ impl Settings {
             broadcast_rate: over.broadcast_rate.or(self.broadcast_rate),
             control_group: over.control_group.or(self.control_group),
             metrics_listen: over.metrics_listen.or(self.metrics_listen),
+            web_listen: over.web_listen.or(self.web_listen),
         }
     }
 
@@ -200,6 +203,7 @@ impl Settings {
         Ok(AgentConfig {
             control_group,
             metrics_listen: self.metrics_listen,
+            web_listen: self.web_listen,
             rekey_after,
             bridge,
             tap,
@@ -395,6 +399,8 @@ pub struct AgentConfig {
     pub control_group: String,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the topology page is served, if anywhere (may be `metrics_listen`).
+    pub web_listen: Option<std::net::SocketAddr>,
 }
 
 /// How the agent joins an overlay.

@@ -6,7 +6,10 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::core::addr::{Mac, parse_host_ip, parse_host_mac};
+use crate::core::{
+    addr::{Mac, parse_host_ip, parse_host_mac},
+    topology::Summary,
+};
 
 /// Largest message accepted or sent.
 pub const MAX_MESSAGE: usize = 4096;
@@ -48,6 +51,9 @@ pub enum Incoming {
     Call { id: Value, method: Method },
     /// An answer to something we sent (we only send notifications, so it is only logged).
     Response { id: Value, error: Option<(i64, String)> },
+    /// `link_summary`, a notification: what the peer says of its links and hosts, for the
+    /// topology page.
+    Summary(Summary),
 }
 
 /// A message refused; `answer` holds the error response to send back when one is due.
@@ -148,6 +154,8 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
     let params = env.params.unwrap_or(Value::Null);
     let bad = |e: String| reject(INVALID_PARAMS, format!("invalid params for {method}: {e}"), id);
     let parsed = match method.as_str() {
+        "link_summary" if id.is_some() => return Err(reject(INVALID_REQUEST, "link_summary is a notification", id)),
+        "link_summary" => return Summary::from_params(params).map(Incoming::Summary).map_err(bad),
         "arp_request" => {
             let p: ArpRequestParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
             Method::ArpRequest(ArpRequest {
@@ -191,6 +199,13 @@ pub fn encode(method: &Method) -> Vec<u8> {
         ),
     };
     serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": name, "params": params})).expect("serialisable")
+}
+
+/// The `link_summary` notification, shrunk to fit one message.
+pub fn encode_summary(mut summary: Summary) -> Vec<u8> {
+    let message = |s: &Summary| json!({"jsonrpc": "2.0", "method": "link_summary", "params": s});
+    summary.shrink_to(|s| serde_json::to_vec(&message(s)).is_ok_and(|m| m.len() <= MAX_MESSAGE));
+    serde_json::to_vec(&message(&summary)).expect("serialisable")
 }
 
 pub fn encode_result(id: &Value) -> Vec<u8> {
@@ -286,5 +301,21 @@ mod tests {
             assert_eq!(r.code, INVALID_PARAMS, "{params}");
             assert!(r.answer.is_some());
         }
+    }
+
+    #[test]
+    fn a_link_summary_is_a_checked_notification_that_fits_one_message() {
+        use crate::core::topology::{HostReport, LinkReport};
+        let host = |i: u32| HostReport { ip: format!("10.{}.{}.1", i / 256, i % 256), mac: "02:00:00:00:00:05".into() };
+        let link = LinkReport { peer: "h1".into(), up: true, path: Some("direct".into()), rtt_ms: Some(0.4) };
+        let big = Summary { links: vec![link], hosts: (0..200).map(host).collect(), conflicts: vec![] };
+        let bytes = encode_summary(big);
+        assert!(bytes.len() <= MAX_MESSAGE);
+        let Ok(Incoming::Summary(s)) = decode(&bytes) else { panic!("{}", String::from_utf8_lossy(&bytes)) };
+        assert_eq!(s.links.len(), 1, "links stay, hosts go first");
+        let call = br#"{"jsonrpc":"2.0","method":"link_summary","id":1,"params":{"links":[],"hosts":[]}}"#;
+        assert_eq!(rejected(call).code, INVALID_REQUEST);
+        let bad = br#"{"jsonrpc":"2.0","method":"link_summary","params":{"links":[{"peer":"","up":true}],"hosts":[]}}"#;
+        assert_eq!(rejected(bad).code, INVALID_PARAMS);
     }
 }

@@ -4,7 +4,7 @@
 //! exists, so that group's members need no root.
 //!
 //! Request and response, one JSON line each, versioned: `{"v":1,"get":"status"}` (or
-//! `peers`, `hosts`, `counters`) is answered `{"v":1,"status":{...}}`; anything else gets
+//! `peers`, `hosts`, `counters`, `topology`) is answered `{"v":1,"status":{...}}`; anything else gets
 //! `{"v":1,"error":"..."}`. A connection that sends nothing within 2 s is closed. Each
 //! connection is read by a task of its own; the agent's loop only answers (`Query`).
 
@@ -28,7 +28,7 @@ use crate::ops::lock::{pin_dir_key, run_dir};
 /// The protocol's version.
 pub const VERSION: u64 = 1;
 /// What may be asked.
-pub const REQUESTS: [&str; 4] = ["status", "peers", "hosts", "counters"];
+pub const REQUESTS: [&str; 5] = ["status", "peers", "hosts", "counters", "topology"];
 /// The longest request taken.
 const MAX_REQUEST: u64 = 1024;
 

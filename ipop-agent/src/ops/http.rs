@@ -1,6 +1,8 @@
-//! The agent's HTTP endpoint (`metrics_listen`): `GET /metrics` in the Prometheus text format.
-//! Off unless configured. hyper serves each connection in a task of its own; a scrape asks
-//! the agent's loop for its status, as the control socket does (`control::ask`).
+//! The agent's HTTP endpoints, each off unless configured: `GET /metrics` in the Prometheus
+//! text format (`metrics_listen`), and the topology page (`web_listen`): `GET /`, the page
+//! (embedded in the binary, no CDN), which polls `GET /topology.json`. hyper serves each
+//! connection in a task of its own; a request asks the agent's loop, as the control socket
+//! does (`control::ask`).
 
 use std::convert::Infallible;
 
@@ -17,8 +19,19 @@ use crate::ops::{
     metrics,
 };
 
+/// The topology page: one file, its script and style inline.
+const PAGE: &str = include_str!("web/index.html");
+
+/// What one address serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Routes {
+    pub metrics: bool,
+    pub web: bool,
+}
+
 /// The serving task; it stops when dropped.
 pub struct HttpServer {
+    pub listen: std::net::SocketAddr,
     task: JoinHandle<()>,
 }
 
@@ -29,19 +42,30 @@ impl Drop for HttpServer {
 }
 
 impl HttpServer {
-    /// Listens on `listen` (an error if it cannot) and answers with what `queries` answers.
-    pub async fn start(listen: std::net::SocketAddr, queries: mpsc::Sender<Query>) -> Result<HttpServer> {
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("metrics_listen {listen}"))?;
-        info!(%listen, "serving metrics on /metrics");
-        Ok(HttpServer { task: tokio::spawn(accept(listener, queries)) })
+    /// Listens on `listen` (an error if it cannot) and answers `routes` with what `queries`
+    /// answers.
+    pub async fn start(
+        listen: std::net::SocketAddr,
+        routes: Routes,
+        queries: mpsc::Sender<Query>,
+    ) -> Result<HttpServer> {
+        let key = if routes.metrics { "metrics_listen" } else { "web_listen" };
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("{key} {listen}"))?;
+        if routes.metrics {
+            info!(%listen, "serving metrics on /metrics");
+        }
+        if routes.web {
+            info!(%listen, "serving the topology page on /");
+        }
+        Ok(HttpServer { listen, task: tokio::spawn(accept(listener, routes, queries)) })
     }
 }
 
-async fn accept(listener: TcpListener, queries: mpsc::Sender<Query>) {
+async fn accept(listener: TcpListener, routes: Routes, queries: mpsc::Sender<Query>) {
     while let Ok((stream, peer)) = listener.accept().await {
         let queries = queries.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| respond(req, queries.clone()));
+            let service = service_fn(move |req| respond(req, routes, queries.clone()));
             if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                 debug!(%peer, "HTTP connection: {e}");
             }
@@ -49,19 +73,43 @@ async fn accept(listener: TcpListener, queries: mpsc::Sender<Query>) {
     }
 }
 
-async fn respond(req: Request<Incoming>, queries: mpsc::Sender<Query>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let reply = |status: StatusCode, kind: &str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, kind.parse().expect("a header value"));
-        Ok(r)
+type Reply = Result<Response<Full<Bytes>>, Infallible>;
+
+fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let headers = r.headers_mut();
+    headers.insert(hyper::header::CONTENT_TYPE, kind.parse().expect("a header value"));
+    // The page loads nothing from elsewhere, and nothing else may frame it.
+    headers.insert(hyper::header::CONTENT_SECURITY_POLICY, CSP.parse().expect("a header value"));
+    Ok(r)
+}
+
+const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'";
+
+async fn respond(req: Request<Incoming>, routes: Routes, queries: mpsc::Sender<Query>) -> Reply {
+    let (get, path) = (req.method() == Method::GET, req.uri().path());
+    let asked = match path {
+        "/metrics" if routes.metrics => "status",
+        "/topology.json" if routes.web => "topology",
+        "/" if routes.web && get => return reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        _ => {
+            let here = match (routes.metrics, routes.web) {
+                (true, true) => "try /metrics or /",
+                (true, false) => "try /metrics",
+                _ => "try /",
+            };
+            return reply(StatusCode::NOT_FOUND, "text/plain", format!("not here: {here}\n"));
+        }
     };
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => match ask(&queries, "status".into()).await {
-            Some(status) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics::render(status)),
-            None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the agent is stopping\n".into()),
-        },
-        (_, "/metrics") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not here: try /metrics\n".into()),
+    if !get {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+    }
+    match ask(&queries, asked.into()).await {
+        Some(doc) if asked == "status" => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics::render(doc))
+        }
+        Some(doc) => reply(StatusCode::OK, "application/json", doc.to_string()),
+        None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the agent is stopping\n"),
     }
 }

@@ -1,0 +1,307 @@
+//! The overlay as one node sees it, for the topology page. Each agent knows its own links;
+//! it shares a small summary of them (with the hosts on its bridge and the conflicts it saw)
+//! with its peers every few seconds (`link_summary`, docs/protocol.md), and keeps the last
+//! summary heard from each. `Topology::view` merges its own with the fresh ones: every node,
+//! every link, the hosts behind each node, conflicts. Pure: the shell gives the time.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::core::{
+    addr::{Mac, parse_host_ip, parse_host_mac},
+    node_id::check_node_id,
+};
+
+/// A summary older than this says nothing: its node is dead unless our own link to it is up.
+/// Summaries go every 2 s (the agent's tick), so three may be lost in a row.
+pub const LIVENESS_NS: u64 = 7_000_000_000;
+/// At most this many of each list are taken from a peer (a summary fits one RPC anyway).
+pub const MAX_LINKS: usize = 256;
+pub const MAX_HOSTS: usize = 256;
+pub const MAX_CONFLICTS: usize = 16;
+
+/// One link of the reporting node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkReport {
+    pub peer: String,
+    pub up: bool,
+    /// `direct`, `ice` or `relay`; none while down.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+}
+
+/// A host on the reporting node's bridge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostReport {
+    pub ip: String,
+    pub mac: String,
+}
+
+/// A claim the reporting node refused: `claimed_by` said `ip` was at `mac`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictReport {
+    pub ip: String,
+    pub mac: String,
+    pub claimed_by: String,
+}
+
+/// What one node says of itself (`link_summary`'s params).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    pub links: Vec<LinkReport>,
+    pub hosts: Vec<HostReport>,
+    #[serde(default)]
+    pub conflicts: Vec<ConflictReport>,
+}
+
+impl Summary {
+    /// Checks what a peer sent: node ids, addresses, paths and round trips well formed, and no
+    /// list longer than this page draws.
+    pub fn from_params(params: Value) -> Result<Summary, String> {
+        let s: Summary = serde_json::from_value(params).map_err(|e| e.to_string())?;
+        if s.links.len() > MAX_LINKS || s.hosts.len() > MAX_HOSTS || s.conflicts.len() > MAX_CONFLICTS {
+            return Err("too many links, hosts or conflicts".into());
+        }
+        for l in &s.links {
+            check_node_id(&l.peer)?;
+            if !matches!(l.path.as_deref(), None | Some("direct" | "ice" | "relay")) {
+                return Err(format!("unknown path {:?}", l.path));
+            }
+            if l.rtt_ms.is_some_and(|r| !(0.0..1e7).contains(&r)) {
+                return Err("rtt_ms out of range".into());
+            }
+        }
+        for h in &s.hosts {
+            check_host(&h.ip, &h.mac)?;
+        }
+        for c in &s.conflicts {
+            check_host(&c.ip, &c.mac)?;
+            check_node_id(&c.claimed_by)?;
+        }
+        Ok(s)
+    }
+
+    /// Drops hosts, then conflicts, then links from the end until `fits` says the summary
+    /// does (one RPC is at most `rpc::MAX_MESSAGE` bytes).
+    pub fn shrink_to(&mut self, fits: impl Fn(&Summary) -> bool) {
+        while !fits(self) {
+            if self.hosts.pop().is_none() && self.conflicts.pop().is_none() && self.links.pop().is_none() {
+                return;
+            }
+        }
+    }
+}
+
+fn check_host(ip: &str, mac: &str) -> Result<(), String> {
+    parse_host_ip(ip)?;
+    parse_host_mac(mac).map(|_| ())
+}
+
+/// The conflicts this node refused itself, the latest kept.
+#[derive(Debug, Default)]
+pub struct Conflicts(Vec<ConflictReport>);
+
+impl Conflicts {
+    pub fn record(&mut self, ip: Ipv4Addr, mac: Mac, claimed_by: &str) {
+        let c = ConflictReport { ip: ip.to_string(), mac: mac.to_string(), claimed_by: claimed_by.to_owned() };
+        self.0.retain(|old| old.ip != c.ip || old.claimed_by != c.claimed_by);
+        if self.0.len() == MAX_CONFLICTS {
+            self.0.remove(0);
+        }
+        self.0.push(c);
+    }
+
+    pub fn list(&self) -> Vec<ConflictReport> {
+        self.0.clone()
+    }
+}
+
+/// The summaries heard from peers, by node id, with when.
+#[derive(Debug, Default)]
+pub struct Topology {
+    heard: BTreeMap<String, (Summary, u64)>,
+}
+
+impl Topology {
+    pub fn heard(&mut self, node: &str, summary: Summary, now_ns: u64) {
+        self.heard.insert(node.to_owned(), (summary, now_ns));
+    }
+
+    /// The page's document (docs/status.md, "topology"): `me` is this node, `mine` its own
+    /// summary, now.
+    pub fn view(&self, now_ns: u64, overlay: &str, me: &str, mine: &Summary) -> Value {
+        let fresh = |n: &str| self.heard.get(n).filter(|(_, at)| now_ns.saturating_sub(*at) < LIVENESS_NS);
+        let mut alive: BTreeMap<&str, bool> = BTreeMap::from([(me, true)]);
+        for l in &mine.links {
+            *alive.entry(&l.peer).or_default() |= l.up;
+        }
+        for n in self.heard.keys() {
+            *alive.entry(n).or_default() |= fresh(n).is_some();
+        }
+        let reports =
+            std::iter::once((me, mine)).chain(self.heard.keys().filter_map(|n| Some((n.as_str(), &fresh(n)?.0))));
+        let reports: Vec<(&str, &Summary)> = reports.collect();
+        // Nodes only others link to: alive if a fresh report says its link to them is up.
+        for (_, s) in &reports {
+            for l in &s.links {
+                *alive.entry(&l.peer).or_default() |= l.up;
+            }
+        }
+        let links = merge_links(&reports, &alive);
+        let nodes: Vec<Value> = alive.iter().map(|(n, up)| self.node(n, *up, now_ns, me, mine)).collect();
+        json!({"v": 1, "overlay": overlay, "node": me, "nodes": nodes, "links": links})
+    }
+
+    fn node(&self, n: &str, alive: bool, now_ns: u64, me: &str, mine: &Summary) -> Value {
+        let (summary, heard_s) = if n == me {
+            (Some(mine), None)
+        } else {
+            let h = self.heard.get(n);
+            (h.map(|(s, _)| s), h.map(|(_, at)| now_ns.saturating_sub(*at) as f64 / 1e9))
+        };
+        json!({
+            "id": n, "alive": alive, "self": n == me, "heard_s": heard_s,
+            "hosts": summary.map(|s| json!(s.hosts)).unwrap_or(json!([])),
+            "conflicts": summary.map(|s| json!(s.conflicts)).unwrap_or(json!([])),
+        })
+    }
+}
+
+/// What the reports say of one pair: up, path, round trip.
+type Merged<'a> = (bool, Option<&'a str>, Option<f64>);
+
+/// One entry per pair of nodes: up if any fresh report says so and both ends are alive; the
+/// path and round trip of the first report (this node's own comes first).
+fn merge_links(reports: &[(&str, &Summary)], alive: &BTreeMap<&str, bool>) -> Vec<Value> {
+    let mut links: BTreeMap<(&str, &str), Merged> = BTreeMap::new();
+    for (from, s) in reports {
+        for l in &s.links {
+            let pair = if *from < l.peer.as_str() { (*from, l.peer.as_str()) } else { (l.peer.as_str(), *from) };
+            let entry = links.entry(pair).or_insert((false, None, None));
+            if l.up && !entry.0 {
+                *entry = (true, l.path.as_deref(), l.rtt_ms);
+            }
+        }
+    }
+    let is_alive = |n: &str| alive.get(n).copied().unwrap_or(false);
+    links
+        .into_iter()
+        .map(|((a, b), (up, path, rtt))| {
+            let up = up && is_alive(a) && is_alive(b);
+            json!({"a": a, "b": b, "up": up, "path": if up { path } else { None }, "rtt_ms": if up { rtt } else { None }})
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn link(peer: &str, up: bool) -> LinkReport {
+        LinkReport { peer: peer.into(), up, path: up.then(|| "direct".into()), rtt_ms: up.then_some(0.4) }
+    }
+
+    fn summary(links: &[(&str, bool)]) -> Summary {
+        Summary { links: links.iter().map(|(p, up)| link(p, *up)).collect(), ..Default::default() }
+    }
+
+    fn node<'a>(v: &'a Value, id: &str) -> &'a Value {
+        v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap_or_else(|| panic!("no {id} in {v}"))
+    }
+
+    fn up_links(v: &Value) -> Vec<(String, String)> {
+        let links = v["links"].as_array().unwrap().iter().filter(|l| l["up"] == true);
+        links.map(|l| (l["a"].as_str().unwrap().into(), l["b"].as_str().unwrap().into())).collect()
+    }
+
+    #[test]
+    fn three_nodes_in_a_mesh_are_three_live_nodes_and_three_links() {
+        let mut t = Topology::default();
+        t.heard("h1", summary(&[("h0", true), ("h2", true)]), 10 * S);
+        t.heard("h2", summary(&[("h0", true), ("h1", true)]), 10 * S);
+        let v = t.view(11 * S, "lab", "h0", &summary(&[("h1", true), ("h2", true)]));
+        assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+        assert!(["h0", "h1", "h2"].iter().all(|n| node(&v, n)["alive"] == true), "{v}");
+        assert_eq!(up_links(&v).len(), 3, "{v}");
+        assert_eq!(node(&v, "h0")["self"], true);
+        assert_eq!(node(&v, "h1")["heard_s"], 1.0);
+    }
+
+    #[test]
+    fn a_node_gone_silent_is_dead_with_its_links_once_our_link_is_down_and_its_summary_old() {
+        let mut t = Topology::default();
+        t.heard("h1", summary(&[("h0", true), ("h2", true)]), 10 * S);
+        t.heard("h2", summary(&[("h0", true), ("h1", true)]), 10 * S);
+        // h2 killed at 10 s: h1 still says its link is up for a while, ours is down.
+        t.heard("h1", summary(&[("h0", true), ("h2", true)]), 12 * S);
+        let mine = summary(&[("h1", true), ("h2", false)]);
+        let v = t.view(16 * S, "lab", "h0", &mine);
+        assert_eq!(node(&v, "h2")["alive"], true, "h1 still vouches for it, and its summary is fresh: {v}");
+        // h1's link to h2 dies too, and its next summary says so.
+        t.heard("h1", summary(&[("h0", true), ("h2", false)]), 16 * S);
+        let v = t.view(17 * S + 1, "lab", "h0", &mine);
+        assert_eq!(node(&v, "h2")["alive"], false, "{v}");
+        assert_eq!(up_links(&v), vec![("h0".into(), "h1".into())], "no live link touches a dead node: {v}");
+    }
+
+    #[test]
+    fn a_node_we_cannot_reach_is_drawn_from_a_peers_report() {
+        let mut t = Topology::default();
+        t.heard("h1", summary(&[("h0", true), ("h9", true)]), 10 * S);
+        let v = t.view(10 * S, "lab", "h0", &summary(&[("h1", true)]));
+        assert_eq!(node(&v, "h9")["alive"], true);
+        assert_eq!(node(&v, "h9")["heard_s"], Value::Null);
+        assert!(up_links(&v).contains(&("h1".into(), "h9".into())));
+    }
+
+    #[test]
+    fn a_peers_summary_is_checked_before_it_is_kept() {
+        let ok = json!({"links": [{"peer": "h1", "up": true, "path": "relay", "rtt_ms": 3.5}],
+                        "hosts": [{"ip": "10.0.3.5", "mac": "02:00:00:00:00:05"}]});
+        assert_eq!(Summary::from_params(ok).unwrap().links[0].path.as_deref(), Some("relay"));
+        for bad in [
+            json!({"links": [{"peer": "h 1", "up": true}], "hosts": []}),
+            json!({"links": [{"peer": "h1", "up": true, "path": "teleport"}], "hosts": []}),
+            json!({"links": [{"peer": "h1", "up": true, "rtt_ms": -1.0}], "hosts": []}),
+            json!({"links": [], "hosts": [{"ip": "0.0.0.0", "mac": "02:00:00:00:00:05"}]}),
+            json!({"links": [], "hosts": [{"ip": "10.0.3.5", "mac": "ff:ff:ff:ff:ff:ff"}]}),
+            json!({"links": [], "hosts": [], "extra": 1}),
+            json!({"links": [], "hosts": [], "conflicts": [{"ip": "10.0.3.5", "mac": "02:00:00:00:00:05", "claimed_by": ""}]}),
+        ] {
+            assert!(Summary::from_params(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_summary_too_big_for_one_message_loses_hosts_first() {
+        let host = |i| HostReport { ip: format!("10.0.{i}.1"), mac: "02:00:00:00:00:05".into() };
+        let mut s = Summary { links: vec![link("h1", true)], hosts: (0..100).map(host).collect(), conflicts: vec![] };
+        s.shrink_to(|s| serde_json::to_vec(s).unwrap().len() <= 1024);
+        assert!(serde_json::to_vec(&s).unwrap().len() <= 1024);
+        assert_eq!(s.links.len(), 1);
+        assert!(!s.hosts.is_empty() && s.hosts.len() < 100);
+    }
+
+    #[test]
+    fn conflicts_keep_the_latest_once_each() {
+        let mut c = Conflicts::default();
+        let mac = Mac([2, 0, 0, 0, 0, 5]);
+        for i in 0..20u8 {
+            c.record(Ipv4Addr::new(10, 0, 3, i), mac, "h1");
+        }
+        c.record(Ipv4Addr::new(10, 0, 3, 19), mac, "h1");
+        let list = c.list();
+        assert_eq!(list.len(), MAX_CONFLICTS);
+        assert_eq!(list.last().unwrap().ip, "10.0.3.19");
+    }
+}
