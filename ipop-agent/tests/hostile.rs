@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     os::fd::AsRawFd as _,
-    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -17,7 +16,7 @@ use ipop_agent::{
     link::{
         event::LinkEvent,
         ice::IceConfig,
-        params::LinkShared,
+        params::{IceServers, LinkShared},
         peers::{LinkTemplate, Peers},
         session::{self, Identity},
     },
@@ -59,7 +58,7 @@ async fn rogue(victim: &str, payloads: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         node_id: "rogue".into(),
         identity,
         psk: session::secret_psk(OVERLAY, &secret),
-        ice: Arc::new(IceConfig::start(Vec::new(), None).unwrap()),
+        ice: IceServers::new(IceConfig::start(Vec::new(), None).unwrap()),
         exclude_ifaces: vec!["lxcbr0".into()],
         signaling,
         events: events_tx,

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::{thread, time::Duration};
+
 use support::{Host, Underlay, eventually_within};
 
 const SECRET: &str = "correct horse battery";
@@ -125,4 +127,105 @@ fn two_overlays_on_one_host_run_side_by_side_and_stay_apart() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(&format!("overlay=\"{overlay}\"")), "{overlay}'s metrics on {port}:\n{text}");
     }
+}
+
+/// systemd's end of sd_notify(3): a datagram socket the agent is told about in NOTIFY_SOCKET.
+struct NotifySocket(std::os::unix::net::UnixDatagram);
+
+impl NotifySocket {
+    fn bind(path: &std::path::Path) -> NotifySocket {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        NotifySocket(sock)
+    }
+
+    /// The next message that is not a watchdog ping.
+    fn next(&self) -> String {
+        loop {
+            let msg = self.message();
+            if msg != "WATCHDOG=1" {
+                return msg;
+            }
+        }
+    }
+
+    fn message(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.0.recv(&mut buf).expect("a notification within 10 s");
+        // One state a line, each ending with a newline.
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
+    }
+}
+
+fn settings(host: &Host) -> serde_json::Value {
+    support::status(host, &host.pin_dir("lxcbr0"))["settings"].clone()
+}
+
+/// The age of the link's session: it grows while the same link stays up.
+fn handshake_age(host: &Host) -> f64 {
+    let s = support::status(host, &host.pin_dir("lxcbr0"));
+    assert_eq!(s["peers"][0]["up"], true, "{s}");
+    s["peers"][0]["handshake_age_s"].as_f64().unwrap()
+}
+
+#[test]
+fn under_systemd_the_agent_notifies_ready_pings_the_watchdog_and_reloads_on_sighup_keeping_its_links() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut hosts = [Host::new(&["10.0.3.10"]), Host::new(&["10.0.3.20"])];
+    let (notify_path, config) = (hosts[0].file("notify.sock"), hosts[0].file("lxcbr0.json"));
+    let notify = NotifySocket::bind(&notify_path);
+    hosts[0].set_env("NOTIFY_SOCKET", notify_path.to_str().unwrap());
+    hosts[0].set_env("WATCHDOG_USEC", "1000000");
+    let pins = hosts[0].pin_dir("lxcbr0");
+    let write = |extra: &str| {
+        let base = format!(r#""node_id": "h0", "rendezvous": "{}", "secret": "{SECRET}""#, support::RENDEZVOUS);
+        std::fs::write(&config, format!(r#"{{{base}, "pin_dir": {:?}{extra}}}"#, pins.to_str().unwrap())).unwrap();
+    };
+    write("");
+    hosts[0].join_underlay(&underlay, 1);
+    let agent = hosts[0].start_agent(&["--config", config.to_str().unwrap()]);
+    // READY=1 comes once the agent is attached: the TAP is already a port of the bridge.
+    assert!(notify.next().starts_with("READY=1"), "the first notification is READY=1");
+    let tap = hosts[0].ip(&["-j", "link", "show", "ipop"]);
+    assert!(tap.contains(r#""master":"lxcbr0""#), "{tap}");
+    let pings = (0..3).map(|_| notify.message()).filter(|m| m == "WATCHDOG=1").count();
+    assert!(pings >= 2, "the watchdog is pinged every half period");
+    hosts[1].join_underlay(&underlay, 2);
+    hosts[1].start_member("h1", SECRET, &[]);
+    eventually_within(20, "the link is up", || hosts[0].link_up());
+
+    // Rates, servers and the log filter change in place; the link stays (its session ages on).
+    let age = handshake_age(&hosts[0]);
+    write(r#", "broadcast_rate": 50, "stun": ["stun:192.168.77.254:3478"], "log": "debug""#);
+    hosts[0].signal_agent(agent, libc::SIGHUP);
+    assert!(notify.next().starts_with("RELOADING=1"));
+    assert!(notify.next().starts_with("READY=1"));
+    let s = settings(&hosts[0]);
+    assert_eq!((s["broadcast_rate"].as_u64(), s["log"].as_str()), (Some(50), Some("debug")), "{s}");
+    assert_eq!(s["ice_servers"], serde_json::json!(["stun:192.168.77.254:3478"]));
+    thread::sleep(Duration::from_secs(1));
+    assert!(handshake_age(&hosts[0]) > age + 0.9, "the same session: no link was dropped");
+    let log = hosts[0].agent_log(agent);
+    assert!(log.contains("config reloaded: applied, links kept") && !log.contains("DEBUG"), "{log}");
+    eventually_within(5, "debug lines in the log", || hosts[0].agent_log(agent).contains("DEBUG"));
+    let out = hosts[0].in_container(0, &["ping", "-c", "2", "-W", "2", "10.0.3.20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Another bridge needs a restart: refused, said, and the agent runs on as it was.
+    write(r#", "bridge": "lxcbr9", "broadcast_rate": 7"#);
+    hosts[0].signal_agent(agent, libc::SIGHUP);
+    assert!(notify.next().starts_with("RELOADING=1") && notify.next().starts_with("READY=1"));
+    let log = hosts[0].agent_log(agent);
+    assert!(log.contains("config reload refused: bridge can only change with a restart"), "{log}");
+    assert_eq!(settings(&hosts[0])["broadcast_rate"], 50, "nothing of a refused reload is applied");
+    // A config that does not parse: refused too.
+    std::fs::write(&config, "{ not json").unwrap();
+    hosts[0].signal_agent(agent, libc::SIGHUP);
+    assert!(notify.next().starts_with("RELOADING=1") && notify.next().starts_with("READY=1"));
+    assert!(hosts[0].agent_log(agent).contains("invalid config"), "{}", hosts[0].agent_log(agent));
+    assert!(hosts[0].link_up(), "still linked");
+
+    assert_eq!(hosts[0].stop_agent(agent, libc::SIGTERM), Some(0));
+    assert_eq!(notify.next(), "STOPPING=1");
 }

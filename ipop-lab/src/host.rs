@@ -255,6 +255,16 @@ impl Host {
         self.agents[idx].pid()
     }
 
+    /// Sets `key` in the environment of what starts here from now on (agents, commands).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.netns.set_env(key, value);
+    }
+
+    /// Sends `signal` to agent `idx` (e.g. SIGHUP), without waiting.
+    pub fn signal_agent(&mut self, idx: usize, signal: i32) {
+        self.agents[idx].signal(signal);
+    }
+
     /// Sends `signal` to agent `idx` and waits (up to 10 s) for it to exit; its exit code.
     pub fn stop_agent(&mut self, idx: usize, signal: i32) -> Option<i32> {
         self.agents[idx].signal(signal);

@@ -39,6 +39,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (cargo-deb): target/debian/ipop-agent_<version>_<arch>.deb.
+    Deb,
     /// Build a host with a bridge and two containers in network namespaces, run the agent on
     /// an embedded default config, show an ARP request answered in the kernel, then clean up.
     Demo,
@@ -63,6 +65,36 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         scale: Vec<usize>,
     },
+}
+
+/// Builds the package: the release binary, then cargo-deb around it; the .deb's path.
+fn deb() -> Result<std::path::PathBuf> {
+    cargo(&["build", "--release", "--package", "ipop-agent"])?;
+    let out = Command::new("cargo")
+        .args(["deb", "--package", "ipop-agent", "--no-build"])
+        .current_dir(root())
+        .output()
+        .context("running cargo deb (cargo xtask setup installs it)")?;
+    if !out.status.success() {
+        bail!("cargo deb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = String::from_utf8(out.stdout)?.lines().last().context("cargo deb printed no path")?.trim().to_owned();
+    Ok(path.into())
+}
+
+/// The package's test (`ipop-agent/tests/package.rs`, ignored by plain `cargo test`: it
+/// needs the .deb built first): install, run, remove, nothing left.
+fn package_test() -> Result<()> {
+    let deb = deb()?;
+    let status = Command::new("cargo")
+        .args(["test", "--package", "ipop-agent", "--test", "package", "--", "--ignored"])
+        .env("IPOP_DEB", &deb)
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("the package test failed ({status})");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -97,7 +129,16 @@ fn run(cmd: Cmd) -> Result<()> {
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             let mut test = vec!["test"];
             test.extend(args.iter().map(String::as_str));
-            cargo_test(&test)
+            cargo_test(&test)?;
+            if args.is_empty() {
+                package_test()?;
+            }
+            Ok(())
+        }
+        Cmd::Deb => {
+            setup::all()?;
+            println!("{}", deb()?.display());
+            Ok(())
         }
         Cmd::Bench { runs, seconds, scale } => {
             setup::all()?;

@@ -14,7 +14,8 @@ use anyhow::{Context as _, Result, bail};
 /// lua-unbound, its resolver) and ejabberd (the XMPP servers of the signaling tests), and
 /// openssl (the lab's certificates for TURN over TLS and XMPP), prometheus (its promtool checks
 /// the agent's metrics) and curl (scrapes them), chromium and chromium-driver (the topology
-/// page's test drives a headless browser through WebDriver), with a font to draw text.
+/// page's test drives a headless browser through WebDriver), with a font to draw text, and
+/// binutils (cargo-deb strips the packaged binary).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -37,6 +38,7 @@ const PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "fonts-dejavu-core",
+    "binutils",
 ];
 const CARGO_DEB_VERSION: &str = "3";
 const NIGHTLY: &str = "nightly";

@@ -5,8 +5,11 @@
 
 mod events;
 mod outputs;
+pub mod reload;
 mod setup;
 mod shell;
+
+pub use reload::Reload;
 
 use std::{io, os::fd::AsRawFd, sync::Arc, time::Duration};
 
@@ -23,7 +26,10 @@ use tracing::{debug, info, warn};
 use crate::{
     agent::shell::Shell,
     config::AgentConfig,
-    core::{chunk, switch::Switch},
+    core::{
+        chunk,
+        switch::{Output, Switch},
+    },
     kernel::{
         datapath::Datapath,
         maps::monotonic_ns,
@@ -32,7 +38,7 @@ use crate::{
         tap::Tap,
     },
     link::event::LinkEvent,
-    ops::lock,
+    ops::{lock, notify},
     signaling::SignalEvent,
 };
 
@@ -90,9 +96,9 @@ fn watch<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
 }
 
-/// Runs the agent until SIGINT or SIGTERM. Everything it attached or created is removed
-/// when this returns, whether it returns `Ok` or an error.
-pub async fn run(cfg: AgentConfig) -> Result<()> {
+/// Runs the agent until SIGINT or SIGTERM (SIGHUP: `reload`). Everything it attached or
+/// created is removed when this returns, whether it returns `Ok` or an error.
+pub async fn run(cfg: AgentConfig, reload: Reload) -> Result<()> {
     preflight::check_privileges()?;
     preflight::check_bpffs(&cfg.pin_dir)?;
     // Before anything is made: a node key that cannot be read or kept, or a turns: server's
@@ -109,7 +115,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let (tap, tap_link) = setup::tap(&nl, &cfg, &bridge, &mut datapath).await?;
     let switch = setup::switch(&nl, &cfg, &bridge).await?;
     let devices = Devices { nl, cfg: &cfg, bridge, tap: tap_link };
-    let result = serve(&devices, &mut datapath, tap, switch, joining).await;
+    let result = serve(&devices, &mut datapath, tap, switch, joining, &reload).await;
     finish(result, datapath)
 }
 
@@ -128,19 +134,13 @@ async fn serve(
     tap: Tap,
     mut switch: Switch,
     joining: Option<setup::Joining>,
+    reload: &Reload,
 ) -> Result<()> {
     let cfg = dev.cfg;
     let mut events = watch(datapath.take_events()?)?;
     let mut logger = watch(datapath.take_logger()?)?;
     let mut arp_table = datapath.take_arp_table()?;
-    let left = setup::take_learned(&mut arp_table, cfg.overlay.is_some());
-    if !left.is_empty() {
-        info!(
-            kept = left.len(),
-            "learned ARP entries of the previous agent kept until their peers' links return (at most {ORPHAN_GRACE:?})"
-        );
-    }
-    let removals = switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left);
+    let removals = restore_orphans(&mut arp_table, &mut switch, cfg);
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
     let (peers, mut signals) = setup::overlay(cfg, joining, link_tx)?;
     let tap = Arc::new(watch(tap)?);
@@ -148,24 +148,29 @@ async fn serve(
     shell.apply(removals);
 
     let (control, http, mut queries) = setup::operations(cfg).await?;
-    let about = setup::about(cfg);
+    let mut live = cfg.clone();
+    let mut about = setup::about(&live);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(TICK);
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut revocations = setup::RevocationFile::new(cfg);
     let mut frame = vec![0u8; chunk::MAX_WHOLE];
 
     info!(bridge = %cfg.bridge, tap = %cfg.tap, pin_dir = %datapath.pin_dir().display(), "ipop-agent ready");
+    notify::ready("running");
     let result: Result<()> = loop {
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
-            guard = events.readable_mut() => arp_events(&mut shell, guard?),
-            guard = logger.readable_mut() => {
-                let mut guard = guard?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
+            _ = sighup.recv() => {
+                reload::reload(&mut shell, &mut live, reload);
+                about = setup::about(&live);
             }
+            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => notify::watchdog(),
+            guard = events.readable_mut() => arp_events(&mut shell, guard?),
+            guard = logger.readable_mut() => kernel_log(guard?),
             guard = tap.readable() => {
                 if let Err(e) = tap_frames(&mut shell, guard?, &mut frame) {
                     break Err(e).context("reading the TAP (was it deleted?)");
@@ -182,22 +187,48 @@ async fn serve(
                 q.answer(doc);
             }
             _ = tick.tick() => {
-                let out = shell.switch.expire(monotonic_ns());
-                shell.apply(out);
-                shell.expire_certificates();
-                shell.share_summary();
-                if let Some(list) = revocations.changed() {
-                    shell.revoke(&list, "its file");
-                }
-                if let Err(e) = setup::check_devices(&dev.nl, cfg, &dev.bridge, &dev.tap).await {
+                if let Err(e) = on_tick(&mut shell, &mut revocations, dev).await {
                     break Err(e);
                 }
-                debug!(counters = ?shell.switch.counters(), "tick");
             }
         }
     };
+    notify::stopping();
     drop((events, logger, shell, tap, control, http));
     result
+}
+
+/// The learned entries a previous agent left, kept as orphans until their peers return.
+fn restore_orphans(arp_table: &mut shell::ArpTable, switch: &mut Switch, cfg: &AgentConfig) -> Vec<Output> {
+    let left = setup::take_learned(arp_table, cfg.overlay.is_some());
+    if !left.is_empty() {
+        info!(
+            kept = left.len(),
+            "learned ARP entries of the previous agent kept until their peers' links return (at most {ORPHAN_GRACE:?})"
+        );
+    }
+    switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left)
+}
+
+/// Every tick: ages the tables, drops what expired or was revoked, tells the peers about this
+/// node's links, checks the devices are still there.
+async fn on_tick(shell: &mut Shell, revocations: &mut setup::RevocationFile, dev: &Devices<'_>) -> Result<()> {
+    let out = shell.switch.expire(monotonic_ns());
+    shell.apply(out);
+    shell.expire_certificates();
+    shell.share_summary();
+    if let Some(list) = revocations.changed() {
+        shell.revoke(&list, "its file");
+    }
+    setup::check_devices(&dev.nl, dev.cfg, &dev.bridge, &dev.tap).await?;
+    debug!(counters = ?shell.switch.counters(), "tick");
+    Ok(())
+}
+
+/// The programs' aya-log messages, into the log.
+fn kernel_log(mut guard: tokio::io::unix::AsyncFdReadyMutGuard<'_, aya_log::EbpfLogger<&'static dyn log::Log>>) {
+    guard.get_inner_mut().flush();
+    guard.clear_ready();
 }
 
 /// Everything on the ring buffer, into the switch.

@@ -27,7 +27,7 @@ use crate::{
     link::{
         event::LinkEvent,
         ice::IceConfig,
-        params::{DataSocket, LinkShared},
+        params::{DataSocket, IceServers, LinkShared},
         peers::{LinkTemplate, Peers},
         receive,
         session::{self, Identity},
@@ -124,7 +124,7 @@ pub struct Joining {
     psk: [u8; 32],
     /// With a CA: how members' certificates are checked.
     certified: Option<Certified>,
-    ice: Arc<IceConfig>,
+    ice: IceConfig,
 }
 
 pub fn joining(cfg: &AgentConfig) -> Result<Option<Joining>> {
@@ -133,7 +133,7 @@ pub fn joining(cfg: &AgentConfig) -> Result<Option<Joining>> {
     let (proof, certified, psk) = trust(o, &key)?;
     let backend = backend(o, &key, proof)?;
     let ice = IceConfig::start(o.ice_urls.clone(), o.turn_ca_file.as_deref()).context("the turns: servers")?;
-    Ok(Some(Joining { key, backend, psk, certified, ice: Arc::new(ice) }))
+    Ok(Some(Joining { key, backend, psk, certified, ice }))
 }
 
 /// The signaling service of the config, announcing this node as `proof` proves it.
@@ -243,7 +243,7 @@ pub fn overlay(
         node_id: o.node_id.clone(),
         identity,
         psk,
-        ice,
+        ice: IceServers::new(ice),
         exclude_ifaces: vec![cfg.bridge.clone(), cfg.tap.clone()],
         signaling,
         events: links,
@@ -285,6 +285,12 @@ pub fn about(cfg: &AgentConfig) -> serde_json::Value {
         "bridge": cfg.bridge,
         "tap": cfg.tap,
         "signaling_service": signaling,
+        "settings": {
+            "arp_rpc_rate": cfg.limits.arp_per_source.per_sec,
+            "broadcast_rate": cfg.limits.broadcast.per_sec,
+            "ice_servers": o.map(|o| o.ice_urls.iter().map(|s| s.url.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+            "log": cfg.log.as_deref().unwrap_or(crate::config::DEFAULT_LOG),
+        },
     })
 }
 

@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand};
 
 pub use self::args::{ArpCommand, KeyCommand, KeyTarget, RendezvousArgs, RunArgs, Target, read_config};
 use crate::{
-    agent,
-    config::Settings,
+    agent::{self, reload::SetLog},
+    config::{AgentConfig, Settings},
     ops::{control, state},
     signaling::{
         admission::{Admission, Certified, Secret},
@@ -25,17 +25,12 @@ use ipop_cert::RevocationList;
 #[derive(Parser, Debug)]
 #[command(name = "ipop-agent", version, about = "Joins Linux bridges on many hosts into one Ethernet segment")]
 pub struct Cli {
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ipop_agent=debug`. By
-    /// default the ICE and TURN libraries say only their errors: their info lines (ICE state
-    /// flips between consent checks, "no candidate pairs" before the first candidate) are
-    /// noise beside the agent's own "link up" / "link not up: why".
-    #[arg(
-        long,
-        global = true,
-        env = "IPOP_LOG",
-        default_value = "info,webrtc_ice=error,turn=error,stun=error,webrtc_util=error"
-    )]
-    pub log: String,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `ipop_agent=debug`; overrides
+    /// the config's `log`. By default the ICE and TURN libraries say only their errors: their
+    /// info lines (ICE state flips between consent checks, "no candidate pairs" before the
+    /// first candidate) are noise beside the agent's own "link up" / "link not up: why".
+    #[arg(long, global = true, env = "IPOP_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,17 +77,25 @@ pub enum Command {
 
 /// The `ipop-agent` binary: parses the command line, sets up logging, runs the command.
 pub fn main() -> ExitCode {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let cli = Cli::parse();
-    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+    let filter = match tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(crate::config::DEFAULT_LOG))
+    {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: invalid --log filter {:?}: {e}", cli.log);
+            eprintln!("error: invalid --log filter {:?}: {e}", cli.log.unwrap_or_default());
             return ExitCode::from(2);
         }
     };
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
-    match dispatch(cli.command) {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    let set_log: SetLog = Box::new(move |text| {
+        let filter = tracing_subscriber::EnvFilter::try_new(text)?;
+        handle.reload(filter).context("replacing the log filter")
+    });
+    match dispatch(cli.command, cli.log, set_log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -101,9 +104,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> Result<()> {
+fn dispatch(command: Command, log: Option<String>, set_log: SetLog) -> Result<()> {
     match command {
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, log, set_log),
         Command::Arp { target, command } => show::arp(target.pinned()?, command),
         Command::Stats { target, json } => show::stats(target.pinned()?, json),
         Command::Rendezvous(args) => rendezvous(args),
@@ -159,13 +162,33 @@ fn rendezvous(args: RendezvousArgs) -> Result<()> {
     })
 }
 
-/// `run`: the config file, overridden by the command line, resolved and checked.
-fn run(args: RunArgs) -> Result<()> {
-    let file = match &args.config {
-        Some(path) => read_config(path)?,
-        None => Settings::default(),
+/// `run`: the config file, overridden by the command line, resolved and checked; read again
+/// the same way on SIGHUP.
+fn run(args: RunArgs, log: Option<String>, set_log: SetLog) -> Result<()> {
+    let path = args.config.clone();
+    let cli = run_settings(args, log);
+    let load = move || -> Result<AgentConfig> {
+        let file = match &path {
+            Some(path) => read_config(path)?,
+            None => Settings::default(),
+        };
+        let settings = file.overridden_by(cli.clone()).with_password_file(|f| std::fs::read_to_string(f));
+        settings.and_then(Settings::resolve).map_err(anyhow::Error::msg)
     };
-    let cli = Settings {
+    let cfg = load()?;
+    if let Some(filter) = &cfg.log {
+        set_log(filter)?;
+    }
+    agent::coalesce_timers();
+    agent::fix_mmap_threshold();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(agent::run(cfg, agent::Reload { load: Box::new(load), set_log }))
+}
+
+/// The settings the command line gives `run` (`None`: not given there).
+fn run_settings(args: RunArgs, log: Option<String>) -> Settings {
+    Settings {
+        log,
         switchmode: args.switchmode,
         icc: args.icc,
         icc_port: args.icc_port,
@@ -194,13 +217,7 @@ fn run(args: RunArgs) -> Result<()> {
         revocation_list: args.revocation_list,
         arp_rpc_rate: args.arp_rpc_rate,
         broadcast_rate: args.broadcast_rate,
-    };
-    let settings = file.overridden_by(cli).with_password_file(|f| std::fs::read_to_string(f));
-    let cfg = settings.and_then(Settings::resolve).map_err(anyhow::Error::msg)?;
-    agent::coalesce_timers();
-    agent::fix_mmap_threshold();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(agent::run(cfg))
+    }
 }
 
 /// Colour in logs only on a terminal, and never with `NO_COLOR` set to anything

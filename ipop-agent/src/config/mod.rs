@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub mod reload;
 pub mod xmpp;
 
 pub use xmpp::XmppSettings;
@@ -26,6 +27,8 @@ pub const DEFAULT_TAP: &str = "ipop";
 pub const DEFAULT_ARP_MAX_AGE_SECS: u64 = 300;
 pub const DEFAULT_OVERLAY: &str = "ipop";
 pub const DEFAULT_CONTROL_GROUP: &str = "ipop";
+/// The log filter without `--log` or `log`: the ICE and TURN libraries' state flips are noise.
+pub const DEFAULT_LOG: &str = "info,webrtc_ice=error,turn=error,stun=error,webrtc_util=error";
 
 /// Settings as given, in a file or on the command line; `None` means "not given here".
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -90,6 +93,8 @@ pub struct Settings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where to serve the topology page (`GET /`), e.g. `127.0.0.1:8080`; off if unset.
     pub web_listen: Option<std::net::SocketAddr>,
+    /// The log filter (tracing's EnvFilter syntax); `--log` and `IPOP_LOG` override it.
+    pub log: Option<String>,
 }
 
 impl Settings {
@@ -138,6 +143,7 @@ impl Settings {
             control_group: over.control_group.or(self.control_group),
             metrics_listen: over.metrics_listen.or(self.metrics_listen),
             web_listen: over.web_listen.or(self.web_listen),
+            log: over.log.or(self.log),
         }
     }
 
@@ -200,10 +206,14 @@ impl Settings {
             None => REKEY_AFTER,
         };
         let control_group = self.control_group.unwrap_or_else(|| DEFAULT_CONTROL_GROUP.into());
+        if let Some(log) = &self.log {
+            tracing_subscriber::EnvFilter::try_new(log).map_err(|e| format!("log {log:?} is not a log filter: {e}"))?;
+        }
         Ok(AgentConfig {
             control_group,
             metrics_listen: self.metrics_listen,
             web_listen: self.web_listen,
+            log: self.log,
             rekey_after,
             bridge,
             tap,
@@ -401,6 +411,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where the topology page is served, if anywhere (may be `metrics_listen`).
     pub web_listen: Option<std::net::SocketAddr>,
+    /// The log filter the config asks for (checked); `None`: the default.
+    pub log: Option<String>,
 }
 
 /// How the agent joins an overlay.

@@ -16,6 +16,25 @@ use crate::{
     signaling::Signaling,
 };
 
+/// The STUN/TURN servers every link's next attempt takes; replaced on reload (links that
+/// are up keep their path).
+#[derive(Clone)]
+pub struct IceServers(Arc<std::sync::Mutex<Arc<IceConfig>>>);
+
+impl IceServers {
+    pub fn new(ice: IceConfig) -> Self {
+        IceServers(Arc::new(std::sync::Mutex::new(Arc::new(ice))))
+    }
+
+    pub fn current(&self) -> Arc<IceConfig> {
+        self.0.lock().expect("never poisoned: nothing panics holding it").clone()
+    }
+
+    pub fn replace(&self, ice: IceConfig) {
+        *self.0.lock().expect("never poisoned: nothing panics holding it") = Arc::new(ice);
+    }
+}
+
 /// What every link of an agent shares.
 #[derive(Clone)]
 pub struct LinkShared {
@@ -24,7 +43,7 @@ pub struct LinkShared {
     pub identity: Identity,
     pub psk: [u8; 32],
     /// STUN/TURN servers for server-reflexive and relay candidates.
-    pub ice: Arc<IceConfig>,
+    pub ice: IceServers,
     /// Interfaces never used for candidates (the bridge, the TAP: the overlay must not run
     /// over itself).
     pub exclude_ifaces: Vec<String>,

@@ -329,6 +329,11 @@ impl Peers {
         }
     }
 
+    /// New STUN/TURN servers for every link's next attempt (a reload).
+    pub fn set_ice(&mut self, ice: crate::link::ice::IceConfig) {
+        self.template.shared.ice.replace(ice);
+    }
+
     /// Sends to one peer (if its link is up).
     pub fn send(&mut self, id: PeerId, inner: Inner, payload: impl Into<Bytes>) {
         let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else { return };

@@ -116,7 +116,7 @@ async fn attempt(
             }
         },
     };
-    let agent = ice::new_agent(&p.shared.ice, &p.shared.exclude_ifaces, p.controlling).await?;
+    let agent = ice::new_agent(&p.shared.ice.current(), &p.shared.exclude_ifaces, p.controlling).await?;
     let result = connect_and_serve(p, cmds, &agent, offer, last_handshake).await;
     let _ = agent.close().await;
     result
@@ -329,7 +329,7 @@ fn watch_failure(agent: &Agent) -> mpsc::Receiver<()> {
 /// Why an attempt failed, in words: what was gathered and missing, what the TURN servers say
 /// when no relay came, and the pairs ICE tried.
 async fn why(p: &LinkParams, agent: &Agent, seen: &Gathered) -> String {
-    let ice = &p.shared.ice;
+    let ice = p.shared.ice.current();
     let turn = ice.servers.iter().any(IceServer::is_turn);
     let problems = if turn && !seen.relay { ice.turn_problems().await } else { Vec::new() };
     let pairs = agent.get_candidate_pairs_stats().await;

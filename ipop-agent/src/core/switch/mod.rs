@@ -213,6 +213,16 @@ impl Switch {
         self
     }
 
+    /// New limits for a running switch (a reload): the buckets start again, full.
+    pub fn set_limits(&mut self, limits: Limits) {
+        if limits != self.limits {
+            self.limits = limits;
+            self.sources.clear();
+            self.overflow = None;
+            self.broadcast = None;
+        }
+    }
+
     /// Whether `source` may cause one more ARP RPC at `now_ns`.
     fn allow_arp(&mut self, now_ns: u64, source: Mac) -> bool {
         let rate = self.limits.arp_per_source;
