@@ -59,7 +59,9 @@ fn overlay_as(user: Option<&SystemUser>) -> Overlay {
         host.join_underlay(&underlay, i as u8 + 1);
         // Like an LXC host: forwarding on, so a misrouted frame would show as an ICMP redirect.
         host.sysctl("net.ipv4.ip_forward", "1");
-        agents.push(host.start_member(&format!("h{i}"), SECRET, &[]));
+        // The control socket's group: one the user is in (the unit's is `ipop`).
+        let group: Vec<&str> = user.iter().flat_map(|u| ["--control-group", u.name.as_str()]).collect();
+        agents.push(host.start_member(&format!("h{i}"), SECRET, &group));
         hosts.push(host);
     }
     for host in &hosts {

@@ -20,8 +20,8 @@ const WEB: &str = "127.0.0.1:8080";
 const DRIVER: &str = "127.0.0.1:9515";
 /// Container addresses per host, and one more on host 2 that claims host 0's first.
 const IPS: [&str; 3] = ["10.0.3.10", "10.0.3.20", "10.0.3.30"];
-/// A node's summaries stop when it dies: it is dead after `LIVENESS` (7 s), its links after
-/// the links' own 5 s; the page polls every second.
+/// A killed node is dead once the links to it time out (5 s) and the peers' next summaries
+/// (at most a 2 s tick later) say so; the page polls every second.
 const DEAD_WITHIN: Duration = Duration::from_secs(15);
 
 fn three_hosts(underlay: &mut Underlay) -> (Vec<Host>, Vec<usize>) {

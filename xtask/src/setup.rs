@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result, bail};
 /// openssl (the lab's certificates for TURN over TLS and XMPP), prometheus (its promtool checks
 /// the agent's metrics) and curl (scrapes them), chromium and chromium-driver (the topology
 /// page's test drives a headless browser through WebDriver), with a font to draw text, and
-/// binutils (cargo-deb strips the packaged binary).
+/// binutils (cargo-deb strips the packaged binary), systemd (`systemd-analyze verify` checks
+/// the packaged unit; nothing here runs systemd).
 const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -35,6 +36,7 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "prometheus",
     "curl",
+    "systemd",
     "chromium",
     "chromium-driver",
     "fonts-dejavu-core",

@@ -27,6 +27,8 @@ impl Shell {
                 if let Some(p) = self.peers.as_mut() {
                     p.set_up(id, Some(data));
                 }
+                // A peer that just came up (maybe restarted) has no summary of ours yet.
+                self.sharing.reset();
                 self.switch.peer_up(id);
                 if let Some(p) = self.peers.as_ref() {
                     self.switch.adopt(p.tag(id), id);

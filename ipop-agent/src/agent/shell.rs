@@ -12,7 +12,7 @@ use crate::{
     core::{
         rpc,
         switch::{PeerId, Route, Switch},
-        topology::{Conflicts, HostReport, LinkReport, Summary, Topology},
+        topology::{self, Conflicts, HostReport, LinkReport, Sharing, Summary, Topology},
         vnet::{VNET_HDR_LEN, vnet_hdr_ok},
         wire::Inner,
     },
@@ -47,6 +47,7 @@ pub struct Shell {
     /// What peers said of their links, for the topology page; and the claims refused here.
     pub(super) topology: Topology,
     pub(super) conflicts: Conflicts,
+    pub(super) sharing: Sharing,
 }
 
 impl Shell {
@@ -64,6 +65,7 @@ impl Shell {
             next_frame_id: 0,
             topology: Topology::default(),
             conflicts: Conflicts::default(),
+            sharing: Sharing::default(),
         }
     }
 
@@ -93,14 +95,18 @@ impl Shell {
             path: p["path"].as_str().map(str::to_owned),
             rtt_ms: p["rtt_ms"].as_f64(),
         });
-        let hosts = self.switch.local_hosts().into_iter();
+        let hosts = self.switch.local_hosts().into_iter().take(topology::MAX_HOSTS);
         let hosts = hosts.map(|(ip, mac)| HostReport { ip: ip.to_string(), mac: mac.to_string() });
         Summary { links: links.collect(), hosts: hosts.collect(), conflicts: self.conflicts.list() }
     }
 
-    /// Sends this node's summary to every peer that is up (every tick).
+    /// Sends this node's summary to every peer that is up, when it is due (every tick asks).
     pub fn share_summary(&mut self) {
-        let message = rpc::encode_summary(self.summary());
+        let summary = self.summary();
+        if self.peers.is_none() || !self.sharing.due(monotonic_ns(), &summary) {
+            return;
+        }
+        let message = rpc::encode_summary(summary);
         if let Some(p) = self.peers.as_mut() {
             p.broadcast(Inner::Rpc, &message);
         }

@@ -1,8 +1,10 @@
 //! The overlay as one node sees it, for the topology page. Each agent knows its own links;
 //! it shares a small summary of them (with the hosts on its bridge and the conflicts it saw)
-//! with its peers every few seconds (`link_summary`, docs/protocol.md), and keeps the last
-//! summary heard from each. `Topology::view` merges its own with the fresh ones: every node,
-//! every link, the hosts behind each node, conflicts. Pure: the shell gives the time.
+//! with its peers when it changes, and every 30 s for the round trips (`link_summary`,
+//! docs/protocol.md; `Sharing` decides when), and keeps the last summary heard from each.
+//! `Topology::view` merges its own with those of the peers whose link is up (their last word
+//! stands while the link does: a change would have been sent): every node, every link, the
+//! hosts behind each node, conflicts. Pure: the shell gives the time.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -14,9 +16,8 @@ use crate::core::{
     node_id::check_node_id,
 };
 
-/// A summary older than this says nothing: its node is dead unless our own link to it is up.
-/// Summaries go every 2 s (the agent's tick), so three may be lost in a row.
-pub const LIVENESS_NS: u64 = 7_000_000_000;
+/// A summary that did not change is sent again after this long (its round trips).
+pub const REFRESH_NS: u64 = 30_000_000_000;
 /// At most this many of each list are taken from a peer (a summary fits one RPC anyway).
 pub const MAX_LINKS: usize = 256;
 pub const MAX_HOSTS: usize = 256;
@@ -89,14 +90,25 @@ impl Summary {
         Ok(s)
     }
 
-    /// Drops hosts, then conflicts, then links from the end until `fits` says the summary
-    /// does (one RPC is at most `rpc::MAX_MESSAGE` bytes).
+    /// Cuts the lists to what a peer takes, then drops hosts (as many as need be, found by
+    /// halving: a bridge may have thousands), then conflicts, then links from the end until
+    /// `fits` says the summary does (one RPC is at most `rpc::MAX_MESSAGE` bytes).
     pub fn shrink_to(&mut self, fits: impl Fn(&Summary) -> bool) {
-        while !fits(self) {
-            if self.hosts.pop().is_none() && self.conflicts.pop().is_none() && self.links.pop().is_none() {
-                return;
-            }
+        self.links.truncate(MAX_LINKS);
+        self.hosts.truncate(MAX_HOSTS);
+        self.conflicts.truncate(MAX_CONFLICTS);
+        if fits(self) {
+            return;
         }
+        let hosts = std::mem::take(&mut self.hosts);
+        let (mut lo, mut hi) = (0, hosts.len()); // fits with lo hosts (or none do), not with hi
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            self.hosts = hosts[..mid].to_vec();
+            if fits(self) { lo = mid } else { hi = mid }
+        }
+        self.hosts = hosts[..lo].to_vec();
+        while !fits(self) && (self.conflicts.pop().is_some() || self.links.pop().is_some()) {}
     }
 }
 
@@ -124,6 +136,42 @@ impl Conflicts {
     }
 }
 
+/// When to send this node's summary: when what it says changed (round trips aside: they
+/// move all the time), or `REFRESH_NS` after the last one. Idle links then carry one small
+/// message every 30 s, not one a tick.
+#[derive(Debug, Default)]
+pub struct Sharing {
+    last: Option<(Summary, u64)>,
+}
+
+impl Sharing {
+    /// The next one goes whatever it says: a peer (re)connected and has none.
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+
+    /// Whether `summary` should go now; if so, it counts as sent.
+    pub fn due(&mut self, now_ns: u64, summary: &Summary) -> bool {
+        let plain = without_rtt(summary);
+        let due = match &self.last {
+            None => true,
+            Some((sent, at)) => *sent != plain || now_ns.saturating_sub(*at) >= REFRESH_NS,
+        };
+        if due {
+            self.last = Some((plain, now_ns));
+        }
+        due
+    }
+}
+
+fn without_rtt(s: &Summary) -> Summary {
+    let mut s = s.clone();
+    for l in &mut s.links {
+        l.rtt_ms = None;
+    }
+    s
+}
+
 /// The summaries heard from peers, by node id, with when.
 #[derive(Debug, Default)]
 pub struct Topology {
@@ -138,18 +186,18 @@ impl Topology {
     /// The page's document (docs/status.md, "topology"): `me` is this node, `mine` its own
     /// summary, now.
     pub fn view(&self, now_ns: u64, overlay: &str, me: &str, mine: &Summary) -> Value {
-        let fresh = |n: &str| self.heard.get(n).filter(|(_, at)| now_ns.saturating_sub(*at) < LIVENESS_NS);
+        // A peer's last summary stands while our link to it is up.
+        let linked = |n: &str| mine.links.iter().any(|l| l.up && l.peer == n);
         let mut alive: BTreeMap<&str, bool> = BTreeMap::from([(me, true)]);
         for l in &mine.links {
             *alive.entry(&l.peer).or_default() |= l.up;
         }
         for n in self.heard.keys() {
-            *alive.entry(n).or_default() |= fresh(n).is_some();
+            alive.entry(n).or_default();
         }
-        let reports =
-            std::iter::once((me, mine)).chain(self.heard.keys().filter_map(|n| Some((n.as_str(), &fresh(n)?.0))));
-        let reports: Vec<(&str, &Summary)> = reports.collect();
-        // Nodes only others link to: alive if a fresh report says its link to them is up.
+        let heard = self.heard.iter().filter(|(n, _)| linked(n)).map(|(n, (s, _))| (n.as_str(), s));
+        let reports: Vec<(&str, &Summary)> = std::iter::once((me, mine)).chain(heard).collect();
+        // Nodes only others link to: alive if a standing report says its link to them is up.
         for (_, s) in &reports {
             for l in &s.links {
                 *alive.entry(&l.peer).or_default() |= l.up;
@@ -178,7 +226,7 @@ impl Topology {
 /// What the reports say of one pair: up, path, round trip.
 type Merged<'a> = (bool, Option<&'a str>, Option<f64>);
 
-/// One entry per pair of nodes: up if any fresh report says so and both ends are alive; the
+/// One entry per pair of nodes: up if any standing report says so and both ends are alive; the
 /// path and round trip of the first report (this node's own comes first).
 fn merge_links(reports: &[(&str, &Summary)], alive: &BTreeMap<&str, bool>) -> Vec<Value> {
     let mut links: BTreeMap<(&str, &str), Merged> = BTreeMap::new();
@@ -238,20 +286,37 @@ mod tests {
     }
 
     #[test]
-    fn a_node_gone_silent_is_dead_with_its_links_once_our_link_is_down_and_its_summary_old() {
+    fn a_dead_node_and_its_links_turn_dead_once_our_link_and_our_peers_say_so() {
         let mut t = Topology::default();
         t.heard("h1", summary(&[("h0", true), ("h2", true)]), 10 * S);
         t.heard("h2", summary(&[("h0", true), ("h1", true)]), 10 * S);
-        // h2 killed at 10 s: h1 still says its link is up for a while, ours is down.
-        t.heard("h1", summary(&[("h0", true), ("h2", true)]), 12 * S);
+        // h2 killed: our link to it is down first; h1 has not said so yet.
         let mine = summary(&[("h1", true), ("h2", false)]);
         let v = t.view(16 * S, "lab", "h0", &mine);
-        assert_eq!(node(&v, "h2")["alive"], true, "h1 still vouches for it, and its summary is fresh: {v}");
+        assert_eq!(node(&v, "h2")["alive"], true, "h1's word stands while our link to h1 is up: {v}");
         // h1's link to h2 dies too, and its next summary says so.
-        t.heard("h1", summary(&[("h0", true), ("h2", false)]), 16 * S);
-        let v = t.view(17 * S + 1, "lab", "h0", &mine);
+        t.heard("h1", summary(&[("h0", true), ("h2", false)]), 17 * S);
+        let v = t.view(17 * S, "lab", "h0", &mine);
         assert_eq!(node(&v, "h2")["alive"], false, "{v}");
         assert_eq!(up_links(&v), vec![("h0".into(), "h1".into())], "no live link touches a dead node: {v}");
+        // A peer whose link is down speaks no more: its old word does not keep h2 alive.
+        let v = t.view(18 * S, "lab", "h0", &summary(&[("h1", false), ("h2", false)]));
+        assert!(up_links(&v).is_empty() && node(&v, "h1")["alive"] == false, "{v}");
+    }
+
+    #[test]
+    fn a_summary_goes_when_it_changes_and_every_30_s_not_every_tick() {
+        let mut sharing = Sharing::default();
+        let mut s = summary(&[("h1", true)]);
+        assert!(sharing.due(0, &s), "the first one goes");
+        assert!(!sharing.due(2 * S, &s), "nothing new");
+        s.links[0].rtt_ms = Some(9.0);
+        assert!(!sharing.due(4 * S, &s), "a round trip alone waits for the refresh");
+        assert!(sharing.due(REFRESH_NS, &s), "the refresh");
+        s.links[0].up = false;
+        assert!(sharing.due(REFRESH_NS + 2 * S, &s), "a link down goes at once");
+        sharing.reset();
+        assert!(sharing.due(REFRESH_NS + 4 * S, &s), "after a peer came up, whatever it says");
     }
 
     #[test]
@@ -290,6 +355,20 @@ mod tests {
         assert!(serde_json::to_vec(&s).unwrap().len() <= 1024);
         assert_eq!(s.links.len(), 1);
         assert!(!s.hosts.is_empty() && s.hosts.len() < 100);
+    }
+
+    #[test]
+    fn a_bridge_of_thousands_of_hosts_shrinks_in_a_few_tries() {
+        let host = |i: u32| HostReport { ip: format!("10.{}.{}.1", i / 256, i % 256), mac: "02:00:00:00:00:05".into() };
+        let mut s = Summary { links: vec![link("h1", true)], hosts: (0..16384).map(host).collect(), conflicts: vec![] };
+        let tries = std::cell::Cell::new(0);
+        s.shrink_to(|s| {
+            tries.set(tries.get() + 1);
+            serde_json::to_vec(s).unwrap().len() <= 4096
+        });
+        assert!(tries.get() <= 12, "{} tries", tries.get());
+        let fits = serde_json::to_vec(&s).unwrap().len();
+        assert!(fits <= 4096 && fits > 4096 - 60, "as many hosts as fit: {fits} bytes");
     }
 
     #[test]

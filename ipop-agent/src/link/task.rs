@@ -116,9 +116,13 @@ async fn attempt(
             }
         },
     };
-    let agent = ice::new_agent(&p.shared.ice.current(), &p.shared.exclude_ifaces, p.controlling).await?;
+    // Held for the whole attempt: a reload may replace the servers meanwhile, and these
+    // ones' stream relays (TURN over TCP/TLS) must live as long as the link uses them.
+    let servers = p.shared.ice.current();
+    let agent = ice::new_agent(&servers, &p.shared.exclude_ifaces, p.controlling).await?;
     let result = connect_and_serve(p, cmds, &agent, offer, last_handshake).await;
     let _ = agent.close().await;
+    drop(servers);
     result
 }
 

@@ -84,8 +84,15 @@ fn give_to_group(path: &Path, group: &str) -> Result<()> {
     // SAFETY: getgrnam reads a NUL-terminated name; the record it returns is read at once.
     let gid = unsafe { libc::getgrnam(name.as_ptr()).as_ref().map(|g| g.gr_gid) };
     let Some(gid) = gid else { return Ok(()) };
-    std::os::unix::fs::chown(path, None, Some(gid))
-        .with_context(|| format!("giving {} to group {group}", path.display()))
+    match std::os::unix::fs::chown(path, None, Some(gid)) {
+        // An agent run as its own user may only give its files to its own groups: the socket
+        // keeps the agent's group (under ipop@.service that is `ipop` anyway).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            tracing::warn!(%group, "the control socket stays with the agent's own group: this user is not in {group}");
+            Ok(())
+        }
+        r => r.with_context(|| format!("giving {} to group {group}", path.display())),
+    }
 }
 
 async fn accept(listener: UnixListener, queries: mpsc::Sender<Query>) {

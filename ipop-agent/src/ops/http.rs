@@ -87,8 +87,25 @@ fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Reply {
 
 const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'";
 
+/// Whether a Host header names an address (or localhost), not a name. The page is read from
+/// a browser, where a page from elsewhere could rebind its own name to this address (DNS
+/// rebinding) and read the answers; naming the address defeats that. (Prometheus scrapes
+/// by any name: /metrics takes every Host.)
+fn host_is_address(host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 async fn respond(req: Request<Incoming>, routes: Routes, queries: mpsc::Sender<Query>) -> Reply {
     let (get, path) = (req.method() == Method::GET, req.uri().path());
+    let host = req.headers().get(hyper::header::HOST).map(|h| h.to_str().unwrap_or("?"));
+    if path != "/metrics" && !host_is_address(host) {
+        return reply(StatusCode::MISDIRECTED_REQUEST, "text/plain", "ask by address (http://127.0.0.1:8080/)\n");
+    }
     let asked = match path {
         "/metrics" if routes.metrics => "status",
         "/topology.json" if routes.web => "topology",
@@ -111,5 +128,20 @@ async fn respond(req: Request<Incoming>, routes: Routes, queries: mpsc::Sender<Q
         }
         Some(doc) => reply(StatusCode::OK, "application/json", doc.to_string()),
         None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the agent is stopping\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_answers_to_addresses_not_names() {
+        for ok in [None, Some("127.0.0.1:8080"), Some("10.0.3.1"), Some("localhost:8080"), Some("[::1]:8080")] {
+            assert!(host_is_address(ok), "{ok:?}");
+        }
+        for bad in [Some("evil.example:8080"), Some("evil.example"), Some("[evil]:80"), Some("?")] {
+            assert!(!host_is_address(bad), "{bad:?}");
+        }
     }
 }
