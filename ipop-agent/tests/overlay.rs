@@ -300,3 +300,38 @@ fn status_says_for_each_peer_where_its_data_goes_how_much_crossed_and_who_is_beh
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }
 }
+
+#[test]
+fn a_host_that_spoke_once_is_answered_in_the_kernel_on_the_first_arp_from_another_host() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mut hosts = [Host::new(&[IPS[0][0]]), Host::new(&[IPS[1][0]])];
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+    }
+    // h1's container speaks before h0 is there, and only to its own gateway: no ARP of it
+    // crosses the overlay.
+    hosts[1].start_member("h1", SECRET, &[]);
+    let out = hosts[1].in_container(0, &["arping", "-c", "1", "-w", "2", "-I", "eth0", "10.0.3.1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    hosts[0].start_member("h0", SECRET, &[]);
+    for h in &hosts {
+        eventually_within(20, "the link is up", || h.link_up());
+    }
+    let pins = [hosts[0].pin_dir("lxcbr0"), hosts[1].pin_dir("lxcbr0")];
+    // Announced to h0 when its link came up: h0's kernel answers the very first ARP for it.
+    eventually_within(5, "h1's container in h0's arp_table", || arp_list(&hosts[0], &pins[0]).contains(IPS[1][0]));
+    let answered = stats(&hosts[0], &pins[0])["answered"].as_u64().unwrap();
+    let sent = status(&hosts[0], &pins[0])["switch"]["rpc_sent"].as_u64().unwrap();
+    assert_eq!(hosts[0].arping(0, IPS[1][0], 1), vec![hosts[1].container_mac(0)]);
+    assert_eq!(stats(&hosts[0], &pins[0])["answered"].as_u64().unwrap(), answered + 1, "the first ARP, in the kernel");
+    assert_eq!(status(&hosts[0], &pins[0])["switch"]["rpc_sent"].as_u64().unwrap(), sent, "no ARP RPC");
+    // h0's container, learned just now while the link is up, is announced at once: h1's
+    // kernel answers for it too.
+    eventually_within(5, "h0's container in h1's arp_table", || arp_list(&hosts[1], &pins[1]).contains(IPS[0][0]));
+    let answered = stats(&hosts[1], &pins[1])["answered"].as_u64().unwrap();
+    let (ok, out) = ping(&hosts[1], 0, IPS[0][0], &[]);
+    assert!(ok, "{out}");
+    assert_eq!(stats(&hosts[1], &pins[1])["answered"].as_u64().unwrap(), answered + 1, "h1's first ARP, in the kernel");
+    assert!(status(&hosts[0], &pins[0])["switch"]["announced"].as_u64().unwrap() >= 1);
+}

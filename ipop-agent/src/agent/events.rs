@@ -29,7 +29,8 @@ impl Shell {
                 }
                 // A peer that just came up (maybe restarted) has no summary of ours yet.
                 self.sharing.reset();
-                self.switch.peer_up(id);
+                let announce = self.switch.peer_up(id);
+                self.apply(announce);
                 if let Some(p) = self.peers.as_ref() {
                     self.switch.adopt(p.tag(id), id);
                     if let Some(allowed) = p.certificate(id).and_then(allowed) {

@@ -34,6 +34,11 @@ impl Shell {
                         p.broadcast(Inner::Rpc, &rpc::encode(&method));
                     }
                 }
+                Output::SendTo(peer, method) => {
+                    if let Some(p) = self.peers.as_mut() {
+                        p.send(peer, Inner::Rpc, rpc::encode(&method));
+                    }
+                }
                 Output::WriteTap(frame) => self.write_tap(&frame),
                 Output::ArpInstall { ip, mac, peer } => self.install(ip, mac, peer),
                 Output::ArpRemove { ip } => self.remove(ip),

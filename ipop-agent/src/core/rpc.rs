@@ -36,10 +36,20 @@ pub struct ArpReply {
     pub target_ip: Ipv4Addr,
 }
 
+/// `host_announce`: `ip` is at `mac` on the sender's bridge. Sent when the sender learns a
+/// local host, and for every local host to a peer whose link comes up, so that the first ARP
+/// for it anywhere is answered in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostAnnounce {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     ArpRequest(ArpRequest),
     ArpReply(ArpReply),
+    HostAnnounce(HostAnnounce),
 }
 
 /// A message from a peer that passed validation.
@@ -111,6 +121,13 @@ struct ArpReplyParams {
     target_ip: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostAnnounceParams {
+    mac: String,
+    ip: String,
+}
+
 fn reject(code: i64, message: impl Into<String>, id: Option<&Value>) -> Rejection {
     let message = message.into();
     Rejection { code, answer: id.map(|id| encode_error(id, code, &message)), message }
@@ -164,6 +181,13 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
                 target_ip: parse_host_ip(&p.target_ip).map_err(bad)?,
             })
         }
+        "host_announce" => {
+            let p: HostAnnounceParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            Method::HostAnnounce(HostAnnounce {
+                mac: parse_host_mac(&p.mac).map_err(bad)?,
+                ip: parse_host_ip(&p.ip).map_err(bad)?,
+            })
+        }
         "arp_reply" => {
             let p: ArpReplyParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
             Method::ArpReply(ArpReply {
@@ -183,7 +207,8 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
     })
 }
 
-/// The notification carrying `method` (agents send ARP as notifications: no answer is due).
+/// The notification carrying `method` (agents send ARP and announcements as notifications: no
+/// answer is due).
 pub fn encode(method: &Method) -> Vec<u8> {
     let (name, params) = match method {
         Method::ArpRequest(r) => (
@@ -197,6 +222,7 @@ pub fn encode(method: &Method) -> Vec<u8> {
                 "target_mac": r.target_mac.to_string(), "target_ip": r.target_ip.to_string(),
             }),
         ),
+        Method::HostAnnounce(h) => ("host_announce", json!({"mac": h.mac.to_string(), "ip": h.ip.to_string()})),
     };
     serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": name, "params": params})).expect("serialisable")
 }
@@ -317,5 +343,27 @@ mod tests {
         assert_eq!(rejected(call).code, INVALID_REQUEST);
         let bad = br#"{"jsonrpc":"2.0","method":"link_summary","params":{"links":[{"peer":"","up":true}],"hosts":[]}}"#;
         assert_eq!(rejected(bad).code, INVALID_PARAMS);
+    }
+
+    #[test]
+    fn a_host_announcement_round_trips_and_is_checked() {
+        let h = Method::HostAnnounce(HostAnnounce {
+            mac: "02:00:00:00:00:05".parse().unwrap(),
+            ip: Ipv4Addr::new(10, 0, 3, 5),
+        });
+        assert_eq!(decode(&encode(&h)).unwrap(), Incoming::Notification(h));
+        let text = String::from_utf8(encode(&h)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"jsonrpc":"2.0","method":"host_announce","params":{"ip":"10.0.3.5","mac":"02:00:00:00:00:05"}}"#
+        );
+        for params in [
+            r#"{"mac":"ff:ff:ff:ff:ff:ff","ip":"10.0.3.5"}"#,
+            r#"{"mac":"02:00:00:00:00:05","ip":"224.0.0.1"}"#,
+            r#"{"ip":"10.0.3.5"}"#,
+        ] {
+            let msg = format!(r#"{{"jsonrpc":"2.0","method":"host_announce","id":1,"params":{params}}}"#);
+            assert_eq!(rejected(msg.as_bytes()).code, INVALID_PARAMS, "{params}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use ipop_common::{
 use super::{MAX_LOCAL, Neighbour, Output, Owner, PeerId, Remote, Switch};
 use crate::core::{
     addr::Mac,
-    rpc::{ArpReply, ArpRequest, Method},
+    rpc::{ArpReply, ArpRequest, HostAnnounce, Method},
 };
 
 impl Switch {
@@ -31,12 +31,19 @@ impl Switch {
         }
         // Both hooks only report frames from the local side (the bridge ingress program
         // skips the agent's own injected frames), so the sender is a local host.
-        out.extend(self.learn_local(now_ns, Ipv4Addr::from(arp.sender_ip), Mac(arp.sender_mac)));
+        let (sender_ip, sender_mac) = (Ipv4Addr::from(arp.sender_ip), Mac(arp.sender_mac));
+        out.extend(self.learn_local(now_ns, sender_ip, sender_mac));
+        let target = Ipv4Addr::from(arp.target_ip);
+        // The frame itself tells the peers of its sender when the TAP's egress sends it on: a
+        // reply or announcement, or a request for an IP that is not local.
+        let carried = ev.hook == HOOK_TAP_EGRESS
+            && ev.verdict != VERDICT_ANSWERED
+            && (arp.op == OP_REPLY || arp.is_gratuitous() || !self.local.contains_key(&target));
+        out.extend(self.announce_sender(now_ns, ev, carried));
         if ev.hook == HOOK_BRIDGE_INGRESS {
             // The same broadcast also reaches the TAP's egress, which decides for the overlay.
             return out;
         }
-        let target = Ipv4Addr::from(arp.target_ip);
         let method = if ev.verdict == VERDICT_ANSWERED {
             self.counters.answered_in_kernel += 1;
             out.push(Output::AnsweredInKernel { ip: target, requester: Ipv4Addr::from(arp.sender_ip) });
@@ -69,6 +76,28 @@ impl Switch {
         out
     }
 
+    /// Tells the peers of the sender of `ev`, a local host, if they have not heard of it, so
+    /// their kernels answer the first ARP for it. A broadcast is decided at the TAP's egress
+    /// (which sees it too, and may send it on: `carried`); a frame only for this host (a
+    /// reply to the bridge's address) at the bridge's ingress, the only hook that sees it.
+    fn announce_sender(&mut self, now_ns: u64, ev: &ArpEvent, carried: bool) -> Option<Output> {
+        if ev.hook != HOOK_TAP_EGRESS && ev.eth_dst == BROADCAST {
+            return None;
+        }
+        let (ip, mac) = (Ipv4Addr::from(ev.sender_ip), Mac(ev.sender_mac));
+        let n = self.local.get_mut(&ip).filter(|n| n.mac == mac && !n.announced)?;
+        if carried {
+            n.announced = true;
+            return None;
+        }
+        if self.peers.is_empty() || !self.allow_arp(now_ns, mac) {
+            return None;
+        }
+        self.local.get_mut(&ip)?.announced = true;
+        self.counters.announced += 1;
+        Some(Output::Broadcast(Method::HostAnnounce(HostAnnounce { mac, ip })))
+    }
+
     /// Decides what an RPC from `peer` means: seed steps 3 (a request replayed into the local
     /// bridge) and 6 (a reply installed and delivered).
     pub fn handle_rpc(&mut self, now_ns: u64, peer: PeerId, method: &Method) -> Vec<Output> {
@@ -76,6 +105,7 @@ impl Switch {
         let (sender_mac, sender_ip) = match method {
             Method::ArpRequest(r) => (r.sender_mac, r.sender_ip),
             Method::ArpReply(r) => (r.sender_mac, r.sender_ip),
+            Method::HostAnnounce(h) => (h.mac, h.ip),
         };
         let mut out = Vec::new();
         if let Err(refusal) = self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
@@ -115,6 +145,8 @@ impl Switch {
                     out.push(Output::WriteTap(arp::build(dst, r.sender_mac.0, &frame).to_vec()));
                 }
             }
+            // Only the entry: the host has not asked anything of this bridge.
+            Method::HostAnnounce(_) => {}
         }
         out
     }
@@ -141,7 +173,7 @@ impl Switch {
             out.push(Output::ArpRemove { ip });
             out.push(Output::LocalOverridesRemote { ip, local: mac, remote: r.mac, peer: r.peer });
         }
-        let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false });
+        let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false, announced: false });
         out.push(Output::LocalLearned { ip, mac, previous: previous.map(|p| p.mac) });
         out
     }

@@ -68,6 +68,8 @@ pub enum Output {
     AnsweredInKernel { ip: Ipv4Addr, requester: Ipv4Addr },
     /// Send to every peer that is up (ARP travels only this way, never as frames).
     Broadcast(Method),
+    /// Send to one peer (the local hosts, announced to a peer whose link just came up).
+    SendTo(PeerId, Method),
     /// Write this frame into the TAP: the local bridge delivers it.
     WriteTap(Vec<u8>),
     /// Put (or refresh) `ip` -> `mac`, vouched for by `peer`, in the kernel's `arp_table`.
@@ -96,6 +98,8 @@ pub struct Neighbour {
     pub seen_ns: u64,
     /// The bridge's own addresses never expire.
     pub permanent: bool,
+    /// The peers heard of it: announced, or carried by an ARP RPC.
+    pub announced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +125,8 @@ pub struct Counters {
     pub answered_in_kernel: u64,
     pub rpc_sent: u64,
     pub rpc_received: u64,
+    /// Local hosts announced to peers (`host_announce`), as learned or to a peer come up.
+    pub announced: u64,
     /// Requests for a local IP: the local host answers, the overlay is not involved.
     pub resolved_locally: u64,
     /// Requests nobody could be asked about (no peer up).
@@ -267,6 +273,6 @@ impl Switch {
 
     /// An address of the host itself on the bridge: always local, never asked about.
     pub fn add_local_address(&mut self, ip: Ipv4Addr, mac: Mac) {
-        self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true });
+        self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true, announced: true });
     }
 }

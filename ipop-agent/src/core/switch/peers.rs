@@ -3,11 +3,24 @@
 use std::net::Ipv4Addr;
 
 use super::{Orphan, Output, PeerId, Remote, SOURCE_IDLE_NS, Switch};
+use crate::core::rpc::{HostAnnounce, Method};
 
 impl Switch {
-    /// A link to `peer` is up: it receives broadcasts from now on.
-    pub fn peer_up(&mut self, peer: PeerId) {
-        self.peers.insert(peer);
+    /// A link to `peer` is up: it receives broadcasts from now on. A link just come up gets
+    /// every local host announced (the bridge's own addresses aside: every host has them), so
+    /// its kernel answers the first ARP for any of them.
+    pub fn peer_up(&mut self, peer: PeerId) -> Vec<Output> {
+        if !self.peers.insert(peer) {
+            return Vec::new();
+        }
+        let hosts = self.local.iter_mut().filter(|(_, n)| !n.permanent);
+        let announce = |(ip, n): (&Ipv4Addr, &mut super::Neighbour)| {
+            n.announced = true;
+            Output::SendTo(peer, Method::HostAnnounce(HostAnnounce { mac: n.mac, ip: *ip }))
+        };
+        let out: Vec<Output> = hosts.map(announce).collect();
+        self.counters.announced += out.len() as u64;
+        out
     }
 
     /// Takes over the learned entries a previous agent left in `arp_table` (the shell read

@@ -91,7 +91,8 @@ fn a_request_answered_in_the_kernel_needs_no_rpc() {
     ev.verdict = VERDICT_ANSWERED;
     let out = sw.handle_arp(0, &ev);
     assert!(out.contains(&Output::AnsweredInKernel { ip: R_IP.into(), requester: A_IP.into() }));
-    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(_))));
+    let sent: Vec<&Output> = out.iter().filter(|o| matches!(o, Output::Broadcast(_))).collect();
+    assert_eq!(sent, vec![&Output::Broadcast(announcement(A, A_IP))], "only the new requester, announced");
     assert_eq!((sw.counters().answered_in_kernel, sw.counters().rpc_sent), (1, 0));
 }
 
@@ -102,9 +103,10 @@ fn a_request_for_a_local_host_or_the_bridge_stays_local() {
     sw.handle_arp(0, &event(HOOK_BRIDGE_INGRESS, OP_REQUEST, (B, B_IP), ([0; 6], [10, 0, 3, 1])));
     for target in [B_IP, [10, 0, 3, 1]] {
         let out = sw.handle_arp(1, &request(HOOK_TAP_EGRESS, target));
-        assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(_))), "{out:?}");
+        let asked = out.iter().any(|o| matches!(o, Output::Broadcast(Method::ArpRequest(_) | Method::ArpReply(_))));
+        assert!(!asked, "{out:?}");
     }
-    assert_eq!(sw.counters().resolved_locally, 2);
+    assert_eq!((sw.counters().resolved_locally, sw.counters().rpc_sent), (2, 0));
 }
 
 #[test]
@@ -375,4 +377,58 @@ fn events_the_programs_never_send_are_counted_not_acted_on() {
     ev.op = 3;
     assert!(sw.handle_arp(0, &ev).is_empty());
     assert_eq!(sw.counters().unexpected, 2);
+}
+
+fn announcement(mac: [u8; 6], ip: [u8; 4]) -> Method {
+    Method::HostAnnounce(crate::core::rpc::HostAnnounce { mac: Mac(mac), ip: ip.into() })
+}
+
+#[test]
+fn a_host_that_only_speaks_locally_is_announced_once() {
+    let mut sw = with_peers(&[P1]);
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    // A asks for the bridge's address: resolved locally, nothing would cross: announced.
+    sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, [10, 0, 3, 1]));
+    let out = sw.handle_arp(0, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
+    assert_eq!(out, vec![Output::Broadcast(announcement(A, A_IP))], "{out:?}");
+    assert!(sw.handle_arp(SEC, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1])).is_empty(), "once");
+    assert_eq!(sw.counters().announced, 1);
+}
+
+#[test]
+fn a_reply_to_the_bridge_itself_is_announced_from_the_bridge_hook() {
+    let mut sw = with_peers(&[P1]);
+    let reply = event(HOOK_BRIDGE_INGRESS, OP_REPLY, (A, A_IP), (B, [10, 0, 3, 1]));
+    let out = sw.handle_arp(0, &reply);
+    assert!(out.contains(&Output::Broadcast(announcement(A, A_IP))), "{out:?}");
+}
+
+#[test]
+fn a_host_whose_own_request_crosses_needs_no_announcement() {
+    let mut sw = with_peers(&[P1]);
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP));
+    sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
+    sw.handle_arp(SEC, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
+    assert_eq!((sw.counters().rpc_sent, sw.counters().announced), (1, 0));
+}
+
+#[test]
+fn a_link_come_up_hears_of_every_local_host_but_the_bridges_own_addresses() {
+    let mut sw = with_peers(&[]);
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    sw.handle_arp(0, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
+    assert_eq!(sw.peer_up(P1), vec![Output::SendTo(P1, announcement(A, A_IP))]);
+    assert!(sw.peer_up(P1).is_empty(), "only when it comes up");
+    assert!(sw.handle_arp(SEC, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1])).is_empty(), "already told");
+}
+
+#[test]
+fn an_announced_remote_host_is_installed_and_nothing_is_written_to_the_bridge() {
+    let mut sw = with_peers(&[P1]);
+    let out = sw.handle_rpc(0, P1, &announcement(R, R_IP));
+    assert_eq!(out, vec![Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1 }]);
+    sw.handle_arp(0, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1])); // A is local now
+    let claim = sw.handle_rpc(SEC, P1, &announcement(R, A_IP));
+    assert!(matches!(claim.as_slice(), [Output::Conflict { .. }]), "a claim on a local IP: {claim:?}");
 }
