@@ -335,3 +335,65 @@ fn a_host_that_spoke_once_is_answered_in_the_kernel_on_the_first_arp_from_anothe
     assert_eq!(stats(&hosts[1], &pins[1])["answered"].as_u64().unwrap(), answered + 1, "h1's first ARP, in the kernel");
     assert!(status(&hosts[0], &pins[0])["switch"]["announced"].as_u64().unwrap() >= 1);
 }
+
+/// The longest silence between replies in `ping -D` output (`[epoch] 64 bytes ...` lines),
+/// in seconds.
+fn longest_gap(ping_output: &str) -> f64 {
+    let times: Vec<f64> = ping_output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+#[test]
+fn a_container_that_moves_to_another_host_is_reached_there_within_a_second() {
+    let mut underlay = Underlay::new();
+    underlay.start_rendezvous(SECRET);
+    let mover = "10.0.3.20";
+    let mut hosts = [Host::new(&[IPS[0][0]]), Host::new(&[mover, IPS[1][1]]), Host::new(&[IPS[2][0]])];
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.join_underlay(&underlay, i as u8 + 1);
+        h.start_member(&format!("h{i}"), SECRET, &[]);
+    }
+    for h in &hosts {
+        eventually_within(30, "every link up", || peers_up(h) == 2);
+    }
+    let mac = hosts[1].container_mac(0);
+    assert!(ping(&hosts[1], 1, mover, &[]).0, "h1's neighbour reaches the mover while it is there");
+    // h0 pings the mover every 100 ms, across the move.
+    let pinger = std::process::Command::new("ip")
+        .args(["netns", "exec", &hosts[0].containers[0], "ping", "-D", "-i", "0.1", "-w", "8", mover])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    // The move: off h1's bridge, onto h2's with its IP and MAC, and it says so (as a migrated
+    // container does, with a gratuitous ARP).
+    hosts[1].remove_container(0);
+    let moved = hosts[2].add_container_with_mac(mover, &mac);
+    let garp = ["arping", "-U", "-c", "1", "-w", "1", "-I", "eth0", "-S", mover, mover];
+    hosts[2].in_container(moved, &garp);
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let gap = longest_gap(&text);
+    eprintln!("figure: pings to a moved container resumed after a gap of {gap:.2} s");
+    assert!(text.lines().filter(|l| l.contains("bytes from")).count() > 40, "{text}");
+    assert!(gap <= 1.0, "pings resume within a second of the move (gap {gap:.2} s):\n{text}");
+    // No stale entry anywhere: the old host no longer takes it for local (its neighbour asks
+    // afresh, and is answered), the first host's kernel answers with the same MAC, its entry
+    // now behind h2.
+    hosts[1].in_container(1, &["ip", "neigh", "flush", "dev", "eth0"]);
+    let (ok, out) = ping(&hosts[1], 1, mover, &[]);
+    assert!(ok, "the old host's neighbour reaches it at its new place:\n{out}");
+    assert_eq!(hosts[0].arping(0, mover, 1), vec![mac.clone()]);
+    let behind = |h: &Host, node: &str| {
+        let s = status(h, &h.pin_dir("lxcbr0"));
+        let peer = s["peers"].as_array().unwrap().iter().find(|p| p["node_id"] == node).cloned().unwrap();
+        peer["hosts"].as_array().unwrap().iter().any(|x| x["ip"] == mover)
+    };
+    assert!(behind(&hosts[0], "h2") && !behind(&hosts[0], "h1"), "h0 has it behind h2 only");
+    assert!(status(&hosts[1], &hosts[1].pin_dir("lxcbr0"))["switch"]["moves"].as_u64().unwrap() >= 1);
+    assert!(hosts[1].agent_log(0).contains("host moved"), "{}", hosts[1].agent_log(0));
+}

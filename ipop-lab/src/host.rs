@@ -73,6 +73,23 @@ impl Host {
         self.add_container_on("lxcbr0", addr)
     }
 
+    /// One more veth container on lxcbr0 with eth0's MAC set to `mac` (a container migrated
+    /// from another host keeps its MAC); its index.
+    pub fn add_container_with_mac(&mut self, addr: &str, mac: &str) -> usize {
+        let i = self.add_container_on("lxcbr0", addr);
+        let c = &self.container_ns[i];
+        c.ip(&["link", "set", "eth0", "down"]);
+        c.ip(&["link", "set", "eth0", "address", mac]);
+        c.ip(&["link", "set", "eth0", "up"]);
+        i
+    }
+
+    /// Takes container `i` off the bridge (its veth pair deleted), as a container leaves a
+    /// host; its namespace stays, empty, until the host is dropped. Indices do not change.
+    pub fn remove_container(&mut self, i: usize) {
+        self.ip(&["link", "del", &format!("veth{i}")]);
+    }
+
     /// Another bridge, without an address (a second overlay's, beside lxcbr0).
     pub fn add_bridge(&self, name: &str) {
         self.ip(&["link", "add", name, "type", "bridge"]);

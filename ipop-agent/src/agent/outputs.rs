@@ -55,6 +55,13 @@ impl Shell {
                     let (serial, ips) = cert.map(|c| (c.serial.clone(), format!("{:?}", c.ips))).unwrap_or_default();
                     warn!(%ip, %claimed, peer = %name, certificate = %serial, allowed = %ips, "claim refused: outside the addresses its certificate allows");
                 }
+                Output::HostMoved { ip, mac, to } => {
+                    let to = match (to, self.peers.as_ref()) {
+                        (Some(peer), Some(p)) => format!("behind {}", p.name(peer)),
+                        _ => "to this bridge".to_owned(),
+                    };
+                    info!(%ip, %mac, "host moved {to}");
+                }
                 Output::Conflict { ip, owner, claimed, by } => {
                     let by = self.peers.as_ref().map(|p| p.name(by).to_owned()).unwrap_or_default();
                     self.conflicts.record(ip, claimed, &by);

@@ -108,13 +108,17 @@ impl Switch {
             Method::HostAnnounce(h) => (h.mac, h.ip),
         };
         let mut out = Vec::new();
-        if let Err(refusal) = self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
-            match refusal {
-                Output::ClaimRefused { .. } => self.counters.claims_refused += 1,
-                _ => self.counters.conflicts += 1,
+        match self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
+            Err(refusal) => {
+                match refusal {
+                    Output::ClaimRefused { .. } => self.counters.claims_refused += 1,
+                    _ => self.counters.conflicts += 1,
+                }
+                out.push(refusal);
+                return out;
             }
-            out.push(refusal);
-            return out;
+            Ok(true) => out.push(Output::HostMoved { ip: sender_ip, mac: sender_mac, to: Some(peer) }),
+            Ok(false) => {}
         }
         // Installed before the frame is injected: the bridge ingress program recognises the
         // injected frame by this entry and does not report it back (no loop).
@@ -169,9 +173,15 @@ impl Switch {
             out.push(Output::ArpRemove { ip });
         }
         if let Some(r) = self.remote.remove(&ip) {
-            self.counters.conflicts += 1;
             out.push(Output::ArpRemove { ip });
-            out.push(Output::LocalOverridesRemote { ip, local: mac, remote: r.mac, peer: r.peer });
+            if r.mac == mac {
+                // The host that was behind a peer is here now: it moved, no conflict.
+                self.counters.moves += 1;
+                out.push(Output::HostMoved { ip, mac, to: None });
+            } else {
+                self.counters.conflicts += 1;
+                out.push(Output::LocalOverridesRemote { ip, local: mac, remote: r.mac, peer: r.peer });
+            }
         }
         let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false, announced: false });
         out.push(Output::LocalLearned { ip, mac, previous: previous.map(|p| p.mac) });
@@ -180,28 +190,37 @@ impl Switch {
 
     /// Records that `peer` says `ip` is at `mac`, unless its certificate does not allow it or
     /// someone else owns `ip`.
-    fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<(), Output> {
+    /// Whether the host moved (`Ok(true)`): it was on this bridge, or behind another peer,
+    /// with the same IP and MAC.
+    fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<bool, Output> {
         if self.allowed.get(&peer).is_some_and(|a| !a.allows(ip, mac)) {
             return Err(Output::ClaimRefused { ip, claimed: mac, by: peer });
         }
         // A live peer's word supersedes what a previous agent left (the install overwrites it).
         self.orphans.remove(&ip);
+        let mut moved = false;
         if let Some(n) = self.local.get(&ip) {
-            return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
+            if n.mac != mac || n.permanent {
+                return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
+            }
+            // The same IP and MAC behind a peer: the host left this bridge for that one.
+            self.local.remove(&ip);
+            self.counters.moves += 1;
+            moved = true;
         }
         if let Some(r) = self.remote.get(&ip)
-            && r.mac != mac
             && r.peer != peer
         {
-            return Err(Output::Conflict {
-                ip,
-                owner: Owner::Remote { mac: r.mac, peer: r.peer },
-                claimed: mac,
-                by: peer,
-            });
+            if r.mac != mac {
+                let owner = Owner::Remote { mac: r.mac, peer: r.peer };
+                return Err(Output::Conflict { ip, owner, claimed: mac, by: peer });
+            }
+            // The same host behind another peer: it moved from that bridge to this one's.
+            self.counters.moves += 1;
+            moved = true;
         }
         self.remote.insert(ip, Remote { mac, peer, updated_ns: now_ns });
         self.macs.insert(mac, (peer, now_ns));
-        Ok(())
+        Ok(moved)
     }
 }

@@ -82,6 +82,9 @@ pub enum Output {
     ClaimRefused { ip: Ipv4Addr, claimed: Mac, by: PeerId },
     /// A local host appeared with an IP a peer had claimed: the remote entry is withdrawn.
     LocalOverridesRemote { ip: Ipv4Addr, local: Mac, remote: Mac, peer: PeerId },
+    /// The same host (IP and MAC) now speaks from elsewhere: a migrated container. `to` is
+    /// the peer it is behind now, or `None`: this bridge.
+    HostMoved { ip: Ipv4Addr, mac: Mac, to: Option<PeerId> },
 }
 
 /// Where a frame from the local bridge goes.
@@ -127,6 +130,8 @@ pub struct Counters {
     pub rpc_received: u64,
     /// Local hosts announced to peers (`host_announce`), as learned or to a peer come up.
     pub announced: u64,
+    /// Hosts that moved between bridges (same IP and MAC), in either direction.
+    pub moves: u64,
     /// Requests for a local IP: the local host answers, the overlay is not involved.
     pub resolved_locally: u64,
     /// Requests nobody could be asked about (no peer up).

@@ -432,3 +432,44 @@ fn an_announced_remote_host_is_installed_and_nothing_is_written_to_the_bridge() 
     let claim = sw.handle_rpc(SEC, P1, &announcement(R, A_IP));
     assert!(matches!(claim.as_slice(), [Output::Conflict { .. }]), "a claim on a local IP: {claim:?}");
 }
+
+fn gratuitous_from(mac: [u8; 6], ip: [u8; 4]) -> Method {
+    Method::ArpReply(ArpReply {
+        sender_mac: Mac(mac),
+        sender_ip: ip.into(),
+        target_mac: Mac(BROADCAST),
+        target_ip: ip.into(),
+    })
+}
+
+#[test]
+fn a_local_host_heard_behind_a_peer_with_its_ip_and_mac_moved_there() {
+    let mut sw = with_peers(&[P1]);
+    sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP)); // A is local
+    let out = sw.handle_rpc(SEC, P1, &gratuitous_from(A, A_IP));
+    assert!(out.contains(&Output::HostMoved { ip: A_IP.into(), mac: Mac(A), to: Some(P1) }), "{out:?}");
+    assert!(out.contains(&Output::ArpInstall { ip: A_IP.into(), mac: Mac(A), peer: P1 }), "answered for it now");
+    assert!(!sw.local_hosts().iter().any(|(ip, _)| *ip == Ipv4Addr::from(A_IP)));
+    assert_eq!(sw.route_from_bridge(2 * SEC, &frame(A, B, 0x0800)), Route::Peer(P1), "frames follow it");
+    assert_eq!((sw.counters().moves, sw.counters().conflicts), (1, 0));
+}
+
+#[test]
+fn a_remote_host_that_speaks_here_with_its_ip_and_mac_moved_here() {
+    let mut sw = with_peers(&[P1]);
+    sw.handle_rpc(0, P1, &remote_request());
+    let out = sw.handle_arp(SEC, &event(HOOK_TAP_EGRESS, OP_REPLY, (R, R_IP), ([0xff; 6], R_IP)));
+    assert!(out.contains(&Output::ArpRemove { ip: R_IP.into() }), "{out:?}");
+    assert!(out.contains(&Output::HostMoved { ip: R_IP.into(), mac: Mac(R), to: None }), "{out:?}");
+    assert_eq!((sw.counters().moves, sw.counters().conflicts), (1, 0));
+}
+
+#[test]
+fn a_remote_host_heard_behind_another_peer_moved_there_and_another_mac_is_a_conflict() {
+    let mut sw = with_peers(&[P1, P2]);
+    sw.handle_rpc(0, P1, &remote_request());
+    let out = sw.handle_rpc(SEC, P2, &gratuitous_from(R, R_IP));
+    assert!(out.contains(&Output::HostMoved { ip: R_IP.into(), mac: Mac(R), to: Some(P2) }), "{out:?}");
+    let out = sw.handle_rpc(2 * SEC, P1, &gratuitous_from(B, R_IP));
+    assert!(matches!(out.as_slice(), [Output::Conflict { .. }]), "{out:?}");
+}
