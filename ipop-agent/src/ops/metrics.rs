@@ -15,11 +15,13 @@ use serde_json::Value;
 struct Scrape(Value);
 
 /// Counters of the whole agent: (metric, help, where in `status`).
-const AGENT_COUNTERS: [(&str, &str, &[&str]); 14] = [
+const AGENT_COUNTERS: [(&str, &str, &[&str]); 16] = [
     ("ipop_arp_events", "ARP frames the programs reported to the agent", &["switch", "events"]),
     ("ipop_arp_rpc_sent", "ARP RPCs sent to peers", &["switch", "rpc_sent"]),
     ("ipop_arp_rpc_received", "ARP RPCs received from peers", &["switch", "rpc_received"]),
     ("ipop_arp_rpc_limited", "ARP RPCs not sent: their source exceeded its rate", &["switch", "rpc_limited"]),
+    ("ipop_hosts_announced", "local hosts announced to peers", &["switch", "announced"]),
+    ("ipop_hosts_moved", "hosts that moved between bridges with their IP and MAC", &["switch", "moves"]),
     ("ipop_arp_conflicts", "claims of an address another host has", &["switch", "conflicts"]),
     ("ipop_claims_refused", "claims outside what the peer's certificate allows", &["switch", "claims_refused"]),
     ("ipop_storm_dropped", "broadcast frames not flooded (storm control)", &["switch", "storm_dropped"]),

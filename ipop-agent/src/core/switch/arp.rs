@@ -71,31 +71,42 @@ impl Switch {
             self.counters.rpc_limited += 1;
         } else {
             self.counters.rpc_sent += 1;
+            self.told(now_ns, sender_ip);
             out.push(Output::Broadcast(method));
         }
         out
     }
 
-    /// Tells the peers of the sender of `ev`, a local host, if they have not heard of it, so
-    /// their kernels answer the first ARP for it. A broadcast is decided at the TAP's egress
-    /// (which sees it too, and may send it on: `carried`); a frame only for this host (a
-    /// reply to the bridge's address) at the bridge's ingress, the only hook that sees it.
+    /// Tells the peers of the sender of `ev`, a local host, unless they heard of it lately
+    /// (`Neighbour::announced_ns`), so their kernels answer the first ARP for it. A broadcast
+    /// is decided at the TAP's egress (which sees it too, and may send it on: `carried`, then
+    /// the RPC tells them); a frame only for this host (a reply to the bridge's address) at
+    /// the bridge's ingress, the only hook that sees it. The host itself (a sender with a MAC
+    /// of the bridge's own addresses) is never announced: every host has its own.
     fn announce_sender(&mut self, now_ns: u64, ev: &ArpEvent, carried: bool) -> Option<Output> {
-        if ev.hook != HOOK_TAP_EGRESS && ev.eth_dst == BROADCAST {
+        if carried || (ev.hook != HOOK_TAP_EGRESS && ev.eth_dst == BROADCAST) {
             return None;
         }
         let (ip, mac) = (Ipv4Addr::from(ev.sender_ip), Mac(ev.sender_mac));
-        let n = self.local.get_mut(&ip).filter(|n| n.mac == mac && !n.announced)?;
-        if carried {
-            n.announced = true;
+        let refresh = self.max_age_ns / 2;
+        let stale = |n: &Neighbour| n.announced_ns.is_none_or(|t| refresh > 0 && now_ns.saturating_sub(t) >= refresh);
+        if !self.local.get(&ip).is_some_and(|n| n.mac == mac && !n.permanent && stale(n))
+            || self.local.values().any(|o| o.permanent && o.mac == mac)
+            || self.peers.is_empty()
+            || !self.allow_arp(now_ns, mac)
+        {
             return None;
         }
-        if self.peers.is_empty() || !self.allow_arp(now_ns, mac) {
-            return None;
-        }
-        self.local.get_mut(&ip)?.announced = true;
+        self.told(now_ns, ip);
         self.counters.announced += 1;
         Some(Output::Broadcast(Method::HostAnnounce(HostAnnounce { mac, ip })))
+    }
+
+    /// The peers were told of local host `ip` now.
+    fn told(&mut self, now_ns: u64, ip: Ipv4Addr) {
+        if let Some(n) = self.local.get_mut(&ip) {
+            n.announced_ns = Some(now_ns);
+        }
     }
 
     /// Decides what an RPC from `peer` means: seed steps 3 (a request replayed into the local
@@ -175,39 +186,38 @@ impl Switch {
         if let Some(r) = self.remote.remove(&ip) {
             out.push(Output::ArpRemove { ip });
             if r.mac == mac {
-                // The host that was behind a peer is here now: it moved, no conflict.
+                // The host that was behind a peer is here now: it moved, no conflict, and
+                // frames for it no longer go to that peer.
                 self.counters.moves += 1;
+                self.macs.remove(&mac);
                 out.push(Output::HostMoved { ip, mac, to: None });
             } else {
                 self.counters.conflicts += 1;
                 out.push(Output::LocalOverridesRemote { ip, local: mac, remote: r.mac, peer: r.peer });
             }
         }
-        let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false, announced: false });
+        let previous = self.local.insert(ip, Neighbour { mac, seen_ns: now_ns, permanent: false, announced_ns: None });
         out.push(Output::LocalLearned { ip, mac, previous: previous.map(|p| p.mac) });
         out
     }
 
     /// Records that `peer` says `ip` is at `mac`, unless its certificate does not allow it or
     /// someone else owns `ip`.
-    /// Whether the host moved (`Ok(true)`): it was on this bridge, or behind another peer,
-    /// with the same IP and MAC.
+    /// Whether the host moved (`Ok(true)`): it was behind another peer with the same IP and
+    /// MAC.
     fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<bool, Output> {
         if self.allowed.get(&peer).is_some_and(|a| !a.allows(ip, mac)) {
             return Err(Output::ClaimRefused { ip, claimed: mac, by: peer });
         }
         // A live peer's word supersedes what a previous agent left (the install overwrites it).
         self.orphans.remove(&ip);
-        let mut moved = false;
+        // A host on this bridge stands, even against its own IP and MAC from a peer: a peer's
+        // word that it left would let that peer take its frames (a move away from here is
+        // seen when the host has left the bridge's table, not yet built).
         if let Some(n) = self.local.get(&ip) {
-            if n.mac != mac || n.permanent {
-                return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
-            }
-            // The same IP and MAC behind a peer: the host left this bridge for that one.
-            self.local.remove(&ip);
-            self.counters.moves += 1;
-            moved = true;
+            return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
         }
+        let mut moved = false;
         if let Some(r) = self.remote.get(&ip)
             && r.peer != peer
         {

@@ -83,7 +83,8 @@ pub enum Output {
     /// A local host appeared with an IP a peer had claimed: the remote entry is withdrawn.
     LocalOverridesRemote { ip: Ipv4Addr, local: Mac, remote: Mac, peer: PeerId },
     /// The same host (IP and MAC) now speaks from elsewhere: a migrated container. `to` is
-    /// the peer it is behind now, or `None`: this bridge.
+    /// the peer it is behind now, or `None`: this bridge. (A host on this bridge never moves
+    /// on a peer's word: that is a conflict.)
     HostMoved { ip: Ipv4Addr, mac: Mac, to: Option<PeerId> },
 }
 
@@ -101,8 +102,9 @@ pub struct Neighbour {
     pub seen_ns: u64,
     /// The bridge's own addresses never expire.
     pub permanent: bool,
-    /// The peers heard of it: announced, or carried by an ARP RPC.
-    pub announced: bool,
+    /// When the peers were last told of it (announced, or carried by an ARP RPC): told again
+    /// once half the entries' age has passed, so their entries stay fresh.
+    pub announced_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +132,8 @@ pub struct Counters {
     pub rpc_received: u64,
     /// Local hosts announced to peers (`host_announce`), as learned or to a peer come up.
     pub announced: u64,
-    /// Hosts that moved between bridges (same IP and MAC), in either direction.
+    /// Hosts that moved between bridges with their IP and MAC: from behind one peer to
+    /// another, or from behind a peer to this bridge.
     pub moves: u64,
     /// Requests for a local IP: the local host answers, the overlay is not involved.
     pub resolved_locally: u64,
@@ -278,6 +281,6 @@ impl Switch {
 
     /// An address of the host itself on the bridge: always local, never asked about.
     pub fn add_local_address(&mut self, ip: Ipv4Addr, mac: Mac) {
-        self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true, announced: true });
+        self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true, announced_ns: None });
     }
 }

@@ -3,7 +3,14 @@
 use std::net::Ipv4Addr;
 
 use super::{Orphan, Output, PeerId, Remote, SOURCE_IDLE_NS, Switch};
-use crate::core::rpc::{HostAnnounce, Method};
+use crate::core::{
+    addr::Mac,
+    rpc::{HostAnnounce, Method},
+};
+
+/// Local hosts announced to a link that comes up, at most: one notification each, and a link
+/// queues 4096 (the rest are still found by ARP, with a round trip).
+pub const MAX_ANNOUNCED_AT_LINK_UP: usize = 1024;
 
 impl Switch {
     /// A link to `peer` is up: it receives broadcasts from now on. A link just come up gets
@@ -13,12 +20,15 @@ impl Switch {
         if !self.peers.insert(peer) {
             return Vec::new();
         }
-        let hosts = self.local.iter_mut().filter(|(_, n)| !n.permanent);
-        let announce = |(ip, n): (&Ipv4Addr, &mut super::Neighbour)| {
-            n.announced = true;
+        // The most recently heard first, at most a link's queue's worth at once.
+        let own: Vec<Mac> = self.local.values().filter(|n| n.permanent).map(|n| n.mac).collect();
+        let mut hosts: Vec<(&Ipv4Addr, &super::Neighbour)> =
+            self.local.iter().filter(|(_, n)| !n.permanent && !own.contains(&n.mac)).collect();
+        hosts.sort_by_key(|(_, n)| std::cmp::Reverse(n.seen_ns));
+        let announce = |(ip, n): (&Ipv4Addr, &super::Neighbour)| {
             Output::SendTo(peer, Method::HostAnnounce(HostAnnounce { mac: n.mac, ip: *ip }))
         };
-        let out: Vec<Output> = hosts.map(announce).collect();
+        let out: Vec<Output> = hosts.into_iter().take(MAX_ANNOUNCED_AT_LINK_UP).map(announce).collect();
         self.counters.announced += out.len() as u64;
         out
     }

@@ -393,6 +393,9 @@ fn a_host_that_only_speaks_locally_is_announced_once() {
     assert_eq!(out, vec![Output::Broadcast(announcement(A, A_IP))], "{out:?}");
     assert!(sw.handle_arp(SEC, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1])).is_empty(), "once");
     assert_eq!(sw.counters().announced, 1);
+    // Told again once half the entries' age (60 s here) has passed: their entries stay fresh.
+    let out = sw.handle_arp(31 * SEC, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
+    assert_eq!(out, vec![Output::Broadcast(announcement(A, A_IP))]);
 }
 
 #[test]
@@ -420,7 +423,6 @@ fn a_link_come_up_hears_of_every_local_host_but_the_bridges_own_addresses() {
     sw.handle_arp(0, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
     assert_eq!(sw.peer_up(P1), vec![Output::SendTo(P1, announcement(A, A_IP))]);
     assert!(sw.peer_up(P1).is_empty(), "only when it comes up");
-    assert!(sw.handle_arp(SEC, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1])).is_empty(), "already told");
 }
 
 #[test]
@@ -443,15 +445,14 @@ fn gratuitous_from(mac: [u8; 6], ip: [u8; 4]) -> Method {
 }
 
 #[test]
-fn a_local_host_heard_behind_a_peer_with_its_ip_and_mac_moved_there() {
+fn a_local_host_stands_against_a_peer_claiming_its_own_ip_and_mac() {
     let mut sw = with_peers(&[P1]);
     sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP)); // A is local
     let out = sw.handle_rpc(SEC, P1, &gratuitous_from(A, A_IP));
-    assert!(out.contains(&Output::HostMoved { ip: A_IP.into(), mac: Mac(A), to: Some(P1) }), "{out:?}");
-    assert!(out.contains(&Output::ArpInstall { ip: A_IP.into(), mac: Mac(A), peer: P1 }), "answered for it now");
-    assert!(!sw.local_hosts().iter().any(|(ip, _)| *ip == Ipv4Addr::from(A_IP)));
-    assert_eq!(sw.route_from_bridge(2 * SEC, &frame(A, B, 0x0800)), Route::Peer(P1), "frames follow it");
-    assert_eq!((sw.counters().moves, sw.counters().conflicts), (1, 0));
+    assert!(matches!(out.as_slice(), [Output::Conflict { .. }]), "{out:?}");
+    assert!(sw.local_hosts().iter().any(|(ip, _)| *ip == Ipv4Addr::from(A_IP)), "still local");
+    let spoof = frame(B, A, 0x0800);
+    assert!(!sw.accept_from_peer(2 * SEC, P1, &spoof), "frames from a peer with its MAC are refused");
 }
 
 #[test]
@@ -462,6 +463,7 @@ fn a_remote_host_that_speaks_here_with_its_ip_and_mac_moved_here() {
     assert!(out.contains(&Output::ArpRemove { ip: R_IP.into() }), "{out:?}");
     assert!(out.contains(&Output::HostMoved { ip: R_IP.into(), mac: Mac(R), to: None }), "{out:?}");
     assert_eq!((sw.counters().moves, sw.counters().conflicts), (1, 0));
+    assert_ne!(sw.route_from_bridge(2 * SEC, &frame(R, B, 0x0800)), Route::Peer(P1), "frames no longer go there");
 }
 
 #[test]
@@ -472,4 +474,14 @@ fn a_remote_host_heard_behind_another_peer_moved_there_and_another_mac_is_a_conf
     assert!(out.contains(&Output::HostMoved { ip: R_IP.into(), mac: Mac(R), to: Some(P2) }), "{out:?}");
     let out = sw.handle_rpc(2 * SEC, P1, &gratuitous_from(B, R_IP));
     assert!(matches!(out.as_slice(), [Output::Conflict { .. }]), "{out:?}");
+}
+
+#[test]
+fn the_hosts_own_other_addresses_are_not_announced() {
+    let mut sw = with_peers(&[P1]);
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    // The host answers from another address of its own (its bridge MAC): not a container.
+    let reply = event(HOOK_BRIDGE_INGRESS, OP_REPLY, (B, [172, 17, 0, 1]), (A, A_IP));
+    assert!(!sw.handle_arp(0, &reply).iter().any(|o| matches!(o, Output::Broadcast(_))));
+    assert!(sw.peer_up(P2).is_empty(), "nor told to a link come up");
 }
