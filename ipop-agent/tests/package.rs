@@ -7,18 +7,7 @@ mod support;
 
 use std::path::Path;
 
-use support::cmd;
-
-fn run(args: &[&str]) -> String {
-    let out = cmd(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use support::{cmd, ok as run};
 
 fn installed() -> bool {
     cmd(&["dpkg-query", "-W", "-f=${Status}", "ipop-agent"]).stdout.starts_with(b"install ok installed")

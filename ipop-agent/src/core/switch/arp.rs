@@ -91,7 +91,7 @@ impl Switch {
         let refresh = self.max_age_ns / 2;
         let stale = |n: &Neighbour| n.announced_ns.is_none_or(|t| refresh > 0 && now_ns.saturating_sub(t) >= refresh);
         if !self.local.get(&ip).is_some_and(|n| n.mac == mac && !n.permanent && stale(n))
-            || self.local.values().any(|o| o.permanent && o.mac == mac)
+            || self.own_macs().contains(&mac)
             || self.peers.is_empty()
             || !self.allow_arp(now_ns, mac)
         {

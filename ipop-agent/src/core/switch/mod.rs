@@ -227,6 +227,11 @@ impl Switch {
         self
     }
 
+    /// The MACs of the bridge's own addresses: a sender with one of them is the host itself.
+    fn own_macs(&self) -> Vec<Mac> {
+        self.local.values().filter(|n| n.permanent).map(|n| n.mac).collect()
+    }
+
     /// New limits for a running switch (a reload): the buckets start again, full.
     pub fn set_limits(&mut self, limits: Limits) {
         if limits != self.limits {

@@ -3,10 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::{Orphan, Output, PeerId, Remote, SOURCE_IDLE_NS, Switch};
-use crate::core::{
-    addr::Mac,
-    rpc::{HostAnnounce, Method},
-};
+use crate::core::rpc::{HostAnnounce, Method};
 
 /// Local hosts announced to a link that comes up, at most: one notification each, and a link
 /// queues 4096 (the rest are still found by ARP, with a round trip).
@@ -21,7 +18,7 @@ impl Switch {
             return Vec::new();
         }
         // The most recently heard first, at most a link's queue's worth at once.
-        let own: Vec<Mac> = self.local.values().filter(|n| n.permanent).map(|n| n.mac).collect();
+        let own = self.own_macs();
         let mut hosts: Vec<(&Ipv4Addr, &super::Neighbour)> =
             self.local.iter().filter(|(_, n)| !n.permanent && !own.contains(&n.mac)).collect();
         hosts.sort_by_key(|(_, n)| std::cmp::Reverse(n.seen_ns));
