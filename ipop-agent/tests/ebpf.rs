@@ -7,12 +7,13 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use ipop_agent::{
-    agent::parse_event,
+    agent::{KernelEvent, parse_event},
     kernel::datapath::{self, PROG_BRIDGE_INGRESS, PROG_TAP_EGRESS},
 };
 use ipop_common::{
     arp::{self, Arp, BROADCAST, ETHERTYPE_IPV4, OP_REPLY, OP_REQUEST},
-    maps::{self as m, ArpEntry, ArpEvent, ArpKey, Config, Stats},
+    maps::{self as m, ArpEntry, ArpEvent, ArpKey, Config, NdEvent, NdKey, Stats},
+    nd::{self, NdFrame},
 };
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
@@ -24,6 +25,9 @@ const A_IP: [u8; 4] = [10, 0, 3, 5];
 const REMOTE_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x68];
 const REMOTE_IP: [u8; 4] = [10, 0, 3, 104];
 const UNKNOWN_IP: [u8; 4] = [10, 0, 3, 99];
+const A_IP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const REMOTE_IP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x68];
+const UNKNOWN_IP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99];
 
 struct Progs {
     ebpf: Ebpf,
@@ -31,8 +35,8 @@ struct Progs {
 }
 
 impl Progs {
-    /// Loads the programs with `arp_table` holding REMOTE_IP -> REMOTE_MAC (with `flags`)
-    /// and answering switched on.
+    /// Loads the programs with `arp_table` holding REMOTE_IP -> REMOTE_MAC and `nd_table`
+    /// REMOTE_IP6 -> REMOTE_MAC (both with `flags`), and answering switched on.
     fn new(entry_flags: u16, max_age_ns: u64, updated_ns: u64) -> Self {
         let mut ebpf = datapath::load_unpinned().expect("load eBPF object (are you root?)");
         for name in [PROG_TAP_EGRESS, PROG_BRIDGE_INGRESS] {
@@ -60,6 +64,9 @@ impl Progs {
                 0,
             )
             .unwrap();
+        let entry = ArpEntry { mac: REMOTE_MAC, flags: entry_flags, updated_ns, peer_tag: 7, _reserved: 0 };
+        let mut nd_table: HashMap<_, NdKey, ArpEntry> = HashMap::try_from(ebpf.map_mut(m::ND_TABLE).unwrap()).unwrap();
+        nd_table.insert(NdKey { ip: REMOTE_IP6 }, entry, 0).unwrap();
         let events = RingBuf::try_from(ebpf.take_map(m::ARP_EVENTS).unwrap()).unwrap();
         Self { ebpf, events }
     }
@@ -79,12 +86,20 @@ impl Progs {
         (result.return_value, out)
     }
 
-    fn events(&mut self) -> Vec<ArpEvent> {
+    fn all_events(&mut self) -> Vec<KernelEvent> {
         let mut out = Vec::new();
         while let Some(item) = self.events.next() {
             out.push(parse_event(&item).expect("whole event"));
         }
         out
+    }
+
+    fn events(&mut self) -> Vec<ArpEvent> {
+        self.all_events().into_iter().map(|e| if let KernelEvent::Arp(a) = e { a } else { panic!("{e:?}") }).collect()
+    }
+
+    fn nd_events(&mut self) -> Vec<NdEvent> {
+        self.all_events().into_iter().map(|e| if let KernelEvent::Nd(n) = e { n } else { panic!("{e:?}") }).collect()
     }
 
     fn stats(&self) -> Stats {
@@ -264,4 +279,102 @@ fn answering_waits_for_the_agent_configuration() {
     let r =
         prog.test_run(TestRunOptions { data_in: Some(&req), data_out: Some(&mut out), ..Default::default() }).unwrap();
     assert_eq!(r.return_value, TC_ACT_UNSPEC, "no config entry yet: no TAP to redirect to");
+}
+
+/// A solicitation from A (fd00::5) for `target`, with A's link-layer address.
+fn solicit(src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let (f, len) = nd::build_solicit(A_MAC, &src, &target);
+    f[..len].to_vec()
+}
+
+/// RFC 1071 over the IPv6 pseudo-header and the ICMPv6 message, summed here independently of
+/// ipop-common: a packet with a correct checksum sums to 0xffff.
+fn icmpv6_checksum_ok(frame: &[u8]) -> bool {
+    let ip = &frame[14..];
+    let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let mut words = ip[8..40].to_vec();
+    words.extend_from_slice(&(len as u32).to_be_bytes());
+    words.extend_from_slice(&[0, 0, 0, 58]);
+    words.extend_from_slice(&ip[40..40 + len]);
+    let mut sum: u64 = words.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u64).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[test]
+fn a_solicitation_for_a_remote_host_is_answered_with_the_owners_advertisement() {
+    let mut p = Progs::static_entry();
+    let ns = solicit(A_IP6, REMOTE_IP6);
+    let (verdict, out) = p.run(PROG_TAP_EGRESS, &ns);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let request = NdFrame::parse(&ns).unwrap().nd();
+    assert_eq!(out, nd::build_answer(A_MAC, &request, REMOTE_MAC).to_vec(), "the advertisement bytes");
+    assert!(icmpv6_checksum_ok(&out), "checksum");
+    let na = NdFrame::parse(&out).unwrap();
+    assert_eq!((na.eth_dst(), na.eth_src()), (A_MAC, REMOTE_MAC));
+    let na = na.nd();
+    assert_eq!((na.kind, na.src, na.dst, na.target), (nd::NEIGHBOR_ADVERT, REMOTE_IP6, A_IP6, REMOTE_IP6));
+    assert_eq!(na.flags, nd::FLAG_SOLICITED | nd::FLAG_OVERRIDE, "solicited, override, not a router");
+    assert_eq!(na.lladdr, Some(REMOTE_MAC), "target link-layer option");
+    let events = p.nd_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].verdict, m::VERDICT_ANSWERED);
+    assert_eq!(events[0].nd(), request, "the event carries the solicitation as it came");
+    let s = p.stats();
+    assert_eq!((s.nd_seen, s.nd_answered, s.answered), (1, 1, 0));
+}
+
+#[test]
+fn unknown_targets_probes_and_advertisements_are_reported_and_passed() {
+    let mut p = Progs::static_entry();
+    let unknown = solicit(A_IP6, UNKNOWN_IP6);
+    let dad = solicit([0; 16], REMOTE_IP6);
+    let advert = nd::build_advert([0x33, 0x33, 0, 0, 0, 1], &A_IP6, &nd::ALL_NODES, A_MAC, nd::FLAG_OVERRIDE);
+    for frame in [&unknown[..], &dad[..], &advert[..]] {
+        let (verdict, out) = p.run(PROG_TAP_EGRESS, frame);
+        assert_eq!(verdict, TC_ACT_UNSPEC, "passed on");
+        assert_eq!(out, frame, "untouched");
+    }
+    let events = p.nd_events();
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e.verdict == m::VERDICT_PASSED && e.hook == m::HOOK_TAP_EGRESS));
+    assert!(events[1].nd().is_dad(), "a probe is the agent's to answer: it reports the conflict");
+    assert_eq!(events[1].nd().lladdr, None);
+    let na = events[2].nd();
+    assert_eq!((na.kind, na.flags, na.lladdr, na.target), (nd::NEIGHBOR_ADVERT, nd::FLAG_OVERRIDE, Some(A_MAC), A_IP6));
+    assert_eq!(p.stats().nd_answered, 0);
+}
+
+#[test]
+fn what_is_not_neighbour_discovery_crosses_untouched_and_unreported() {
+    let mut p = Progs::static_entry();
+    let good = solicit(A_IP6, REMOTE_IP6);
+    let mut routed = good.clone();
+    routed[nd::field::HOP_LIMIT] = 64; // hosts drop ND that crossed a router
+    let mut echo = good.clone();
+    echo[nd::field::ICMP_TYPE] = 128;
+    let mut udp = good.clone();
+    udp[nd::field::NEXT_HEADER] = 17;
+    let truncated = good[..70].to_vec();
+    for frame in [routed, echo, udp, truncated] {
+        assert!(NdFrame::parse(&frame).is_err(), "the agent's parser agrees");
+        let (verdict, out) = p.run(PROG_TAP_EGRESS, &frame);
+        assert_eq!((verdict, out), (TC_ACT_UNSPEC, frame));
+    }
+    assert!(p.all_events().is_empty());
+    assert_eq!(p.stats().nd_seen, 0);
+}
+
+#[test]
+fn stale_nd_entries_are_not_answered_and_the_bridge_ingress_leaves_nd_alone() {
+    let mut stale = Progs::new(m::ENTRY_STATIC | m::ENTRY_STALE, 0, 0);
+    let ns = solicit(A_IP6, REMOTE_IP6);
+    assert_eq!(stale.run(PROG_TAP_EGRESS, &ns), (TC_ACT_UNSPEC, ns.clone()));
+    assert_eq!((stale.stats().nd_stale, stale.stats().nd_answered), (1, 0));
+
+    let mut p = Progs::static_entry();
+    assert_eq!(p.run(PROG_BRIDGE_INGRESS, &ns), (TC_ACT_UNSPEC, ns.clone()));
+    assert!(p.all_events().is_empty(), "ND is seen at the TAP's egress only");
 }

@@ -6,3 +6,4 @@
 
 pub mod arp;
 pub mod maps;
+pub mod nd;

@@ -8,11 +8,16 @@ pub const ARP_TABLE: &str = "arp_table";
 pub const ARP_EVENTS: &str = "arp_events";
 pub const STATS: &str = "stats";
 pub const CONFIG: &str = "config";
+pub const ND_TABLE: &str = "nd_table";
 /// All pinned maps, for pinning and for cleaning up.
-pub const PINNED: [&str; 4] = [ARP_TABLE, ARP_EVENTS, STATS, CONFIG];
+pub const PINNED: [&str; 5] = [ARP_TABLE, ND_TABLE, ARP_EVENTS, STATS, CONFIG];
+/// The neighbour tables a restarted agent takes back (their entries survive a crash).
+pub const TABLES: [&str; 2] = [ARP_TABLE, ND_TABLE];
 
 /// Capacity of `arp_table` (remote hosts answered in the kernel).
 pub const ARP_TABLE_SIZE: u32 = 16384;
+/// Capacity of `nd_table` (remote IPv6 hosts answered in the kernel).
+pub const ND_TABLE_SIZE: u32 = 16384;
 /// Size of the `arp_events` ring buffer in bytes (a power of two, page aligned).
 pub const ARP_EVENTS_BYTES: u32 = 512 * 1024;
 
@@ -23,12 +28,19 @@ pub struct ArpKey {
     pub ip: [u8; 4],
 }
 
+/// Key of `nd_table`: an IPv6 address in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NdKey {
+    pub ip: [u8; 16],
+}
+
 /// Entry flag: added by the operator; never ages.
 pub const ENTRY_STATIC: u16 = 1;
 /// Entry flag: known to be out of date; the kernel must not answer from it.
 pub const ENTRY_STALE: u16 = 2;
 
-/// Value of `arp_table`: where a remote IP lives.
+/// Value of `arp_table` and `nd_table`: where a remote IP lives.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArpEntry {
@@ -100,7 +112,47 @@ impl ArpEvent {
     }
 }
 
-/// Config flag: answer requests from `arp_table` in the kernel.
+/// One neighbour solicitation or advertisement seen by a program, pushed on `arp_events`
+/// beside the ARP events (told apart by their length: ND events are longer).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NdEvent {
+    pub ifindex: u32,
+    /// `HOOK_*`.
+    pub hook: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    /// ICMPv6 type: 135 (solicitation) or 136 (advertisement).
+    pub kind: u8,
+    /// An advertisement's `nd::FLAG_*`.
+    pub flags: u8,
+    pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
+    /// The link-layer address option (source or target), if the message has one.
+    pub lladdr: [u8; 6],
+    pub has_lladdr: u8,
+    pub _pad: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub target: [u8; 16],
+}
+
+impl NdEvent {
+    /// The ND fields of the event.
+    pub fn nd(&self) -> crate::nd::Nd {
+        crate::nd::Nd {
+            kind: self.kind,
+            flags: self.flags,
+            src: self.src,
+            dst: self.dst,
+            target: self.target,
+            lladdr: (self.has_lladdr != 0).then_some(self.lladdr),
+        }
+    }
+}
+
+/// Config flag: answer ARP requests from `arp_table` and solicitations from `nd_table` in
+/// the kernel.
 pub const CONFIG_ANSWER: u32 = 1;
 
 /// The single entry of `config`, written by the agent before it attaches the programs.
@@ -135,6 +187,12 @@ pub struct Stats {
     pub stale: u64,
     /// Frames at the bridge ingress from a remote sender (injected by the agent), not reported.
     pub injected: u64,
+    /// Neighbour solicitations and advertisements seen at the TAP's egress.
+    pub nd_seen: u64,
+    /// Solicitations answered in the kernel from `nd_table`.
+    pub nd_answered: u64,
+    /// Solicitations for entries too old or marked stale, not answered.
+    pub nd_stale: u64,
 }
 
 impl Stats {
@@ -147,6 +205,9 @@ impl Stats {
         self.malformed += other.malformed;
         self.stale += other.stale;
         self.injected += other.injected;
+        self.nd_seen += other.nd_seen;
+        self.nd_answered += other.nd_answered;
+        self.nd_stale += other.nd_stale;
     }
 }
 
@@ -156,6 +217,8 @@ mod pod {
     unsafe impl aya::Pod for super::ArpKey {}
     unsafe impl aya::Pod for super::ArpEntry {}
     unsafe impl aya::Pod for super::ArpEvent {}
+    unsafe impl aya::Pod for super::NdKey {}
+    unsafe impl aya::Pod for super::NdEvent {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Stats {}
 }
@@ -165,7 +228,9 @@ const _: () = assert!(core::mem::size_of::<ArpKey>() == 4);
 const _: () = assert!(core::mem::size_of::<ArpEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<ArpEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
-const _: () = assert!(core::mem::size_of::<Stats>() == 56);
+const _: () = assert!(core::mem::size_of::<Stats>() == 80);
+const _: () = assert!(core::mem::size_of::<NdKey>() == 16);
+const _: () = assert!(core::mem::size_of::<NdEvent>() == 76);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,8 @@
 //! `bridge_ingress` sees every broadcast that reaches the bridge device, including the frames
 //! the agent injects through the TAP; it reports local ARP only (never frames whose sender is
 //! remote, which would loop between agents) and never answers (the TAP hook already did).
+//! Neighbour discovery (`nd`) is handled at the TAP's egress only, the same way, from
+//! `nd_table`.
 #![no_std]
 #![no_main]
 
@@ -16,13 +18,16 @@ use aya_ebpf::{
     macros::{btf_map, classifier},
     programs::TcContext,
 };
+
+mod nd;
 use aya_log_ebpf::debug;
 use ipop_common::{
     arp::{ETHERTYPE_ARP, ETHERTYPE_IPV4, FRAME_LEN, HTYPE_ETHERNET, OP_REPLY, OP_REQUEST, field},
     maps::{
         ARP_EVENTS_BYTES, ARP_TABLE_SIZE, ArpEntry, ArpEvent, ArpKey, CONFIG_ANSWER, Config, HOOK_BRIDGE_INGRESS,
-        HOOK_TAP_EGRESS, Stats, VERDICT_ANSWERED, VERDICT_PASSED,
+        HOOK_TAP_EGRESS, ND_TABLE_SIZE, NdKey, Stats, VERDICT_ANSWERED, VERDICT_PASSED,
     },
+    nd::ETHERTYPE_IPV6,
 };
 
 /// "No opinion": let the next program (or the stack) decide. TCX_NEXT on TCX links.
@@ -30,6 +35,9 @@ const TC_ACT_UNSPEC: i32 = -1;
 
 #[btf_map(name = "arp_table")]
 static ARP_TABLE: HashMap<ArpKey, ArpEntry, { ARP_TABLE_SIZE as usize }> = HashMap::new();
+
+#[btf_map(name = "nd_table")]
+static ND_TABLE: HashMap<NdKey, ArpEntry, { ND_TABLE_SIZE as usize }> = HashMap::new();
 
 #[btf_map(name = "arp_events")]
 static ARP_EVENTS: RingBuf<ArpEvent, { ARP_EVENTS_BYTES as usize }> = RingBuf::new();
@@ -87,9 +95,23 @@ fn handle(ctx: &TcContext, hook: u8) -> i32 {
     let Ok(ethertype) = ctx.load::<[u8; 2]>(field::ETHERTYPE) else {
         return TC_ACT_UNSPEC;
     };
-    if u16::from_be_bytes(ethertype) != ETHERTYPE_ARP {
-        return TC_ACT_UNSPEC;
+    match u16::from_be_bytes(ethertype) {
+        ETHERTYPE_ARP => handle_arp(ctx, hook),
+        // The agent injects ND only through the TAP, and the bridge's own solicitations and
+        // answers to them reach the TAP's egress too: one hook sees all that matters.
+        ETHERTYPE_IPV6 if hook == HOOK_TAP_EGRESS => nd::handle(ctx),
+        _ => TC_ACT_UNSPEC,
     }
+}
+
+/// The answering config, if the agent enabled answers.
+#[inline(always)]
+fn answering() -> Option<&'static Config> {
+    CONFIG.get(0).filter(|cfg| cfg.flags & CONFIG_ANSWER != 0 && cfg.tap_ifindex != 0)
+}
+
+#[inline(never)]
+fn handle_arp(ctx: &TcContext, hook: u8) -> i32 {
     count(|s| s.seen += 1);
     if (ctx.len() as usize) < FRAME_LEN {
         count(|s| s.malformed += 1);
@@ -131,9 +153,7 @@ fn handle(ctx: &TcContext, hook: u8) -> i32 {
     let mut action = TC_ACT_UNSPEC;
     if hook == HOOK_TAP_EGRESS
         && op == OP_REQUEST
-        && let Some(cfg) = CONFIG.get(0)
-        && cfg.flags & CONFIG_ANSWER != 0
-        && cfg.tap_ifindex != 0
+        && let Some(cfg) = answering()
         && arp.sender_ip != [0; 4]
         && arp.sender_ip != arp.target_ip
     {

@@ -15,7 +15,7 @@ use std::{io, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
-use ipop_common::maps::ArpEvent;
+use ipop_common::maps::{ArpEvent, NdEvent};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -35,6 +35,7 @@ use crate::{
         maps::monotonic_ns,
         netif::{Link, Netlink},
         preflight,
+        tables::Neighbours,
         tap::Tap,
     },
     link::event::LinkEvent,
@@ -80,13 +81,26 @@ pub fn fix_mmap_threshold() {
     }
 }
 
-/// Decodes one ring buffer record; `None` if it is not a whole event.
-pub fn parse_event(bytes: &[u8]) -> Option<ArpEvent> {
-    if bytes.len() < size_of::<ArpEvent>() {
-        return None;
+/// One record of `arp_events`: ARP and ND events share the ring, told apart by length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEvent {
+    Arp(ArpEvent),
+    Nd(NdEvent),
+}
+
+/// Decodes one ring buffer record; `None` if it is no whole event.
+pub fn parse_event(bytes: &[u8]) -> Option<KernelEvent> {
+    // SAFETY (both reads): the length is checked and both are plain old data; the reads are
+    // unaligned.
+    match bytes.len() {
+        n if n == size_of::<ArpEvent>() => {
+            Some(KernelEvent::Arp(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ArpEvent>()) }))
+        }
+        n if n == size_of::<NdEvent>() => {
+            Some(KernelEvent::Nd(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<NdEvent>()) }))
+        }
+        _ => None,
     }
-    // SAFETY: the length is checked and ArpEvent is plain old data; the read is unaligned.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ArpEvent>()) })
 }
 
 /// Registers an fd-owning object with the tokio reactor for readability.
@@ -139,12 +153,12 @@ async fn serve(
     let cfg = dev.cfg;
     let mut events = watch(datapath.take_events()?)?;
     let mut logger = watch(datapath.take_logger()?)?;
-    let mut arp_table = datapath.take_arp_table()?;
-    let removals = restore_orphans(&mut arp_table, &mut switch, cfg);
+    let mut tables = datapath.take_tables()?;
+    let removals = restore_orphans(&mut tables, &mut switch, cfg);
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
     let (peers, mut signals) = setup::overlay(cfg, joining, link_tx)?;
     let tap = Arc::new(watch(tap)?);
-    let mut shell = Shell::new(switch, arp_table, tap.clone(), peers);
+    let mut shell = Shell::new(switch, tables, tap.clone(), peers);
     shell.apply(removals);
 
     let (control, http, mut queries) = setup::operations(cfg).await?;
@@ -199,12 +213,12 @@ async fn serve(
 }
 
 /// The learned entries a previous agent left, kept as orphans until their peers return.
-fn restore_orphans(arp_table: &mut shell::ArpTable, switch: &mut Switch, cfg: &AgentConfig) -> Vec<Output> {
-    let left = setup::take_learned(arp_table, cfg.overlay.is_some());
+fn restore_orphans(tables: &mut Neighbours, switch: &mut Switch, cfg: &AgentConfig) -> Vec<Output> {
+    let left = setup::take_learned(tables, cfg.overlay.is_some());
     if !left.is_empty() {
         info!(
             kept = left.len(),
-            "learned ARP entries of the previous agent kept until their peers' links return (at most {ORPHAN_GRACE:?})"
+            "learned neighbour entries of the previous agent kept until their peers' links return (at most {ORPHAN_GRACE:?})"
         );
     }
     switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left)
@@ -249,13 +263,15 @@ fn kernel_counters(pin_dir: &std::path::Path) -> serde_json::Value {
 
 fn arp_events(shell: &mut Shell, mut guard: tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>) {
     while let Some(item) = guard.get_inner_mut().next() {
-        match parse_event(&item) {
-            Some(ev) => {
-                let out = shell.switch.handle_arp(monotonic_ns(), &ev);
-                shell.apply(out);
+        let out = match parse_event(&item) {
+            Some(KernelEvent::Arp(ev)) => shell.switch.handle_arp(monotonic_ns(), &ev),
+            Some(KernelEvent::Nd(ev)) => shell.switch.handle_nd(monotonic_ns(), &ev),
+            None => {
+                warn!(len = item.len(), "a record of unknown length on arp_events");
+                continue;
             }
-            None => warn!(len = item.len(), "short record on arp_events"),
-        }
+        };
+        shell.apply(out);
     }
     guard.clear_ready();
 }

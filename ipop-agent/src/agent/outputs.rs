@@ -1,9 +1,9 @@
 //! The switch's outputs carried out: RPC broadcasts, frames into the TAP, the kernel's ARP
 //! table, and what is logged.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipop_common::maps::{self as m, ArpEntry, ArpKey};
+use ipop_common::maps::{self as m, ArpEntry};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -62,6 +62,7 @@ impl Shell {
                     };
                     info!(%ip, %mac, "host moved {to}");
                 }
+                Output::DuplicateAddress { ip, owner, prober, behind } => self.duplicate(ip, owner, prober, behind),
                 Output::Conflict { ip, owner, claimed, by } => {
                     let by = self.peers.as_ref().map(|p| p.name(by).to_owned()).unwrap_or_default();
                     self.conflicts.record(ip, claimed, &by);
@@ -77,23 +78,34 @@ impl Shell {
         }
     }
 
+    /// Duplicate address detection found `ip` taken across the overlay: reported on both
+    /// sides (the prober's and the owner's).
+    fn duplicate(&mut self, ip: IpAddr, owner: Owner, prober: Mac, behind: Option<PeerId>) {
+        let name = |peer: PeerId| self.peers.as_ref().map(|p| p.name(peer).to_owned()).unwrap_or_default();
+        let by = behind.map(name).unwrap_or_else(|| "this bridge".to_owned());
+        let owner = match owner {
+            Owner::Local(mac) => format!("local host {mac}"),
+            Owner::Remote { mac, peer } => format!("{mac} behind {}", name(peer)),
+        };
+        self.conflicts.record(ip, prober, &by);
+        warn!(%ip, %prober, at = %by, %owner, "duplicate address: a host probed for an address that is taken; defended for its owner");
+    }
+
     /// A learned entry; an operator's static entry for the same IP stays.
-    fn install(&mut self, ip: Ipv4Addr, mac: Mac, peer: PeerId) {
-        let key = ArpKey { ip: ip.octets() };
-        if self.arp_table.get(&key, 0).is_ok_and(|e| e.flags & m::ENTRY_STATIC != 0) {
+    fn install(&mut self, ip: IpAddr, mac: Mac, peer: PeerId) {
+        if self.tables.get(ip).is_some_and(|e| e.flags & m::ENTRY_STATIC != 0) {
             return;
         }
         let peer_tag = self.peers.as_ref().map_or(0, |p| p.tag(peer));
         let entry = ArpEntry { mac: mac.0, flags: 0, updated_ns: monotonic_ns(), peer_tag, _reserved: 0 };
-        if let Err(e) = self.arp_table.insert(key, entry, 0) {
-            warn!(%ip, "could not install in arp_table: {e}");
+        if let Err(e) = self.tables.insert(ip, entry) {
+            warn!(%ip, "could not install in the kernel's neighbour table: {e}");
         }
     }
 
-    fn remove(&mut self, ip: Ipv4Addr) {
-        let key = ArpKey { ip: ip.octets() };
-        if self.arp_table.get(&key, 0).is_ok_and(|e| e.flags & m::ENTRY_STATIC == 0) {
-            let _ = self.arp_table.remove(&key);
+    fn remove(&mut self, ip: IpAddr) {
+        if self.tables.get(ip).is_some_and(|e| e.flags & m::ENTRY_STATIC == 0) {
+            let _ = self.tables.remove(ip);
         }
     }
 }

@@ -3,16 +3,15 @@
 //! overlay (signaling, the data socket, the peers). And the check, every tick, that the
 //! devices are still there.
 
-use std::{io, net::Ipv4Addr, sync::Arc};
+use std::{io, net::IpAddr, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
 use ipop_cert::{NodeKey, RevocationList};
-use ipop_common::maps::{self as m, ArpEntry, ArpKey};
+use ipop_common::maps::{self as m, ArpEntry};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::{
-    agent::shell::ArpTable,
     config::{AgentConfig, OverlayConfig, SignalingConfig, Trust},
     core::{
         addr::Mac,
@@ -22,6 +21,7 @@ use crate::{
     kernel::{
         datapath::Datapath,
         netif::{Link, Netlink},
+        tables::Neighbours,
         tap::Tap,
     },
     link::{
@@ -84,7 +84,7 @@ pub async fn tap(nl: &Netlink, cfg: &AgentConfig, bridge: &Link, datapath: &mut 
 pub async fn switch(nl: &Netlink, cfg: &AgentConfig, bridge: &Link) -> Result<Switch> {
     let mut switch = Switch::new(cfg.arp_max_age.as_nanos() as u64).with_limits(cfg.limits);
     if let Some(mac) = bridge.mac {
-        for ip in nl.ipv4_addresses(bridge.index).await? {
+        for ip in nl.addresses(bridge.index).await? {
             switch.add_local_address(ip, Mac(mac));
         }
     }
@@ -93,20 +93,19 @@ pub async fn switch(nl: &Netlink, cfg: &AgentConfig, bridge: &Link) -> Result<Sw
 
 /// The learned entries a previous agent left in the taken-back `arp_table`, to restore in
 /// the switch. Without an overlay no peer can vouch for them again: they are dropped.
-pub fn take_learned(table: &mut ArpTable, overlay: bool) -> Vec<(Ipv4Addr, Orphan)> {
-    let learned: Vec<(ArpKey, ArpEntry)> =
-        table.iter().filter_map(Result::ok).filter(|(_, e)| e.flags & m::ENTRY_STATIC == 0).collect();
+pub fn take_learned(tables: &mut Neighbours, overlay: bool) -> Vec<(IpAddr, Orphan)> {
+    let learned = tables.learned();
     if overlay {
         let orphan = |e: &ArpEntry| Orphan { mac: Mac(e.mac), tag: e.peer_tag, updated_ns: e.updated_ns };
-        return learned.iter().map(|(k, e)| (Ipv4Addr::from(k.ip), orphan(e))).collect();
+        return learned.iter().map(|(ip, e)| (*ip, orphan(e))).collect();
     }
-    for (key, _) in &learned {
-        let _ = table.remove(key);
+    for (ip, _) in &learned {
+        let _ = tables.remove(*ip);
     }
     if !learned.is_empty() {
         info!(
             dropped = learned.len(),
-            "learned ARP entries of the previous agent dropped (no overlay to vouch for them)"
+            "learned neighbour entries of the previous agent dropped (no overlay to vouch for them)"
         );
     }
     Vec::new()

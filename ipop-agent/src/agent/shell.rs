@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use ipop_common::maps::{ArpEntry, ArpKey};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -16,22 +14,20 @@ use crate::{
         vnet::{VNET_HDR_LEN, vnet_hdr_ok},
         wire::Inner,
     },
-    kernel::{maps::monotonic_ns, tap::Tap},
+    kernel::{maps::monotonic_ns, tables::Neighbours, tap::Tap},
     link::peers::Peers,
 };
 
 /// Hosts as `status` lists them.
-fn hosts_json(hosts: Vec<(std::net::Ipv4Addr, crate::core::addr::Mac)>) -> serde_json::Value {
+fn hosts_json(hosts: Vec<(std::net::IpAddr, crate::core::addr::Mac)>) -> serde_json::Value {
     hosts.iter().map(|(ip, mac)| serde_json::json!({"ip": ip.to_string(), "mac": mac.to_string()})).collect()
 }
-
-/// The kernel's `arp_table`, as the agent holds it.
-pub type ArpTable = BpfHashMap<MapData, ArpKey, ArpEntry>;
 
 /// The parts the loop drives.
 pub struct Shell {
     pub(super) switch: Switch,
-    pub(super) arp_table: ArpTable,
+    /// The kernel's `arp_table` and `nd_table`.
+    pub(super) tables: Neighbours,
     pub(super) tap: Arc<AsyncFd<Tap>>,
     pub(super) peers: Option<Peers>,
     pub(super) tap_write_errors: u64,
@@ -51,10 +47,10 @@ pub struct Shell {
 }
 
 impl Shell {
-    pub fn new(switch: Switch, arp_table: ArpTable, tap: Arc<AsyncFd<Tap>>, peers: Option<Peers>) -> Self {
+    pub fn new(switch: Switch, tables: Neighbours, tap: Arc<AsyncFd<Tap>>, peers: Option<Peers>) -> Self {
         Shell {
             switch,
-            arp_table,
+            tables,
             tap,
             peers,
             tap_write_errors: 0,

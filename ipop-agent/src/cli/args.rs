@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::{
     config::{self, Settings},
-    core::addr::{Mac, parse_host_ip, parse_host_mac},
+    core::addr::{Mac, parse_host_addr, parse_host_mac},
     kernel::{datapath::default_pin_dir, maps::Pinned},
 };
 
@@ -246,24 +246,25 @@ pub fn read_config(path: &Path) -> Result<Settings> {
     Settings::from_json(&text).map_err(anyhow::Error::msg).with_context(|| path.display().to_string())
 }
 
+/// `arp` and `nd`: the same commands on `arp_table` (IPv4) and `nd_table` (IPv6).
 #[derive(Subcommand, Debug, PartialEq, Eq)]
-pub enum ArpCommand {
+pub enum TableCommand {
     /// List the entries.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Add a static entry: the kernel answers requests for IP with MAC.
+    /// Add a static entry: the kernel answers requests (solicitations) for IP with MAC.
     Add {
-        #[arg(value_parser = parse_host_ip)]
-        ip: std::net::Ipv4Addr,
+        #[arg(value_parser = parse_host_addr)]
+        ip: std::net::IpAddr,
         #[arg(value_parser = parse_host_mac)]
         mac: Mac,
     },
     /// Remove the entry for IP.
     Del {
-        #[arg(value_parser = parse_host_ip)]
-        ip: std::net::Ipv4Addr,
+        #[arg(value_parser = parse_host_addr)]
+        ip: std::net::IpAddr,
     },
 }

@@ -1,4 +1,4 @@
-//! The command line: `ipop-agent run | rendezvous | status | arp | stats`. `args` holds the
+//! The command line: `ipop-agent run | rendezvous | status | arp | nd | stats`. `args` holds the
 //! arguments, `show` prints the maps of a running agent; `main.rs` only calls `main` here.
 
 pub mod args;
@@ -10,7 +10,9 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-pub use self::args::{ArpCommand, KeyCommand, KeyTarget, RendezvousArgs, RunArgs, Target, read_config};
+use crate::kernel::maps::Family;
+
+pub use self::args::{KeyCommand, KeyTarget, RendezvousArgs, RunArgs, TableCommand, Target, read_config};
 use crate::{
     agent::{self, reload::SetLog},
     config::{AgentConfig, Settings},
@@ -44,7 +46,14 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         #[command(subcommand)]
-        command: ArpCommand,
+        command: TableCommand,
+    },
+    /// Show or change the IPv6 neighbour entries the kernel answers solicitations from.
+    Nd {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: TableCommand,
     },
     /// Show what the running agent knows: peers and link states, the switch's counters.
     Status {
@@ -107,7 +116,8 @@ pub fn main() -> ExitCode {
 fn dispatch(command: Command, log: Option<String>, set_log: SetLog) -> Result<()> {
     match command {
         Command::Run(args) => run(*args, log, set_log),
-        Command::Arp { target, command } => show::arp(target.pinned()?, command),
+        Command::Arp { target, command } => show::table(target.pinned()?, Family::V4, command),
+        Command::Nd { target, command } => show::table(target.pinned()?, Family::V6, command),
         Command::Stats { target, json } => show::stats(target.pinned()?, json),
         Command::Rendezvous(args) => rendezvous(args),
         Command::Ca(args) => ca::run(args),

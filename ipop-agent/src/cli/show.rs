@@ -1,22 +1,28 @@
-//! What `arp`, `stats` and `status` print: the pinned maps of a running agent, and what it says
+//! What `arp`, `nd`, `stats` and `status` print: the pinned maps of a running agent, and what it says
 //! on its control socket, as text for people or JSON.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use ipop_common::maps::{ENTRY_STALE, ENTRY_STATIC};
 use serde_json::Value;
 
 use crate::{
-    cli::args::ArpCommand,
+    cli::args::TableCommand,
     core::addr::Mac,
-    kernel::maps::{Pinned, monotonic_ns, stats_rows},
+    kernel::maps::{Family, Pinned, monotonic_ns, stats_rows},
 };
 
-/// `arp list | add | del`.
-pub fn arp(pinned: Pinned, command: ArpCommand) -> Result<()> {
+/// `arp list | add | del` and `nd list | add | del`: `family` is which table.
+pub fn table(pinned: Pinned, family: Family, command: TableCommand) -> Result<()> {
+    if let TableCommand::Add { ip, .. } | TableCommand::Del { ip } = command
+        && Family::of(ip) != family
+    {
+        let (_, right) = Family::of(ip).names();
+        bail!("{ip} belongs in {}: use `ipop-agent {right} ...`", Family::of(ip).names().0);
+    }
     match command {
-        ArpCommand::List { json } => {
+        TableCommand::List { json } => {
             let now = monotonic_ns();
-            let entries = pinned.arp_list()?;
+            let entries = pinned.list(family)?;
             if json {
                 let list: Vec<_> = entries
                     .iter()
@@ -32,7 +38,8 @@ pub fn arp(pinned: Pinned, command: ArpCommand) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<15}  {:<17}  {:<6}  {:>8}", "IP", "MAC", "FLAGS", "AGE(s)");
+                let width = if family == Family::V4 { 15 } else { 39 };
+                println!("{:<width$}  {:<17}  {:<6}  {:>8}", "IP", "MAC", "FLAGS", "AGE(s)");
                 for (ip, e) in entries {
                     let flags = match (e.flags & ENTRY_STATIC != 0, e.flags & ENTRY_STALE != 0) {
                         (_, true) => "stale",
@@ -40,16 +47,16 @@ pub fn arp(pinned: Pinned, command: ArpCommand) -> Result<()> {
                         (false, false) => "",
                     };
                     let age = now.saturating_sub(e.updated_ns) / 1_000_000_000;
-                    println!("{:<15}  {:<17}  {:<6}  {:>8}", ip.to_string(), Mac(e.mac).to_string(), flags, age);
+                    println!("{:<width$}  {:<17}  {:<6}  {:>8}", ip.to_string(), Mac(e.mac).to_string(), flags, age);
                 }
             }
         }
-        ArpCommand::Add { ip, mac } => {
-            pinned.arp_add(ip, mac)?;
+        TableCommand::Add { ip, mac } => {
+            pinned.add(ip, mac)?;
             println!("{ip} is-at {mac} (static)");
         }
-        ArpCommand::Del { ip } => {
-            pinned.arp_del(ip)?;
+        TableCommand::Del { ip } => {
+            pinned.del(ip)?;
             println!("{ip} removed");
         }
     }

@@ -32,7 +32,7 @@ fn the_agent_options_work_before_and_after_the_subcommand() {
     }
     assert!(matches!(parse(&["arp", "list", "--json", "--bridge", "br9"]), Command::Arp {
         target: Target { bridge: Some(b), .. },
-        command: ArpCommand::List { json: true },
+        command: TableCommand::List { json: true },
     } if b == "br9"));
     assert_eq!(
         target(&["--log", "debug", "status", "--config", "/etc/ipop.json"]).config,

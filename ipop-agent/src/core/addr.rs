@@ -1,6 +1,10 @@
-//! MAC and IPv4 addresses as the CLI and the logs write them.
+//! MAC, IPv4 and IPv6 addresses as the CLI and the logs write them.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 /// An Ethernet address, printed `02:00:00:00:00:01`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +72,25 @@ pub fn parse_host_ip(s: &str) -> Result<Ipv4Addr, String> {
         return Err(format!("{ip} is not a host address (unspecified, broadcast, multicast or loopback)"));
     }
     Ok(ip)
+}
+
+/// An IPv6 address a host can own: not ::, multicast or loopback.
+pub fn parse_host_ip6(s: &str) -> Result<Ipv6Addr, String> {
+    let ip: Ipv6Addr = s.parse().map_err(|_| format!("invalid IPv6 address {s:?}: expected one like fd00::5"))?;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return Err(format!("{ip} is not a host address (unspecified, multicast or loopback)"));
+    }
+    Ok(ip)
+}
+
+/// An IPv4 or IPv6 address a host can own.
+pub fn parse_host_addr(s: &str) -> Result<IpAddr, String> {
+    if s.contains(':') { parse_host_ip6(s).map(IpAddr::V6) } else { parse_host_ip(s).map(IpAddr::V4) }
+}
+
+/// An IPv6 address as a message names it: any, `::` and multicast included.
+pub fn parse_ip6(s: &str) -> Result<Ipv6Addr, String> {
+    s.parse().map_err(|_| format!("invalid IPv6 address {s:?}: expected one like fd00::5"))
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! JSON-RPC 2.0 between agents (docs/protocol.md): the methods, their typed parameters, and
 //! a decoder that validates everything a peer sends. Pure.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::core::{
-    addr::{Mac, parse_host_ip, parse_host_mac},
+    addr::{Mac, parse_host_addr, parse_host_ip, parse_host_ip6, parse_host_mac, parse_ip6},
     topology::Summary,
 };
 
@@ -42,7 +42,28 @@ pub struct ArpReply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostAnnounce {
     pub mac: Mac,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
+}
+
+/// `nd_solicit`: a host on the sender's bridge solicits `target_ip` (IPv6). From `::` it is
+/// duplicate address detection: the host wants `target_ip` and asks whether anyone has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NdSolicit {
+    pub sender_mac: Mac,
+    pub sender_ip: Ipv6Addr,
+    pub target_ip: Ipv6Addr,
+}
+
+/// `nd_advert`: `ip` is at `mac` (IPv6), said to `dst_ip` at `dst_mac` (a solicitor, or
+/// all nodes), with the advertisement's router, solicited and override flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NdAdvert {
+    pub mac: Mac,
+    pub ip: Ipv6Addr,
+    pub dst_mac: Mac,
+    pub dst_ip: Ipv6Addr,
+    /// `ipop_common::nd::FLAG_*`.
+    pub flags: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +71,8 @@ pub enum Method {
     ArpRequest(ArpRequest),
     ArpReply(ArpReply),
     HostAnnounce(HostAnnounce),
+    NdSolicit(NdSolicit),
+    NdAdvert(NdAdvert),
 }
 
 /// A message from a peer that passed validation.
@@ -128,6 +151,62 @@ struct HostAnnounceParams {
     ip: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NdSolicitParams {
+    sender_mac: String,
+    sender_ip: String,
+    target_ip: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NdAdvertParams {
+    mac: String,
+    ip: String,
+    dst_mac: String,
+    dst_ip: String,
+    router: bool,
+    solicited: bool,
+    #[serde(rename = "override")]
+    overrides: bool,
+}
+
+impl NdSolicitParams {
+    fn check(self) -> Result<NdSolicit, String> {
+        let sender_ip = parse_ip6(&self.sender_ip)?;
+        if sender_ip.is_multicast() || sender_ip.is_loopback() {
+            return Err(format!("{sender_ip} cannot solicit (multicast or loopback)"));
+        }
+        Ok(NdSolicit {
+            sender_mac: parse_host_mac(&self.sender_mac)?,
+            sender_ip,
+            target_ip: parse_host_ip6(&self.target_ip)?,
+        })
+    }
+}
+
+impl NdAdvertParams {
+    fn check(self) -> Result<NdAdvert, String> {
+        use ipop_common::nd::{FLAG_OVERRIDE, FLAG_ROUTER, FLAG_SOLICITED};
+        let dst_ip = parse_ip6(&self.dst_ip)?;
+        let dst_mac: Mac = self.dst_mac.parse()?;
+        if dst_ip.is_unspecified() || dst_mac.is_zero() || dst_ip.is_multicast() != dst_mac.is_multicast() {
+            return Err(format!("{dst_ip} at {dst_mac} is no destination of an advertisement"));
+        }
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        Ok(NdAdvert {
+            mac: parse_host_mac(&self.mac)?,
+            ip: parse_host_ip6(&self.ip)?,
+            dst_mac,
+            dst_ip,
+            flags: flag(self.router, FLAG_ROUTER)
+                | flag(self.solicited, FLAG_SOLICITED)
+                | flag(self.overrides, FLAG_OVERRIDE),
+        })
+    }
+}
+
 fn reject(code: i64, message: impl Into<String>, id: Option<&Value>) -> Rejection {
     let message = message.into();
     Rejection { code, answer: id.map(|id| encode_error(id, code, &message)), message }
@@ -185,8 +264,16 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, Rejection> {
             let p: HostAnnounceParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
             Method::HostAnnounce(HostAnnounce {
                 mac: parse_host_mac(&p.mac).map_err(bad)?,
-                ip: parse_host_ip(&p.ip).map_err(bad)?,
+                ip: parse_host_addr(&p.ip).map_err(bad)?,
             })
+        }
+        "nd_solicit" => {
+            let p: NdSolicitParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            Method::NdSolicit(p.check().map_err(bad)?)
+        }
+        "nd_advert" => {
+            let p: NdAdvertParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
+            Method::NdAdvert(p.check().map_err(bad)?)
         }
         "arp_reply" => {
             let p: ArpReplyParams = serde_json::from_value(params).map_err(|e| bad(e.to_string()))?;
@@ -223,6 +310,20 @@ pub fn encode(method: &Method) -> Vec<u8> {
             }),
         ),
         Method::HostAnnounce(h) => ("host_announce", json!({"mac": h.mac.to_string(), "ip": h.ip.to_string()})),
+        Method::NdSolicit(n) => (
+            "nd_solicit",
+            json!({"sender_mac": n.sender_mac.to_string(), "sender_ip": n.sender_ip.to_string(), "target_ip": n.target_ip.to_string()}),
+        ),
+        Method::NdAdvert(n) => {
+            use ipop_common::nd::{FLAG_OVERRIDE, FLAG_ROUTER, FLAG_SOLICITED};
+            let on = |bit: u8| n.flags & bit != 0;
+            let params = json!({
+                "mac": n.mac.to_string(), "ip": n.ip.to_string(),
+                "dst_mac": n.dst_mac.to_string(), "dst_ip": n.dst_ip.to_string(),
+                "router": on(FLAG_ROUTER), "solicited": on(FLAG_SOLICITED), "override": on(FLAG_OVERRIDE),
+            });
+            ("nd_advert", params)
+        }
     };
     serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": name, "params": params})).expect("serialisable")
 }
@@ -349,7 +450,7 @@ mod tests {
     fn a_host_announcement_round_trips_and_is_checked() {
         let h = Method::HostAnnounce(HostAnnounce {
             mac: "02:00:00:00:00:05".parse().unwrap(),
-            ip: Ipv4Addr::new(10, 0, 3, 5),
+            ip: Ipv4Addr::new(10, 0, 3, 5).into(),
         });
         assert_eq!(decode(&encode(&h)).unwrap(), Incoming::Notification(h));
         let text = String::from_utf8(encode(&h)).unwrap();
@@ -361,8 +462,58 @@ mod tests {
             r#"{"mac":"ff:ff:ff:ff:ff:ff","ip":"10.0.3.5"}"#,
             r#"{"mac":"02:00:00:00:00:05","ip":"224.0.0.1"}"#,
             r#"{"ip":"10.0.3.5"}"#,
+            r#"{"mac":"02:00:00:00:00:05","ip":"ff02::1"}"#,
+            r#"{"mac":"02:00:00:00:00:05","ip":"::"}"#,
         ] {
             let msg = format!(r#"{{"jsonrpc":"2.0","method":"host_announce","id":1,"params":{params}}}"#);
+            assert_eq!(rejected(msg.as_bytes()).code, INVALID_PARAMS, "{params}");
+        }
+        let v6 = Method::HostAnnounce(HostAnnounce { mac: Mac([2, 0, 0, 0, 0, 5]), ip: "fd00::5".parse().unwrap() });
+        assert_eq!(decode(&encode(&v6)).unwrap(), Incoming::Notification(v6));
+    }
+
+    #[test]
+    fn neighbour_discovery_round_trips_and_is_checked() {
+        use ipop_common::nd::{FLAG_OVERRIDE, FLAG_SOLICITED};
+        let mac = Mac([2, 0, 0, 0, 0, 5]);
+        let solicit = Method::NdSolicit(NdSolicit {
+            sender_mac: mac,
+            sender_ip: "fd00::5".parse().unwrap(),
+            target_ip: "fd00::68".parse().unwrap(),
+        });
+        let dad = Method::NdSolicit(NdSolicit {
+            sender_mac: mac,
+            sender_ip: Ipv6Addr::UNSPECIFIED,
+            target_ip: "fd00::68".parse().unwrap(),
+        });
+        let advert = Method::NdAdvert(NdAdvert {
+            mac,
+            ip: "fd00::5".parse().unwrap(),
+            dst_mac: Mac([0x33, 0x33, 0, 0, 0, 1]),
+            dst_ip: "ff02::1".parse().unwrap(),
+            flags: FLAG_SOLICITED | FLAG_OVERRIDE,
+        });
+        for m in [solicit, dad, advert] {
+            assert_eq!(decode(&encode(&m)).unwrap(), Incoming::Notification(m));
+        }
+        let text = String::from_utf8(encode(&advert)).unwrap();
+        assert!(text.contains(r#""override":true"#) && text.contains(r#""router":false"#), "{text}");
+        let advert_with = |dst_mac: &str, dst_ip: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"nd_advert","params":{{"mac":"02:00:00:00:00:05","ip":"fd00::5","dst_mac":"{dst_mac}","dst_ip":"{dst_ip}","router":false,"solicited":true,"override":true}}}}"#
+            )
+        };
+        for (dst_mac, dst_ip) in
+            [("33:33:00:00:00:01", "fd00::9"), ("02:00:00:00:00:09", "ff02::1"), ("02:00:00:00:00:09", "::")]
+        {
+            assert_eq!(rejected(advert_with(dst_mac, dst_ip).as_bytes()).code, INVALID_PARAMS, "{dst_mac} {dst_ip}");
+        }
+        for params in [
+            r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"ff02::1","target_ip":"fd00::68"}"#,
+            r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"fd00::5","target_ip":"::"}"#,
+            r#"{"sender_mac":"02:00:00:00:00:05","sender_ip":"fd00::5","target_ip":"10.0.3.5"}"#,
+        ] {
+            let msg = format!(r#"{{"jsonrpc":"2.0","method":"nd_solicit","params":{params}}}"#);
             assert_eq!(rejected(msg.as_bytes()).code, INVALID_PARAMS, "{params}");
         }
     }

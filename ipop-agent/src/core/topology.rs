@@ -6,13 +6,13 @@
 //! stands while the link does: a change would have been sent): every node, every link, the
 //! hosts behind each node, conflicts. Pure: the shell gives the time.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::core::{
-    addr::{Mac, parse_host_ip, parse_host_mac},
+    addr::{Mac, parse_host_addr, parse_host_mac},
     node_id::check_node_id,
 };
 
@@ -113,7 +113,7 @@ impl Summary {
 }
 
 fn check_host(ip: &str, mac: &str) -> Result<(), String> {
-    parse_host_ip(ip)?;
+    parse_host_addr(ip)?;
     parse_host_mac(mac).map(|_| ())
 }
 
@@ -122,7 +122,7 @@ fn check_host(ip: &str, mac: &str) -> Result<(), String> {
 pub struct Conflicts(Vec<ConflictReport>);
 
 impl Conflicts {
-    pub fn record(&mut self, ip: Ipv4Addr, mac: Mac, claimed_by: &str) {
+    pub fn record(&mut self, ip: IpAddr, mac: Mac, claimed_by: &str) {
         let c = ConflictReport { ip: ip.to_string(), mac: mac.to_string(), claimed_by: claimed_by.to_owned() };
         self.0.retain(|old| old.ip != c.ip || old.claimed_by != c.claimed_by);
         if self.0.len() == MAX_CONFLICTS {
@@ -376,9 +376,9 @@ mod tests {
         let mut c = Conflicts::default();
         let mac = Mac([2, 0, 0, 0, 0, 5]);
         for i in 0..20u8 {
-            c.record(Ipv4Addr::new(10, 0, 3, i), mac, "h1");
+            c.record(std::net::Ipv4Addr::new(10, 0, 3, i).into(), mac, "h1");
         }
-        c.record(Ipv4Addr::new(10, 0, 3, 19), mac, "h1");
+        c.record(std::net::Ipv4Addr::new(10, 0, 3, 19).into(), mac, "h1");
         let list = c.list();
         assert_eq!(list.len(), MAX_CONFLICTS);
         assert_eq!(list.last().unwrap().ip, "10.0.3.19");

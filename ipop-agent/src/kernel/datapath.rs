@@ -16,8 +16,10 @@ use aya::{
     maps::{Array, MapData, MapInfo, MapType, RingBuf},
     programs::{SchedClassifier, TcAttachType},
 };
-use ipop_common::maps::{self as m, ArpEntry, ArpKey};
+use ipop_common::maps::{self as m, ArpEntry, ArpKey, NdKey};
 use tracing::{info, warn};
+
+use crate::kernel::tables::Neighbours;
 
 /// The eBPF object built by build.rs from ipop-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipop"));
@@ -60,7 +62,8 @@ pub struct PinDir {
 
 impl PinDir {
     /// Creates `dir` (and missing parents), removing what a dead agent left in it except a
-    /// compatible `arp_table`, which is taken back so its entries survive a crash.
+    /// compatible `arp_table` and `nd_table`, which are taken back so their entries survive
+    /// a crash.
     /// The caller holds the pin directory's lock, so whoever pinned these is gone.
     pub fn prepare(dir: &Path) -> Result<Self> {
         let mut missing: Vec<PathBuf> = dir.ancestors().take_while(|p| !p.exists()).map(Path::to_owned).collect();
@@ -81,8 +84,8 @@ impl PinDir {
             if !path.exists() {
                 continue;
             }
-            if name == m::ARP_TABLE && arp_table_compatible(&path) {
-                info!(path = %path.display(), "taking back the ARP table of a previous agent");
+            if table_compatible(name, &path) {
+                info!(path = %path.display(), "taking back the neighbour table of a previous agent");
                 continue;
             }
             warn!(path = %path.display(), "removing a pin left by a previous agent");
@@ -96,12 +99,18 @@ impl PinDir {
     }
 }
 
-fn arp_table_compatible(path: &Path) -> bool {
+/// Whether the pin `name` at `path` is a neighbour table this agent can take back as is.
+fn table_compatible(name: &str, path: &Path) -> bool {
+    let (key_size, max_entries) = match name {
+        m::ARP_TABLE => (size_of::<ArpKey>(), m::ARP_TABLE_SIZE),
+        m::ND_TABLE => (size_of::<NdKey>(), m::ND_TABLE_SIZE),
+        _ => return false,
+    };
     MapInfo::from_pin(path).is_ok_and(|info| {
         matches!(info.map_type(), Ok(MapType::Hash))
-            && info.key_size() as usize == size_of::<ArpKey>()
+            && info.key_size() as usize == key_size
             && info.value_size() as usize == size_of::<ArpEntry>()
-            && info.max_entries() == m::ARP_TABLE_SIZE
+            && info.max_entries() == max_entries
     })
 }
 
@@ -178,10 +187,11 @@ impl Datapath {
         RingBuf::try_from(map).map_err(|e| anyhow!(e))
     }
 
-    /// `arp_table`, for the agent to install and remove learned entries.
-    pub fn take_arp_table(&mut self) -> Result<aya::maps::HashMap<MapData, ArpKey, ArpEntry>> {
-        let map = self.ebpf.take_map(m::ARP_TABLE).context("arp_table map missing")?;
-        Ok(aya::maps::HashMap::try_from(map)?)
+    /// `arp_table` and `nd_table`, for the agent to install and remove learned entries.
+    pub fn take_tables(&mut self) -> Result<Neighbours> {
+        let arp = self.ebpf.take_map(m::ARP_TABLE).context("arp_table map missing")?;
+        let nd = self.ebpf.take_map(m::ND_TABLE).context("nd_table map missing")?;
+        Ok(Neighbours::new(aya::maps::HashMap::try_from(arp)?, aya::maps::HashMap::try_from(nd)?))
     }
 
     /// The reader of the programs' aya-log messages.

@@ -1,13 +1,34 @@
-//! The running agent's pinned maps, as the CLI (`arp`, `stats`) reads and writes them.
+//! The running agent's pinned maps, as the CLI (`arp`, `nd`, `stats`) reads and writes them.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-use ipop_common::maps::{self as m, ArpEntry, ArpKey, Stats};
+use ipop_common::maps::{self as m, ArpEntry, ArpKey, NdKey, Stats};
+
+/// Which neighbour table: `arp_table` (IPv4) or `nd_table` (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    /// The table's name, and the command that reads it.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("the ARP table", "arp"),
+            Family::V6 => ("the ND table", "nd"),
+        }
+    }
+}
 
 use crate::core::addr::Mac;
 
@@ -37,34 +58,48 @@ impl Pinned {
         Ok(HashMap::try_from(map)?)
     }
 
-    /// Every entry, sorted by IP.
-    pub fn arp_list(&self) -> Result<Vec<(Ipv4Addr, ArpEntry)>> {
-        let table = self.arp_table()?;
-        let mut out = Vec::new();
-        for item in table.iter() {
-            let (k, v) = item?;
-            out.push((Ipv4Addr::from(k.ip), v));
-        }
+    fn nd_table(&self) -> Result<HashMap<MapData, NdKey, ArpEntry>> {
+        let map = Map::from_map_data(self.open(m::ND_TABLE)?)?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Every entry of one table, sorted by IP.
+    pub fn list(&self, family: Family) -> Result<Vec<(IpAddr, ArpEntry)>> {
+        let mut out: Vec<(IpAddr, ArpEntry)> = match family {
+            Family::V4 => {
+                self.arp_table()?.iter().map(|i| i.map(|(k, v)| (k.ip.into(), v))).collect::<Result<_, _>>()?
+            }
+            Family::V6 => {
+                self.nd_table()?.iter().map(|i| i.map(|(k, v)| (k.ip.into(), v))).collect::<Result<_, _>>()?
+            }
+        };
         out.sort_by_key(|(ip, _)| *ip);
         Ok(out)
     }
 
     /// Adds or replaces a static entry (answered in the kernel, never aged).
-    pub fn arp_add(&self, ip: Ipv4Addr, mac: Mac) -> Result<()> {
-        let mut table = self.arp_table()?;
+    pub fn add(&self, ip: IpAddr, mac: Mac) -> Result<()> {
         let entry =
             ArpEntry { mac: mac.0, flags: m::ENTRY_STATIC, updated_ns: monotonic_ns(), peer_tag: 0, _reserved: 0 };
-        table.insert(ArpKey { ip: ip.octets() }, entry, 0).with_context(|| format!("adding {ip} to the ARP table"))
+        let done = match ip {
+            IpAddr::V4(v4) => self.arp_table()?.insert(ArpKey { ip: v4.octets() }, entry, 0),
+            IpAddr::V6(v6) => self.nd_table()?.insert(NdKey { ip: v6.octets() }, entry, 0),
+        };
+        done.with_context(|| format!("adding {ip} to {}", Family::of(ip).names().0))
     }
 
     /// Removes the entry for `ip`; an error if there is none.
-    pub fn arp_del(&self, ip: Ipv4Addr) -> Result<()> {
-        let mut table = self.arp_table()?;
-        match table.remove(&ArpKey { ip: ip.octets() }) {
+    pub fn del(&self, ip: IpAddr) -> Result<()> {
+        let done = match ip {
+            IpAddr::V4(v4) => self.arp_table()?.remove(&ArpKey { ip: v4.octets() }),
+            IpAddr::V6(v6) => self.nd_table()?.remove(&NdKey { ip: v6.octets() }),
+        };
+        let table = Family::of(ip).names().0;
+        match done {
             Ok(()) => Ok(()),
-            Err(MapError::KeyNotFound) => bail!("{ip} is not in the ARP table"),
+            Err(MapError::KeyNotFound) => bail!("{ip} is not in {table}"),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                bail!("{ip} is not in the ARP table")
+                bail!("{ip} is not in {table}")
             }
             Err(e) => Err(e).with_context(|| format!("removing {ip}")),
         }
@@ -87,7 +122,7 @@ impl Pinned {
 }
 
 /// The programs' counters by name, as `stats` and `status` show them.
-pub fn stats_rows(s: &Stats) -> [(&'static str, u64); 7] {
+pub fn stats_rows(s: &Stats) -> [(&'static str, u64); 10] {
     [
         ("seen", s.seen),
         ("answered", s.answered),
@@ -96,6 +131,9 @@ pub fn stats_rows(s: &Stats) -> [(&'static str, u64); 7] {
         ("malformed", s.malformed),
         ("stale", s.stale),
         ("injected", s.injected),
+        ("nd_seen", s.nd_seen),
+        ("nd_answered", s.nd_answered),
+        ("nd_stale", s.nd_stale),
     ]
 }
 

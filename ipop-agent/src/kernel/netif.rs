@@ -97,13 +97,13 @@ impl Netlink {
     }
 
     /// The IPv4 addresses of the device with index `index`.
-    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<std::net::Ipv4Addr>> {
+    pub async fn addresses(&self, index: u32) -> Result<Vec<std::net::IpAddr>> {
         use rtnetlink::packet_route::address::AddressAttribute;
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
         while let Some(msg) = addrs.try_next().await.map_err(|e| anyhow!(e)).context("listing addresses")? {
             for attr in msg.attributes {
-                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                if let AddressAttribute::Address(ip) = attr {
                     out.push(ip);
                 }
             }

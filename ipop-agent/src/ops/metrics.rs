@@ -15,19 +15,25 @@ use serde_json::Value;
 struct Scrape(Value);
 
 /// Counters of the whole agent: (metric, help, where in `status`).
-const AGENT_COUNTERS: [(&str, &str, &[&str]); 16] = [
+const AGENT_COUNTERS: [(&str, &str, &[&str]); 18] = [
     ("ipop_arp_events", "ARP frames the programs reported to the agent", &["switch", "events"]),
-    ("ipop_arp_rpc_sent", "ARP RPCs sent to peers", &["switch", "rpc_sent"]),
-    ("ipop_arp_rpc_received", "ARP RPCs received from peers", &["switch", "rpc_received"]),
+    ("ipop_arp_rpc_sent", "ARP and ND RPCs sent to peers", &["switch", "rpc_sent"]),
+    ("ipop_arp_rpc_received", "ARP and ND RPCs received from peers", &["switch", "rpc_received"]),
     ("ipop_arp_rpc_limited", "ARP RPCs not sent: their source exceeded its rate", &["switch", "rpc_limited"]),
     ("ipop_hosts_announced", "local hosts announced to peers", &["switch", "announced"]),
     ("ipop_hosts_moved", "hosts that moved between bridges with their IP and MAC", &["switch", "moves"]),
-    ("ipop_arp_conflicts", "claims of an address another host has", &["switch", "conflicts"]),
+    (
+        "ipop_arp_conflicts",
+        "claims of an address another host has (IPv4 and IPv6, duplicate address detection included)",
+        &["switch", "conflicts"],
+    ),
     ("ipop_claims_refused", "claims outside what the peer's certificate allows", &["switch", "claims_refused"]),
     ("ipop_storm_dropped", "broadcast frames not flooded (storm control)", &["switch", "storm_dropped"]),
     ("ipop_queue_drops", "datagrams not queued: a link's queue was full", &["queue_drops"]),
     ("ipop_kernel_arp_seen", "ARP frames the programs saw", &["kernel", "seen"]),
     ("ipop_kernel_arp_answered", "ARP requests answered in the kernel", &["kernel", "answered"]),
+    ("ipop_kernel_nd_seen", "IPv6 neighbour solicitations and advertisements the programs saw", &["kernel", "nd_seen"]),
+    ("ipop_kernel_nd_answered", "IPv6 neighbour solicitations answered in the kernel", &["kernel", "nd_answered"]),
     ("ipop_kernel_events_lost", "events lost: the ring buffer was full", &["kernel", "events_lost"]),
     ("ipop_kernel_malformed", "malformed ARP frames", &["kernel", "malformed"]),
     ("ipop_frames_to_peers", "frames the switch sent to peers", &["switch", "frames_to_peers"]),

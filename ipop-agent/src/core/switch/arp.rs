@@ -1,6 +1,6 @@
 //! ARP: events the kernel programs report, and the `arp_request`/`arp_reply` RPCs of peers.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipop_common::{
     arp::{self, Arp, BROADCAST, OP_REPLY, OP_REQUEST},
@@ -31,29 +31,34 @@ impl Switch {
         }
         // Both hooks only report frames from the local side (the bridge ingress program
         // skips the agent's own injected frames), so the sender is a local host.
-        let (sender_ip, sender_mac) = (Ipv4Addr::from(arp.sender_ip), Mac(arp.sender_mac));
+        let (sender_ip, sender_mac) = (IpAddr::from(arp.sender_ip), Mac(arp.sender_mac));
         out.extend(self.learn_local(now_ns, sender_ip, sender_mac));
-        let target = Ipv4Addr::from(arp.target_ip);
+        let target = IpAddr::from(arp.target_ip);
         // The frame itself tells the peers of its sender when the TAP's egress sends it on: a
         // reply or announcement, or a request for an IP that is not local.
         let carried = ev.hook == HOOK_TAP_EGRESS
             && ev.verdict != VERDICT_ANSWERED
             && (arp.op == OP_REPLY || arp.is_gratuitous() || !self.local.contains_key(&target));
-        out.extend(self.announce_sender(now_ns, ev, carried));
+        // A broadcast is decided at the TAP's egress (which sees it too); a frame only for this
+        // host (a reply to the bridge's address) at the bridge's ingress, the only hook that
+        // sees it.
+        if !carried && (ev.hook == HOOK_TAP_EGRESS || ev.eth_dst != BROADCAST) {
+            out.extend(self.announce(now_ns, sender_ip, sender_mac));
+        }
         if ev.hook == HOOK_BRIDGE_INGRESS {
             // The same broadcast also reaches the TAP's egress, which decides for the overlay.
             return out;
         }
         let method = if ev.verdict == VERDICT_ANSWERED {
             self.counters.answered_in_kernel += 1;
-            out.push(Output::AnsweredInKernel { ip: target, requester: Ipv4Addr::from(arp.sender_ip) });
+            out.push(Output::AnsweredInKernel { ip: target, requester: IpAddr::from(arp.sender_ip) });
             return out;
         } else if arp.op == OP_REPLY || arp.is_gratuitous() {
             Method::ArpReply(ArpReply {
                 sender_mac: Mac(arp.sender_mac),
                 sender_ip: arp.sender_ip.into(),
                 target_mac: Mac(if arp.is_gratuitous() { BROADCAST } else { arp.target_mac }),
-                target_ip: target,
+                target_ip: arp.target_ip.into(),
             })
         } else if self.local.contains_key(&target) {
             self.counters.resolved_locally += 1;
@@ -62,32 +67,42 @@ impl Switch {
             Method::ArpRequest(ArpRequest {
                 sender_mac: Mac(arp.sender_mac),
                 sender_ip: arp.sender_ip.into(),
-                target_ip: target,
+                target_ip: arp.target_ip.into(),
             })
         };
-        if self.peers.is_empty() {
-            self.counters.unresolved += 1;
-        } else if !self.allow_arp(now_ns, Mac(arp.sender_mac)) {
-            self.counters.rpc_limited += 1;
-        } else {
-            self.counters.rpc_sent += 1;
-            self.told(now_ns, sender_ip);
-            out.push(Output::Broadcast(method));
-        }
+        out.extend(self.send_rpc(now_ns, sender_mac, Some(sender_ip), method));
         out
     }
 
-    /// Tells the peers of the sender of `ev`, a local host, unless they heard of it lately
-    /// (`Neighbour::announced_ns`), so their kernels answer the first ARP for it. A broadcast
-    /// is decided at the TAP's egress (which sees it too, and may send it on: `carried`, then
-    /// the RPC tells them); a frame only for this host (a reply to the bridge's address) at
-    /// the bridge's ingress, the only hook that sees it. The host itself (a sender with a MAC
-    /// of the bridge's own addresses) is never announced: every host has its own.
-    fn announce_sender(&mut self, now_ns: u64, ev: &ArpEvent, carried: bool) -> Option<Output> {
-        if carried || (ev.hook != HOOK_TAP_EGRESS && ev.eth_dst == BROADCAST) {
-            return None;
+    /// Sends `method`, caused by local `source`, to the peers if any is up and the source is
+    /// within its rate; the peers were told of local host `sender` by it.
+    pub(super) fn send_rpc(
+        &mut self,
+        now_ns: u64,
+        source: Mac,
+        sender: Option<IpAddr>,
+        method: Method,
+    ) -> Option<Output> {
+        if self.peers.is_empty() {
+            self.counters.unresolved += 1;
+            None
+        } else if !self.allow_arp(now_ns, source) {
+            self.counters.rpc_limited += 1;
+            None
+        } else {
+            self.counters.rpc_sent += 1;
+            if let Some(ip) = sender {
+                self.told(now_ns, ip);
+            }
+            Some(Output::Broadcast(method))
         }
-        let (ip, mac) = (Ipv4Addr::from(ev.sender_ip), Mac(ev.sender_mac));
+    }
+
+    /// Tells the peers of local host `ip` at `mac`, whose frame did not tell them itself,
+    /// unless they heard of it lately (`Neighbour::announced_ns`), so their kernels answer the
+    /// first ARP or solicitation for it. The host itself (a sender with a MAC of the bridge's
+    /// own addresses) is never announced: every host has its own.
+    pub(super) fn announce(&mut self, now_ns: u64, ip: IpAddr, mac: Mac) -> Option<Output> {
         let refresh = self.max_age_ns / 2;
         let stale = |n: &Neighbour| n.announced_ns.is_none_or(|t| refresh > 0 && now_ns.saturating_sub(t) >= refresh);
         if !self.local.get(&ip).is_some_and(|n| n.mac == mac && !n.permanent && stale(n))
@@ -103,7 +118,7 @@ impl Switch {
     }
 
     /// The peers were told of local host `ip` now.
-    fn told(&mut self, now_ns: u64, ip: Ipv4Addr) {
+    fn told(&mut self, now_ns: u64, ip: IpAddr) {
         if let Some(n) = self.local.get_mut(&ip) {
             n.announced_ns = Some(now_ns);
         }
@@ -114,26 +129,15 @@ impl Switch {
     pub fn handle_rpc(&mut self, now_ns: u64, peer: PeerId, method: &Method) -> Vec<Output> {
         self.counters.rpc_received += 1;
         let (sender_mac, sender_ip) = match method {
-            Method::ArpRequest(r) => (r.sender_mac, r.sender_ip),
-            Method::ArpReply(r) => (r.sender_mac, r.sender_ip),
+            Method::ArpRequest(r) => (r.sender_mac, r.sender_ip.into()),
+            Method::ArpReply(r) => (r.sender_mac, r.sender_ip.into()),
             Method::HostAnnounce(h) => (h.mac, h.ip),
+            Method::NdSolicit(_) | Method::NdAdvert(_) => return self.handle_nd_rpc(now_ns, peer, method),
         };
         let mut out = Vec::new();
-        match self.learn_remote(now_ns, sender_ip, sender_mac, peer) {
-            Err(refusal) => {
-                match refusal {
-                    Output::ClaimRefused { .. } => self.counters.claims_refused += 1,
-                    _ => self.counters.conflicts += 1,
-                }
-                out.push(refusal);
-                return out;
-            }
-            Ok(true) => out.push(Output::HostMoved { ip: sender_ip, mac: sender_mac, to: Some(peer) }),
-            Ok(false) => {}
+        if !self.accept_claim(now_ns, sender_ip, sender_mac, peer, &mut out) {
+            return out;
         }
-        // Installed before the frame is injected: the bridge ingress program recognises the
-        // injected frame by this entry and does not report it back (no loop).
-        out.push(Output::ArpInstall { ip: sender_ip, mac: sender_mac, peer });
         match method {
             Method::ArpRequest(r) => {
                 let frame = Arp {
@@ -147,7 +151,7 @@ impl Switch {
             }
             Method::ArpReply(r) => {
                 let gratuitous = r.sender_ip == r.target_ip;
-                let for_us = self.local.get(&r.target_ip).is_some_and(|n| n.mac == r.target_mac);
+                let for_us = self.local.get(&r.target_ip.into()).is_some_and(|n| n.mac == r.target_mac);
                 if gratuitous || for_us {
                     let dst = if gratuitous { BROADCAST } else { r.target_mac.0 };
                     let frame = Arp {
@@ -161,14 +165,42 @@ impl Switch {
                 }
             }
             // Only the entry: the host has not asked anything of this bridge.
-            Method::HostAnnounce(_) => {}
+            Method::HostAnnounce(_) | Method::NdSolicit(_) | Method::NdAdvert(_) => {}
         }
         out
     }
 
+    /// Takes `peer`'s word that `ip` is at `mac` if it may say so: the entry is installed
+    /// (before any frame is injected: the bridge ingress program recognises an injected frame
+    /// by it and does not report it back, no loop). Otherwise the refusal goes to `out` and
+    /// nothing else is done for the message.
+    pub(super) fn accept_claim(
+        &mut self,
+        now_ns: u64,
+        ip: IpAddr,
+        mac: Mac,
+        peer: PeerId,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        match self.learn_remote(now_ns, ip, mac, peer) {
+            Err(refusal) => {
+                match refusal {
+                    Output::ClaimRefused { .. } => self.counters.claims_refused += 1,
+                    _ => self.counters.conflicts += 1,
+                }
+                out.push(refusal);
+                return false;
+            }
+            Ok(true) => out.push(Output::HostMoved { ip, mac, to: Some(peer) }),
+            Ok(false) => {}
+        }
+        out.push(Output::ArpInstall { ip, mac, peer });
+        true
+    }
+
     /// Records a local host. A local host always wins over a remote claim to its IP: the
     /// kernel must never answer for an IP that lives on this bridge.
-    fn learn_local(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac) -> Vec<Output> {
+    pub(super) fn learn_local(&mut self, now_ns: u64, ip: IpAddr, mac: Mac) -> Vec<Output> {
         if let Some(n) = self.local.get_mut(&ip)
             && n.mac == mac
         {
@@ -205,7 +237,7 @@ impl Switch {
     /// someone else owns `ip`.
     /// Whether the host moved (`Ok(true)`): it was behind another peer with the same IP and
     /// MAC.
-    fn learn_remote(&mut self, now_ns: u64, ip: Ipv4Addr, mac: Mac, peer: PeerId) -> Result<bool, Output> {
+    fn learn_remote(&mut self, now_ns: u64, ip: IpAddr, mac: Mac, peer: PeerId) -> Result<bool, Output> {
         if self.allowed.get(&peer).is_some_and(|a| !a.allows(ip, mac)) {
             return Err(Output::ClaimRefused { ip, claimed: mac, by: peer });
         }

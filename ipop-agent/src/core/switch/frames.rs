@@ -1,18 +1,22 @@
 //! Frames: where one from the local bridge goes, and whether one from a peer goes in.
 
-use ipop_common::arp::{self, ETHERTYPE_ARP};
+use ipop_common::{
+    arp::{self, ETHERTYPE_ARP},
+    nd::NdFrame,
+};
 
 use super::{PeerId, Route, Switch, is_host_mac};
 use crate::core::{addr::Mac, limit::Bucket};
 
 impl Switch {
-    /// Where a frame the bridge sent to the TAP goes. ARP never travels as a frame (the
-    /// kernel reported it already), and no frame goes anywhere without a peer.
+    /// Where a frame the bridge sent to the TAP goes. ARP and IPv6 neighbour discovery never
+    /// travel as frames (the kernel reported them already), and no frame goes anywhere
+    /// without a peer.
     pub fn route_from_bridge(&mut self, now_ns: u64, frame: &[u8]) -> Route {
         if frame.len() < arp::ETH_HLEN || self.peers.is_empty() {
             return Route::Drop;
         }
-        if u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP {
+        if is_neighbour_frame(frame) {
             return Route::Drop;
         }
         let dst: [u8; 6] = frame[..6].try_into().unwrap();
@@ -32,7 +36,7 @@ impl Switch {
 
     /// Whether a frame from `peer` goes into the TAP; learns its source MAC behind `peer`.
     pub fn accept_from_peer(&mut self, now_ns: u64, peer: PeerId, frame: &[u8]) -> bool {
-        if frame.len() < arp::ETH_HLEN || u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP {
+        if frame.len() < arp::ETH_HLEN || is_neighbour_frame(frame) {
             self.counters.frames_refused += 1;
             return false;
         }
@@ -48,4 +52,9 @@ impl Switch {
         self.counters.frames_from_peers += 1;
         true
     }
+}
+
+/// ARP, or IPv6 ND as the kernel program recognises it: these cross as RPCs only.
+fn is_neighbour_frame(frame: &[u8]) -> bool {
+    u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_ARP || NdFrame::parse(frame).is_ok()
 }

@@ -4,15 +4,16 @@
 //! its outputs out, in order.
 //!
 //! One file per kind of input: `arp` (ARP events from the kernel, ARP RPCs from peers),
-//! `frames` (frames from the bridge and from peers), `peers` (links up and down, entries a
+//! `nd` (the same for IPv6 neighbour discovery), `frames` (frames from the bridge and from peers), `peers` (links up and down, entries a
 //! crashed agent left, ageing).
 //!
 //! Tables: local hosts (IP -> MAC, on this bridge), remote hosts (IP -> MAC and the peer
-//! behind it, mirrored into the kernel's `arp_table`), and MAC -> peer for unicast frames.
+//! behind it, mirrored into the kernel's `arp_table` for IPv4 and `nd_table` for IPv6), and
+//! MAC -> peer for unicast frames.
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use crate::core::{
@@ -23,6 +24,9 @@ use crate::core::{
 
 mod arp;
 mod frames;
+mod nd;
+#[cfg(test)]
+mod nd_tests;
 mod peers;
 #[cfg(test)]
 mod tests;
@@ -63,9 +67,9 @@ pub enum Owner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// A host on the local bridge was seen for the first time, or with a new MAC.
-    LocalLearned { ip: Ipv4Addr, mac: Mac, previous: Option<Mac> },
+    LocalLearned { ip: IpAddr, mac: Mac, previous: Option<Mac> },
     /// The kernel answered `requester`'s request for `ip` from `arp_table`: no RPC is needed.
-    AnsweredInKernel { ip: Ipv4Addr, requester: Ipv4Addr },
+    AnsweredInKernel { ip: IpAddr, requester: IpAddr },
     /// Send to every peer that is up (ARP travels only this way, never as frames).
     Broadcast(Method),
     /// Send to one peer (the local hosts, announced to a peer whose link just came up).
@@ -73,19 +77,23 @@ pub enum Output {
     /// Write this frame into the TAP: the local bridge delivers it.
     WriteTap(Vec<u8>),
     /// Put (or refresh) `ip` -> `mac`, vouched for by `peer`, in the kernel's `arp_table`.
-    ArpInstall { ip: Ipv4Addr, mac: Mac, peer: PeerId },
+    ArpInstall { ip: IpAddr, mac: Mac, peer: PeerId },
     /// Take `ip` out of `arp_table`: it is no longer answered in the kernel.
-    ArpRemove { ip: Ipv4Addr },
+    ArpRemove { ip: IpAddr },
     /// A peer claimed an IP that someone else owns; the existing mapping stands.
-    Conflict { ip: Ipv4Addr, owner: Owner, claimed: Mac, by: PeerId },
+    Conflict { ip: IpAddr, owner: Owner, claimed: Mac, by: PeerId },
     /// A peer claimed an IP (or MAC) outside what its certificate allows: refused.
-    ClaimRefused { ip: Ipv4Addr, claimed: Mac, by: PeerId },
+    ClaimRefused { ip: IpAddr, claimed: Mac, by: PeerId },
     /// A local host appeared with an IP a peer had claimed: the remote entry is withdrawn.
-    LocalOverridesRemote { ip: Ipv4Addr, local: Mac, remote: Mac, peer: PeerId },
+    LocalOverridesRemote { ip: IpAddr, local: Mac, remote: Mac, peer: PeerId },
+    /// Duplicate address detection across the overlay: `prober` (on this bridge when `behind`
+    /// is `None`, else behind that peer) probed for `ip`, which `owner` has; the address was
+    /// defended in the owner's name, so the prober does not take it.
+    DuplicateAddress { ip: IpAddr, owner: Owner, prober: Mac, behind: Option<PeerId> },
     /// The same host (IP and MAC) now speaks from elsewhere: a migrated container. `to` is
     /// the peer it is behind now, or `None`: this bridge. (A host on this bridge never moves
     /// on a peer's word: that is a conflict.)
-    HostMoved { ip: Ipv4Addr, mac: Mac, to: Option<PeerId> },
+    HostMoved { ip: IpAddr, mac: Mac, to: Option<PeerId> },
 }
 
 /// Where a frame from the local bridge goes.
@@ -135,12 +143,16 @@ pub struct Counters {
     /// Hosts that moved between bridges with their IP and MAC: from behind one peer to
     /// another, or from behind a peer to this bridge.
     pub moves: u64,
-    /// Requests for a local IP: the local host answers, the overlay is not involved.
+    /// Requests (and solicitations) for a local IP: the local host answers, the overlay is not
+    /// involved.
     pub resolved_locally: u64,
     /// Requests nobody could be asked about (no peer up).
     pub unresolved: u64,
-    /// Probes (sender 0.0.0.0): duplicate address detection stays on the local bridge.
+    /// Probes: ARP from 0.0.0.0 (duplicate address detection stays on the local bridge) and
+    /// IPv6 solicitations from `::` (which cross: `nd`).
     pub probes: u64,
+    /// IP conflicts: claims refused for an address someone else has, local hosts overriding
+    /// a peer's claim, and duplicate addresses detected across the overlay.
     pub conflicts: u64,
     /// Claims outside the addresses the claiming peer's certificate allows.
     pub claims_refused: u64,
@@ -160,8 +172,8 @@ pub struct Counters {
 
 #[derive(Debug)]
 pub struct Switch {
-    local: HashMap<Ipv4Addr, Neighbour>,
-    remote: HashMap<Ipv4Addr, Remote>,
+    local: HashMap<IpAddr, Neighbour>,
+    remote: HashMap<IpAddr, Remote>,
     macs: HashMap<Mac, (PeerId, u64)>,
     peers: HashSet<PeerId>,
     max_age_ns: u64,
@@ -170,12 +182,14 @@ pub struct Switch {
     sources: HashMap<Mac, Bucket>,
     /// The bucket shared by sources beyond `MAX_SOURCES`.
     overflow: Option<Bucket>,
-    orphans: HashMap<Ipv4Addr, Orphan>,
+    orphans: HashMap<IpAddr, Orphan>,
     /// Orphans whose peer's link is not up by then are withdrawn.
     orphans_until_ns: u64,
     broadcast: Option<Bucket>,
     /// What each peer with a certificate that lists addresses may claim.
     allowed: HashMap<PeerId, Allowed>,
+    /// Local hosts' duplicate address detection awaiting a peer's answer: IP -> (prober, when).
+    probes: HashMap<IpAddr, (Mac, u64)>,
 }
 
 /// The addresses a certificate allows its node's hosts: IP ranges, and MACs (empty: any).
@@ -187,8 +201,8 @@ pub struct Allowed {
 
 impl Allowed {
     /// Whether a claim of `ip` at `mac` is inside (an empty list allows anything).
-    pub fn allows(&self, ip: Ipv4Addr, mac: Mac) -> bool {
-        let ip_ok = self.ips.is_empty() || self.ips.iter().any(|n| n.contains(&std::net::IpAddr::V4(ip)));
+    pub fn allows(&self, ip: IpAddr, mac: Mac) -> bool {
+        let ip_ok = self.ips.is_empty() || self.ips.iter().any(|n| n.contains(&ip));
         ip_ok && (self.macs.is_empty() || self.macs.contains(&mac))
     }
 }
@@ -214,6 +228,7 @@ impl Switch {
             orphans: HashMap::new(),
             orphans_until_ns: 0,
             allowed: HashMap::new(),
+            probes: HashMap::new(),
         }
     }
 
@@ -261,16 +276,16 @@ impl Switch {
         self.counters
     }
 
-    pub fn local(&self, ip: Ipv4Addr) -> Option<Neighbour> {
+    pub fn local(&self, ip: IpAddr) -> Option<Neighbour> {
         self.local.get(&ip).copied()
     }
 
-    pub fn remote(&self, ip: Ipv4Addr) -> Option<Remote> {
+    pub fn remote(&self, ip: IpAddr) -> Option<Remote> {
         self.remote.get(&ip).copied()
     }
 
     /// The hosts learned behind `peer`, by address.
-    pub fn hosts_behind(&self, peer: PeerId) -> Vec<(Ipv4Addr, Mac)> {
+    pub fn hosts_behind(&self, peer: PeerId) -> Vec<(IpAddr, Mac)> {
         let mut hosts: Vec<_> =
             self.remote.iter().filter(|(_, r)| r.peer == peer).map(|(ip, r)| (*ip, r.mac)).collect();
         hosts.sort();
@@ -278,14 +293,14 @@ impl Switch {
     }
 
     /// The local hosts (this bridge's), by address.
-    pub fn local_hosts(&self) -> Vec<(Ipv4Addr, Mac)> {
+    pub fn local_hosts(&self) -> Vec<(IpAddr, Mac)> {
         let mut hosts: Vec<_> = self.local.iter().map(|(ip, n)| (*ip, n.mac)).collect();
         hosts.sort();
         hosts
     }
 
     /// An address of the host itself on the bridge: always local, never asked about.
-    pub fn add_local_address(&mut self, ip: Ipv4Addr, mac: Mac) {
+    pub fn add_local_address(&mut self, ip: IpAddr, mac: Mac) {
         self.local.insert(ip, Neighbour { mac, seen_ns: 0, permanent: true, announced_ns: None });
     }
 }

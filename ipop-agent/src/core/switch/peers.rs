@@ -1,6 +1,6 @@
 //! Links up and down, entries a crashed agent left (orphans), and ageing.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::{Orphan, Output, PeerId, Remote, SOURCE_IDLE_NS, Switch};
 use crate::core::rpc::{HostAnnounce, Method};
@@ -19,10 +19,10 @@ impl Switch {
         }
         // The most recently heard first, at most a link's queue's worth at once.
         let own = self.own_macs();
-        let mut hosts: Vec<(&Ipv4Addr, &super::Neighbour)> =
+        let mut hosts: Vec<(&IpAddr, &super::Neighbour)> =
             self.local.iter().filter(|(_, n)| !n.permanent && !own.contains(&n.mac)).collect();
         hosts.sort_by_key(|(_, n)| std::cmp::Reverse(n.seen_ns));
-        let announce = |(ip, n): (&Ipv4Addr, &super::Neighbour)| {
+        let announce = |(ip, n): (&IpAddr, &super::Neighbour)| {
             Output::SendTo(peer, Method::HostAnnounce(HostAnnounce { mac: n.mac, ip: *ip }))
         };
         let out: Vec<Output> = hosts.into_iter().take(MAX_ANNOUNCED_AT_LINK_UP).map(announce).collect();
@@ -38,7 +38,7 @@ impl Switch {
         &mut self,
         now_ns: u64,
         grace_ns: u64,
-        entries: impl IntoIterator<Item = (Ipv4Addr, Orphan)>,
+        entries: impl IntoIterator<Item = (IpAddr, Orphan)>,
     ) -> Vec<Output> {
         self.orphans_until_ns = now_ns.saturating_add(grace_ns);
         let mut out = Vec::new();
@@ -55,7 +55,7 @@ impl Switch {
     /// `peer`, whose node id has tag `tag`, is up: the orphans it vouched for are its
     /// entries again (aged from their last refresh, withdrawn if it goes down).
     pub fn adopt(&mut self, tag: u32, peer: PeerId) {
-        let ips: Vec<Ipv4Addr> = self.orphans.iter().filter(|(_, o)| o.tag == tag).map(|(ip, _)| *ip).collect();
+        let ips: Vec<IpAddr> = self.orphans.iter().filter(|(_, o)| o.tag == tag).map(|(ip, _)| *ip).collect();
         for ip in ips {
             let o = self.orphans.remove(&ip).unwrap();
             self.remote.entry(ip).or_insert(Remote { mac: o.mac, peer, updated_ns: o.updated_ns });
@@ -76,7 +76,7 @@ impl Switch {
 
     /// Drops the remote entries that match; returns their removals from `arp_table`, by IP.
     fn forget_remote(&mut self, gone: impl Fn(&Remote) -> bool) -> Vec<Output> {
-        let mut ips: Vec<Ipv4Addr> = self.remote.iter().filter(|(_, r)| gone(r)).map(|(ip, _)| *ip).collect();
+        let mut ips: Vec<IpAddr> = self.remote.iter().filter(|(_, r)| gone(r)).map(|(ip, _)| *ip).collect();
         ips.sort();
         for ip in &ips {
             self.remote.remove(ip);
@@ -92,9 +92,10 @@ impl Switch {
         self.local.retain(|_, n| n.permanent || !old(n.seen_ns));
         self.sources.retain(|_, b| !b.idle_since(now_ns, SOURCE_IDLE_NS));
         self.macs.retain(|_, (_, t)| !old(*t));
+        self.probes.retain(|_, (_, t)| now_ns.saturating_sub(*t) < super::nd::PROBE_WINDOW_NS);
         let mut out = self.forget_remote(|r| old(r.updated_ns));
         if now_ns >= self.orphans_until_ns && !self.orphans.is_empty() {
-            let mut ips: Vec<Ipv4Addr> = self.orphans.drain().map(|(ip, _)| ip).collect();
+            let mut ips: Vec<IpAddr> = self.orphans.drain().map(|(ip, _)| ip).collect();
             ips.sort();
             out.extend(ips.into_iter().map(|ip| Output::ArpRemove { ip }));
         }

@@ -3,6 +3,8 @@ use ipop_common::{
     maps::{ArpEvent, HOOK_BRIDGE_INGRESS, HOOK_TAP_EGRESS, VERDICT_ANSWERED, VERDICT_PASSED},
 };
 
+use std::net::Ipv4Addr;
+
 use super::*;
 use crate::core::rpc::{ArpReply, ArpRequest};
 
@@ -386,7 +388,7 @@ fn announcement(mac: [u8; 6], ip: [u8; 4]) -> Method {
 #[test]
 fn a_host_that_only_speaks_locally_is_announced_once() {
     let mut sw = with_peers(&[P1]);
-    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1).into(), Mac(B));
     // A asks for the bridge's address: resolved locally, nothing would cross: announced.
     sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, [10, 0, 3, 1]));
     let out = sw.handle_arp(0, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
@@ -409,7 +411,7 @@ fn a_reply_to_the_bridge_itself_is_announced_from_the_bridge_hook() {
 #[test]
 fn a_host_whose_own_request_crosses_needs_no_announcement() {
     let mut sw = with_peers(&[P1]);
-    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1).into(), Mac(B));
     sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP));
     sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
     sw.handle_arp(SEC, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
@@ -419,7 +421,7 @@ fn a_host_whose_own_request_crosses_needs_no_announcement() {
 #[test]
 fn a_link_come_up_hears_of_every_local_host_but_the_bridges_own_addresses() {
     let mut sw = with_peers(&[]);
-    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1).into(), Mac(B));
     sw.handle_arp(0, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1]));
     assert_eq!(sw.peer_up(P1), vec![Output::SendTo(P1, announcement(A, A_IP))]);
     assert!(sw.peer_up(P1).is_empty(), "only when it comes up");
@@ -479,7 +481,7 @@ fn a_remote_host_heard_behind_another_peer_moved_there_and_another_mac_is_a_conf
 #[test]
 fn the_hosts_own_other_addresses_are_not_announced() {
     let mut sw = with_peers(&[P1]);
-    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1), Mac(B));
+    sw.add_local_address(Ipv4Addr::new(10, 0, 3, 1).into(), Mac(B));
     // The host answers from another address of its own (its bridge MAC): not a container.
     let reply = event(HOOK_BRIDGE_INGRESS, OP_REPLY, (B, [172, 17, 0, 1]), (A, A_IP));
     assert!(!sw.handle_arp(0, &reply).iter().any(|o| matches!(o, Output::Broadcast(_))));
