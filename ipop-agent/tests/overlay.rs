@@ -196,7 +196,7 @@ fn one_ethernet_segment(mut o: Overlay) {
     let t = std::time::Instant::now();
     o.agents[2] = o.hosts[2].start_member("h2", SECRET, &[]);
     let log = o.hosts[2].agent_log(o.agents[2]);
-    assert!(log.contains("learned ARP entries of the previous agent kept"), "{log}");
+    assert!(log.contains("learned neighbour entries of the previous agent kept"), "{log}");
     assert!(arp_list(&o.hosts[2], &pins2).contains(IPS[0][1]), "kept while the links come back");
     eventually_within(30, "host 2 reachable again", || ping(&o.hosts[0], 0, IPS[2][0], &[]).0);
     eprintln!("figure: host 2 reachable {:.1} s after its agent was started again", t.elapsed().as_secs_f64());
@@ -388,4 +388,10 @@ fn a_container_that_moves_to_another_host_is_reached_there_within_a_second() {
     assert!(behind(&hosts[0], "h2") && !behind(&hosts[0], "h1"), "h0 has it behind h2 only");
     assert!(status(&hosts[0], &hosts[0].pin_dir("lxcbr0"))["switch"]["moves"].as_u64().unwrap() >= 1);
     assert!(hosts[2].agent_log(0).contains("host moved to this bridge"), "{}", hosts[2].agent_log(0));
+    // The old host saw it leave its bridge: the container left behind reaches it at its new
+    // place (its replies come through h1's TAP now, which a local entry would refuse).
+    let (reached, out) = ping(&hosts[1], 1, mover, &[]);
+    assert!(reached, "h1's other container reaches the moved one:\n{out}");
+    assert!(behind(&hosts[1], "h2"), "h1 has it behind h2");
+    assert!(hosts[1].agent_log(0).contains("host moved behind h2"), "{}", hosts[1].agent_log(0));
 }

@@ -39,16 +39,15 @@ pub fn handle(ctx: &TcContext) -> i32 {
         count(|s| s.events_lost += 1);
         return TC_ACT_UNSPEC;
     };
-    // SAFETY: the reserved slot is ours until submitted; zeroed, it is a valid NdEvent.
-    let ev = unsafe {
-        core::ptr::write_bytes(slot.as_mut_ptr(), 0, 1);
-        &mut *slot.as_mut_ptr()
-    };
-    if fill(ctx, kind, ev).is_err() {
+    let p = slot.as_mut_ptr();
+    // SAFETY: the reserved slot is ours until submitted or discarded.
+    if unsafe { fill(ctx, kind, p) }.is_err() {
         slot.discard(0);
         count(|s| s.malformed += 1);
         return TC_ACT_UNSPEC;
     }
+    // SAFETY: `fill` wrote every field.
+    let ev = unsafe { &mut *p };
     let mut action = TC_ACT_UNSPEC;
     if kind == NEIGHBOR_SOLICIT
         && ev.has_lladdr != 0
@@ -82,30 +81,43 @@ fn nd_kind(ctx: &TcContext) -> Option<u8> {
     nd.then_some(icmp[0])
 }
 
-/// Fills the event for the ND message of type `kind` (the frame passed `nd_kind`).
+/// Fills the event for the ND message of type `kind` (the frame passed `nd_kind`), every
+/// field, in place: zeroing it first would be a memset loop, whose pointer arithmetic the
+/// verifier refuses without CAP_PERFMON (the agent runs with CAP_BPF and CAP_NET_ADMIN only).
+///
+/// # Safety
+/// `ev` is valid for writes of an `NdEvent`.
 #[inline(always)]
-fn fill(ctx: &TcContext, kind: u8, ev: &mut NdEvent) -> Result<(), i64> {
-    // SAFETY: reading a field of the context the kernel passed in.
-    ev.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    ev.hook = HOOK_TAP_EGRESS;
-    ev.verdict = VERDICT_PASSED;
-    ev.kind = kind;
-    ev.eth_dst = ctx.load(field::ETH_DST)?;
-    ev.eth_src = ctx.load(field::ETH_SRC)?;
-    ev.src = ctx.load(field::SRC)?;
-    ev.dst = ctx.load(field::DST)?;
-    ev.target = ctx.load(field::TARGET)?;
-    if kind == NEIGHBOR_ADVERT {
-        ev.flags = ctx.load::<u8>(field::FLAGS)? & (FLAG_ROUTER | FLAG_SOLICITED | FLAG_OVERRIDE);
-    }
+unsafe fn fill(ctx: &TcContext, kind: u8, ev: *mut NdEvent) -> Result<(), i64> {
+    let flags = if kind == NEIGHBOR_ADVERT {
+        ctx.load::<u8>(field::FLAGS)? & (FLAG_ROUTER | FLAG_SOLICITED | FLAG_OVERRIDE)
+    } else {
+        0
+    };
     let head = ctx.load::<[u8; 8]>(field::IP6)?;
+    let mut has_lladdr = 0;
     if u16::from_be_bytes([head[4], head[5]]) as usize >= ND_LEN + LL_OPT_LEN {
         let opt = ctx.load::<[u8; 2]>(field::OPT_TYPE)?;
         let wanted = if kind == NEIGHBOR_SOLICIT { OPT_SOURCE_LL } else { OPT_TARGET_LL };
-        if opt[0] == wanted && opt[1] == 1 {
-            ev.lladdr = ctx.load(field::OPT_LLADDR)?;
-            ev.has_lladdr = 1;
-        }
+        has_lladdr = (opt[0] == wanted && opt[1] == 1) as u8;
+    }
+    // Without the option, the Ethernet source stands in (no zeroed array: see above).
+    let lladdr: [u8; 6] = ctx.load(if has_lladdr != 0 { field::OPT_LLADDR } else { field::ETH_SRC })?;
+    // SAFETY: the caller's promise; each write is of one whole field.
+    unsafe {
+        (&raw mut (*ev).ifindex).write((*ctx.skb.skb).ifindex);
+        (&raw mut (*ev).hook).write(HOOK_TAP_EGRESS);
+        (&raw mut (*ev).verdict).write(VERDICT_PASSED);
+        (&raw mut (*ev).kind).write(kind);
+        (&raw mut (*ev).flags).write(flags);
+        (&raw mut (*ev).eth_dst).write(ctx.load(field::ETH_DST)?);
+        (&raw mut (*ev).eth_src).write(ctx.load(field::ETH_SRC)?);
+        (&raw mut (*ev).lladdr).write(lladdr);
+        (&raw mut (*ev).has_lladdr).write(has_lladdr);
+        (&raw mut (*ev)._pad).write(0);
+        (&raw mut (*ev).src).write(ctx.load(field::SRC)?);
+        (&raw mut (*ev).dst).write(ctx.load(field::DST)?);
+        (&raw mut (*ev).target).write(ctx.load(field::TARGET)?);
     }
     Ok(())
 }

@@ -206,6 +206,7 @@ async fn serve(
                 }
             }
         }
+        check_departures(&mut shell, dev).await;
     };
     notify::stopping();
     drop((events, logger, shell, tap, control, http));
@@ -222,6 +223,23 @@ fn restore_orphans(tables: &mut Neighbours, switch: &mut Switch, cfg: &AgentConf
         );
     }
     switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left)
+}
+
+/// Looks up, for each claim of a local host with its own MAC, whether the bridge still has
+/// that MAC on one of its ports (the TAP aside); gone, the host moved. Rare: only such claims
+/// queue here, at most one per address a second.
+async fn check_departures(shell: &mut Shell, dev: &Devices<'_>) {
+    while let Some(check) = shell.departures.pop() {
+        let still_here = match dev.nl.mac_on_port(dev.bridge.index, dev.tap.index, check.mac.0).await {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(ip = %check.ip, "could not read the bridge's forwarding table ({e:#}): the host stays here");
+                true
+            }
+        };
+        let out = shell.switch.departure_checked(monotonic_ns(), check, still_here);
+        shell.apply(out);
+    }
 }
 
 /// Every tick: ages the tables, drops what expired or was revoked, tells the peers about this

@@ -11,11 +11,14 @@ use crate::{
     core::{
         addr::Mac,
         rpc,
-        switch::{Output, Owner, PeerId},
+        switch::{Departure, Output, Owner, PeerId},
         wire::Inner,
     },
     kernel::maps::monotonic_ns,
 };
+
+/// Departure checks waiting for the loop, at most.
+const MAX_DEPARTURES: usize = 64;
 
 impl Shell {
     /// Carries out the switch's outputs, in order.
@@ -54,6 +57,12 @@ impl Shell {
                     let cert = peers.and_then(|p| p.certificate(by));
                     let (serial, ips) = cert.map(|c| (c.serial.clone(), format!("{:?}", c.ips))).unwrap_or_default();
                     warn!(%ip, %claimed, peer = %name, certificate = %serial, allowed = %ips, "claim refused: outside the addresses its certificate allows");
+                }
+                Output::CheckDeparture { ip, mac, peer, method } => {
+                    // Bounded: a flood of claims waits for the loop, never grows memory.
+                    if self.departures.len() < MAX_DEPARTURES {
+                        self.departures.push(Departure { ip, mac, peer, method });
+                    }
                 }
                 Output::HostMoved { ip, mac, to } => {
                     let to = match (to, self.peers.as_ref()) {

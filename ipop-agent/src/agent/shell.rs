@@ -9,7 +9,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     core::{
         rpc,
-        switch::{PeerId, Route, Switch},
+        switch::{Departure, PeerId, Route, Switch},
         topology::{self, Conflicts, HostReport, LinkReport, Sharing, Summary, Topology},
         vnet::{VNET_HDR_LEN, vnet_hdr_ok},
         wire::Inner,
@@ -44,6 +44,9 @@ pub struct Shell {
     pub(super) topology: Topology,
     pub(super) conflicts: Conflicts,
     pub(super) sharing: Sharing,
+    /// Claims of local hosts with their own MAC, for the loop to check against the bridge's
+    /// forwarding table (`Output::CheckDeparture`).
+    pub(super) departures: Vec<Departure>,
 }
 
 impl Shell {
@@ -62,6 +65,7 @@ impl Shell {
             topology: Topology::default(),
             conflicts: Conflicts::default(),
             sharing: Sharing::default(),
+            departures: Vec::new(),
         }
     }
 

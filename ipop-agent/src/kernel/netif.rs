@@ -113,6 +113,25 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Whether bridge `bridge`'s forwarding table has `mac` on a port other than `except`
+    /// (the TAP): the host with that MAC is still on this bridge.
+    pub async fn mac_on_port(&self, bridge: u32, except: u32, mac: [u8; 6]) -> Result<bool> {
+        use rtnetlink::packet_route::{AddressFamily, neighbour::NeighbourAttribute};
+        let mut fdb = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        let mut found = false;
+        // The whole dump is read: the connection expects it to end.
+        while let Some(msg) =
+            fdb.try_next().await.map_err(|e| anyhow!(e)).context("reading the bridge's forwarding table")?
+        {
+            let on_bridge =
+                msg.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == bridge));
+            let same =
+                msg.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m[..] == mac));
+            found |= on_bridge && same && msg.header.ifindex != except;
+        }
+        Ok(found)
+    }
+
     /// Makes `port` a port of `bridge` and brings it up.
     pub async fn join_bridge(&self, port: u32, bridge: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(port).controller(bridge).up().build();

@@ -7,7 +7,7 @@ use ipop_common::{
     maps::{ArpEvent, HOOK_BRIDGE_INGRESS, HOOK_TAP_EGRESS, VERDICT_ANSWERED},
 };
 
-use super::{MAX_LOCAL, Neighbour, Output, Owner, PeerId, Remote, Switch};
+use super::{Departure, MAX_LOCAL, Neighbour, Output, Owner, PeerId, Remote, Switch};
 use crate::core::{
     addr::Mac,
     rpc::{ArpReply, ArpRequest, HostAnnounce, Method},
@@ -128,6 +128,10 @@ impl Switch {
     /// bridge) and 6 (a reply installed and delivered).
     pub fn handle_rpc(&mut self, now_ns: u64, peer: PeerId, method: &Method) -> Vec<Output> {
         self.counters.rpc_received += 1;
+        self.dispatch_rpc(now_ns, peer, method)
+    }
+
+    fn dispatch_rpc(&mut self, now_ns: u64, peer: PeerId, method: &Method) -> Vec<Output> {
         let (sender_mac, sender_ip) = match method {
             Method::ArpRequest(r) => (r.sender_mac, r.sender_ip.into()),
             Method::ArpReply(r) => (r.sender_mac, r.sender_ip.into()),
@@ -135,7 +139,7 @@ impl Switch {
             Method::NdSolicit(_) | Method::NdAdvert(_) => return self.handle_nd_rpc(now_ns, peer, method),
         };
         let mut out = Vec::new();
-        if !self.accept_claim(now_ns, sender_ip, sender_mac, peer, &mut out) {
+        if !self.accept_claim(now_ns, sender_ip, sender_mac, peer, method, &mut out) {
             return out;
         }
         match method {
@@ -170,19 +174,26 @@ impl Switch {
         out
     }
 
-    /// Takes `peer`'s word that `ip` is at `mac` if it may say so: the entry is installed
-    /// (before any frame is injected: the bridge ingress program recognises an injected frame
-    /// by it and does not report it back, no loop). Otherwise the refusal goes to `out` and
-    /// nothing else is done for the message.
+    /// Takes `peer`'s word (in `method`) that `ip` is at `mac` if it may say so: the entry is
+    /// installed (before any frame is injected: the bridge ingress program recognises an
+    /// injected frame by it and does not report it back, no loop). Otherwise the refusal goes
+    /// to `out` and nothing else is done for the message. A local host claimed with its own
+    /// MAC may have moved there: the shell is asked to look (`CheckDeparture`), at most once a
+    /// second per address.
     pub(super) fn accept_claim(
         &mut self,
         now_ns: u64,
         ip: IpAddr,
         mac: Mac,
         peer: PeerId,
+        method: &Method,
         out: &mut Vec<Output>,
     ) -> bool {
         match self.learn_remote(now_ns, ip, mac, peer) {
+            Err(Output::Conflict { owner: Owner::Local(local), .. }) if local == mac && self.may_check(now_ns, ip) => {
+                out.push(Output::CheckDeparture { ip, mac, peer, method: *method });
+                return false;
+            }
             Err(refusal) => {
                 match refusal {
                     Output::ClaimRefused { .. } => self.counters.claims_refused += 1,
@@ -196,6 +207,34 @@ impl Switch {
         }
         out.push(Output::ArpInstall { ip, mac, peer });
         true
+    }
+
+    /// Whether a departure check for `ip` may run now (one a second per address: a peer
+    /// repeating the claim must not make the shell read the bridge's table for every message).
+    fn may_check(&mut self, now_ns: u64, ip: IpAddr) -> bool {
+        const EVERY_NS: u64 = 1_000_000_000;
+        if self.departure_checks.get(&ip).is_some_and(|t| now_ns.saturating_sub(*t) < EVERY_NS) {
+            return false;
+        }
+        self.departure_checks.insert(ip, now_ns);
+        true
+    }
+
+    /// What the shell found for a `CheckDeparture`: whether `mac` is still on one of the
+    /// bridge's own ports. Gone, the host moved behind `peer`: its local entry goes and
+    /// `method` is taken as any other; still there, the claim is the conflict it looked like.
+    pub fn departure_checked(&mut self, now_ns: u64, check: Departure, still_here: bool) -> Vec<Output> {
+        let Departure { ip, mac, peer, method } = check;
+        if still_here || !self.local.get(&ip).is_some_and(|n| n.mac == mac && !n.permanent) {
+            self.counters.conflicts += 1;
+            let owner = self.local.get(&ip).map_or(Owner::Local(mac), |n| Owner::Local(n.mac));
+            return vec![Output::Conflict { ip, owner, claimed: mac, by: peer }];
+        }
+        self.local.remove(&ip);
+        self.counters.moves += 1;
+        let mut out = vec![Output::HostMoved { ip, mac, to: Some(peer) }];
+        out.extend(self.dispatch_rpc(now_ns, peer, &method));
+        out
     }
 
     /// Records a local host. A local host always wins over a remote claim to its IP: the
@@ -245,7 +284,7 @@ impl Switch {
         self.orphans.remove(&ip);
         // A host on this bridge stands, even against its own IP and MAC from a peer: a peer's
         // word that it left would let that peer take its frames (a move away from here is
-        // seen when the host has left the bridge's table, not yet built).
+        // taken once the bridge's own table says the host left: `departure_checked`).
         if let Some(n) = self.local.get(&ip) {
             return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
         }

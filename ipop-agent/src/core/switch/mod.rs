@@ -90,10 +90,23 @@ pub enum Output {
     /// is `None`, else behind that peer) probed for `ip`, which `owner` has; the address was
     /// defended in the owner's name, so the prober does not take it.
     DuplicateAddress { ip: IpAddr, owner: Owner, prober: Mac, behind: Option<PeerId> },
+    /// `peer` says local host `ip` at `mac` is behind it now (`method`): the shell looks in
+    /// the bridge's forwarding table whether `mac` is still on one of its own ports, and
+    /// says so with `Switch::departure_checked`.
+    CheckDeparture { ip: IpAddr, mac: Mac, peer: PeerId, method: Method },
     /// The same host (IP and MAC) now speaks from elsewhere: a migrated container. `to` is
     /// the peer it is behind now, or `None`: this bridge. (A host on this bridge never moves
-    /// on a peer's word: that is a conflict.)
+    /// on a peer's word alone: only once the bridge's table says it left.)
     HostMoved { ip: IpAddr, mac: Mac, to: Option<PeerId> },
+}
+
+/// A `CheckDeparture` as the shell hands it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Departure {
+    pub ip: IpAddr,
+    pub mac: Mac,
+    pub peer: PeerId,
+    pub method: Method,
 }
 
 /// Where a frame from the local bridge goes.
@@ -190,6 +203,8 @@ pub struct Switch {
     allowed: HashMap<PeerId, Allowed>,
     /// Local hosts' duplicate address detection awaiting a peer's answer: IP -> (prober, when).
     probes: HashMap<IpAddr, (Mac, u64)>,
+    /// When a departure was last checked, per local address.
+    departure_checks: HashMap<IpAddr, u64>,
 }
 
 /// The addresses a certificate allows its node's hosts: IP ranges, and MACs (empty: any).
@@ -229,6 +244,7 @@ impl Switch {
             orphans_until_ns: 0,
             allowed: HashMap::new(),
             probes: HashMap::new(),
+            departure_checks: HashMap::new(),
         }
     }
 

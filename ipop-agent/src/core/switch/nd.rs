@@ -121,13 +121,15 @@ impl Switch {
         let mut out = Vec::new();
         match *method {
             Method::NdSolicit(s) if s.sender_ip.is_unspecified() => return self.remote_probe(peer, s),
-            Method::NdSolicit(s) if self.accept_claim(now_ns, s.sender_ip.into(), s.sender_mac, peer, &mut out) => {
+            Method::NdSolicit(s)
+                if self.accept_claim(now_ns, s.sender_ip.into(), s.sender_mac, peer, method, &mut out) =>
+            {
                 let (frame, len) = nd::build_solicit(s.sender_mac.0, &s.sender_ip.octets(), &s.target_ip.octets());
                 out.push(Output::WriteTap(frame[..len].to_vec()));
             }
             Method::NdAdvert(a) => {
                 let ip = IpAddr::V6(a.ip);
-                if !self.accept_claim(now_ns, ip, a.mac, peer, &mut out) {
+                if !self.accept_claim(now_ns, ip, a.mac, peer, method, &mut out) {
                     return out;
                 }
                 if let Some((prober, t)) = self.probes.remove(&ip)

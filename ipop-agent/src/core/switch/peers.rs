@@ -93,6 +93,7 @@ impl Switch {
         self.sources.retain(|_, b| !b.idle_since(now_ns, SOURCE_IDLE_NS));
         self.macs.retain(|_, (_, t)| !old(*t));
         self.probes.retain(|_, (_, t)| now_ns.saturating_sub(*t) < super::nd::PROBE_WINDOW_NS);
+        self.departure_checks.clear();
         let mut out = self.forget_remote(|r| old(r.updated_ns));
         if now_ns >= self.orphans_until_ns && !self.orphans.is_empty() {
             let mut ips: Vec<IpAddr> = self.orphans.drain().map(|(ip, _)| ip).collect();

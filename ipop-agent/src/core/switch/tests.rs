@@ -447,14 +447,38 @@ fn gratuitous_from(mac: [u8; 6], ip: [u8; 4]) -> Method {
 }
 
 #[test]
-fn a_local_host_stands_against_a_peer_claiming_its_own_ip_and_mac() {
+fn a_local_host_stands_against_a_peer_claiming_its_own_ip_and_mac_while_the_bridge_has_it() {
     let mut sw = with_peers(&[P1]);
     sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP)); // A is local
-    let out = sw.handle_rpc(SEC, P1, &gratuitous_from(A, A_IP));
+    let claim = gratuitous_from(A, A_IP);
+    let out = sw.handle_rpc(SEC, P1, &claim);
+    let check = Departure { ip: A_IP.into(), mac: Mac(A), peer: P1, method: claim };
+    assert_eq!(out, vec![Output::CheckDeparture { ip: A_IP.into(), mac: Mac(A), peer: P1, method: claim }]);
+    let out = sw.departure_checked(SEC, check, true);
     assert!(matches!(out.as_slice(), [Output::Conflict { .. }]), "{out:?}");
     assert!(sw.local_hosts().iter().any(|(ip, _)| *ip == Ipv4Addr::from(A_IP)), "still local");
     let spoof = frame(B, A, 0x0800);
     assert!(!sw.accept_from_peer(2 * SEC, P1, &spoof), "frames from a peer with its MAC are refused");
+    let again = sw.handle_rpc(SEC + SEC / 2, P1, &claim);
+    assert!(matches!(again.as_slice(), [Output::Conflict { .. }]), "one look a second: {again:?}");
+    assert_eq!(sw.counters().conflicts, 2);
+}
+
+#[test]
+fn a_local_host_gone_from_the_bridge_and_claimed_by_a_peer_moved_there() {
+    let mut sw = with_peers(&[P1]);
+    sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP));
+    let claim = gratuitous_from(A, A_IP);
+    sw.handle_rpc(SEC, P1, &claim);
+    let out = sw.departure_checked(SEC, Departure { ip: A_IP.into(), mac: Mac(A), peer: P1, method: claim }, false);
+    assert_eq!(out[0], Output::HostMoved { ip: A_IP.into(), mac: Mac(A), to: Some(P1) });
+    assert_eq!(out[1], Output::ArpInstall { ip: A_IP.into(), mac: Mac(A), peer: P1 });
+    assert!(matches!(out[2], Output::WriteTap(_)), "the gratuitous ARP goes into the bridge: {out:?}");
+    assert!(sw.local(A_IP.into()).is_none());
+    assert_eq!(sw.remote(A_IP.into()).map(|r| r.peer), Some(P1));
+    assert_eq!(sw.route_from_bridge(2 * SEC, &frame(A, B, 0x0800)), Route::Peer(P1), "frames follow it");
+    assert!(sw.accept_from_peer(2 * SEC, P1, &frame(B, A, 0x0800)), "its frames come from there now");
+    assert_eq!((sw.counters().moves, sw.counters().conflicts), (1, 0));
 }
 
 #[test]
