@@ -111,3 +111,39 @@ fn a_duplicate_address_across_hosts_is_detected_on_both_sides() {
     // fd00::10 still lives on h0: h1's kernel answers for it with h0's container's MAC.
     assert!(nd_list(&hosts[1]).contains(&hosts[0].container_mac(0)));
 }
+
+/// Agents, the rendezvous, STUN (coturn) and the links on an underlay with no IPv4 at all:
+/// the overlay's own traffic (IPv4 here) crosses IPv6 datagrams.
+#[test]
+fn an_ipv6_only_underlay_carries_the_overlay() {
+    let mut underlay = Underlay::ipv6_only();
+    underlay.start_rendezvous(SECRET);
+    underlay.start_turn("ipop", "lab password");
+    let (stun, _) = underlay.ice_urls("ipop", "lab password");
+    let rendezvous = underlay.rendezvous();
+    assert!(rendezvous.starts_with("[fd77::"), "{rendezvous}");
+    let mut hosts = Vec::new();
+    for (i, (v4, _)) in IPS.iter().enumerate() {
+        let mut host = Host::new(&[v4]);
+        let addr = host.join_underlay(&underlay, i as u8 + 1);
+        assert!(addr.contains(':'), "an IPv6 address: {addr}");
+        let wan = host.ip(&["-4", "-o", "addr", "show", "dev", "wan0"]);
+        assert!(wan.trim().is_empty(), "no IPv4 on the underlay: {wan}");
+        host.start_member_at(&rendezvous, &format!("h{i}"), SECRET, &["--stun", &stun]);
+        hosts.push(host);
+    }
+    for h in &hosts {
+        eventually_within(30, "the link is up", || h.link_up());
+    }
+    let pins = hosts[0].pin_dir("lxcbr0");
+    eventually_within(10, "data on the data socket, over IPv6", || {
+        let s = status(&hosts[0], &pins);
+        let peer = &s["peers"][0];
+        peer["path"] == "direct" && peer["endpoint"].as_str().is_some_and(|e| e.starts_with("[fd77::2]:"))
+    });
+    let out = hosts[0].in_container(0, &["ping", "-c", "3", "-W", "2", "-i", "0.2", IPS[1].0]);
+    assert!(out.status.success(), "containers reach each other:\n{}", String::from_utf8_lossy(&out.stdout));
+    let s = status(&hosts[0], &pins);
+    let local = s["peers"][0]["local_candidate"].as_str().unwrap_or_default().to_owned();
+    assert!(local.contains("fd77::1"), "ICE chose an IPv6 candidate: {local} in {s}");
+}

@@ -102,6 +102,8 @@ fn a_killed_agent_leaves_no_program_and_the_next_one_takes_over() {
     let first = host.start_agent(&["--pin-dir", pin_str(&pins)]);
     let out = host.agent(&["arp", "--pin-dir", pin_str(&pins), "add", REMOTE_IP, REMOTE_MAC]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let out = host.agent(&["nd", "--pin-dir", pin_str(&pins), "add", "fd00::68", REMOTE_MAC]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     host.stop_agent(first, libc::SIGKILL);
     // The kernel detached the programs with the agent's links, and removed the TAP with its fd.
@@ -111,8 +113,11 @@ fn a_killed_agent_leaves_no_program_and_the_next_one_takes_over() {
 
     // The pins stay (the kernel cannot remove files); the next agent takes the table back.
     let second = host.start_agent(&["--pin-dir", pin_str(&pins)]);
-    assert!(host.agent_log(second).contains("taking back the ARP table"), "{}", host.agent_log(second));
+    let log = host.agent_log(second);
+    assert!(log.contains("taking back the neighbour table") && log.contains("nd_table"), "{log}");
     assert_eq!(host.arping(0, REMOTE_IP, 2), vec![REMOTE_MAC; 2], "static entries survive a crash");
+    let nd = host.agent(&["nd", "--pin-dir", pin_str(&pins), "list"]);
+    assert!(String::from_utf8_lossy(&nd.stdout).contains("fd00::68"), "IPv6 ones too");
     assert_eq!(host.stop_agent(second, libc::SIGINT), Some(0));
     assert!(!pins.exists());
 }

@@ -1,7 +1,7 @@
-//! The network between hosts: a namespace with bridge `wanbr`, where servers run. Two kinds:
-//! the flat underlay every existing test uses (192.168.77.254/24, no router), and the
+//! The network between hosts: a namespace with bridge `wanbr`, where servers run. Three kinds:
+//! the flat underlay every existing test uses (192.168.77.254/24, no router), the
 //! "internet" (203.0.113.254/24, public-style, with a default route, which coturn wants)
-//! where NAT routers plug their WAN legs.
+//! where NAT routers plug their WAN legs, and a flat IPv6-only one (fd77::fe/64, no IPv4).
 
 use std::{path::PathBuf, process::Output};
 
@@ -19,9 +19,9 @@ pub const RENDEZVOUS: &str = "192.168.77.254:7000";
 pub struct Underlay {
     pub prefix: String,
     pub ns: String,
-    /// The /24 network, e.g. "192.168.77".
+    /// The network, e.g. "192.168.77" (a /24), or "fd77:" (a /64, IPv6-only).
     pub net: String,
-    /// The bridge's address, where servers listen: "<net>.254".
+    /// The bridge's address, where servers listen: "<net>.254" (IPv6: "fd77::fe").
     pub addr: String,
     /// Whether hosts get a default route through the bridge's address.
     pub routed: bool,
@@ -43,6 +43,28 @@ impl Underlay {
         u
     }
 
+    /// A flat IPv6-only underlay: bridge wanbr fd77::fe/64, hosts fd77::N, no IPv4 at all.
+    pub fn ipv6_only() -> Underlay {
+        Underlay::build("fd77:", false)
+    }
+
+    /// Whether this is the IPv6-only underlay.
+    pub fn is_ipv6(&self) -> bool {
+        self.net.ends_with(':')
+    }
+
+    /// `addr`'s prefix on this network, and the flags its addresses take: IPv6 ones skip
+    /// duplicate address detection (nothing may bind a tentative address; the lab makes them
+    /// unique).
+    fn with_prefix(&self, addr: &str) -> Vec<String> {
+        if self.is_ipv6() { vec![format!("{addr}/64"), "nodad".into()] } else { vec![format!("{addr}/24")] }
+    }
+
+    /// `host:port` for this network's `addr` (brackets around an IPv6 address).
+    pub fn host_port(&self, addr: &str, port: u16) -> String {
+        if self.is_ipv6() { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") }
+    }
+
     fn build(net: &str, routed: bool) -> Underlay {
         crate::require_root();
         let prefix = unique_prefix();
@@ -51,14 +73,17 @@ impl Underlay {
         let u = Underlay {
             ns: netns.name.clone(),
             net: net.to_owned(),
-            addr: format!("{net}.254"),
+            addr: if net.ends_with(':') { format!("{net}:fe") } else { format!("{net}.254") },
             routed,
             prefix,
             netns,
             scratch,
         };
         u.ip(&["link", "add", "wanbr", "type", "bridge"]);
-        u.ip(&["addr", "add", &format!("{}/24", u.addr), "dev", "wanbr"]);
+        let mut add = vec!["addr".to_owned(), "add".to_owned()];
+        add.extend(u.with_prefix(&u.addr));
+        add.extend(["dev".to_owned(), "wanbr".to_owned()]);
+        u.ip(&add.iter().map(String::as_str).collect::<Vec<_>>());
         u.ip(&["link", "set", "wanbr", "up"]);
         u
     }
@@ -73,15 +98,18 @@ impl Underlay {
         self.netns.exec(args)
     }
 
-    /// Address `n` of this network: "<net>.<n>".
+    /// Address `n` of this network: "<net>.<n>" (IPv6: "fd77::<n>").
     pub fn addr_of(&self, n: u8) -> String {
-        format!("{}.{n}", self.net)
+        if self.is_ipv6() { format!("{}:{n:x}", self.net) } else { format!("{}.{n}", self.net) }
     }
 
     /// One more address on the bridge (a second server, a second destination); returns it.
     pub fn add_address(&self, n: u8) -> String {
         let addr = self.addr_of(n);
-        self.ip(&["addr", "add", &format!("{addr}/24"), "dev", "wanbr"]);
+        let mut args = vec!["addr".to_owned(), "add".to_owned()];
+        args.extend(self.with_prefix(&addr));
+        args.extend(["dev".to_owned(), "wanbr".to_owned()]);
+        self.ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
         addr
     }
 
@@ -97,7 +125,10 @@ impl Underlay {
             full.extend_from_slice(args);
             crate::ok(&full)
         };
-        there(&["addr", "add", &format!("{addr}/24"), "dev", ifname]);
+        let mut add = vec!["addr".to_owned(), "add".to_owned()];
+        add.extend(self.with_prefix(&addr));
+        add.extend(["dev".to_owned(), ifname.to_owned()]);
+        there(&add.iter().map(String::as_str).collect::<Vec<_>>());
         there(&["link", "set", ifname, "up"]);
         if self.routed {
             there(&["route", "add", "default", "via", &self.addr]);
@@ -135,9 +166,10 @@ impl Underlay {
         std::fs::read_to_string(self.netns.service_log(idx)).unwrap_or_default()
     }
 
-    /// The rendezvous service's address here: "<net>.254:7000" (on the flat underlay, RENDEZVOUS).
+    /// The rendezvous service's address here: "<net>.254:7000" (on the flat underlay,
+    /// RENDEZVOUS; on the IPv6 one, "[fd77::fe]:7000").
     pub fn rendezvous(&self) -> String {
-        format!("{}:7000", self.addr)
+        self.host_port(&self.addr, 7000)
     }
 
     /// Starts `ipop-agent rendezvous` for overlay "ipop" and `secret`; its index.
@@ -159,7 +191,7 @@ impl Underlay {
     /// `start_rendezvous_with` on another `port` (another overlay's rendezvous).
     pub fn start_rendezvous_on(&mut self, port: u16, args: &[&str]) -> usize {
         let agent = agent_binary();
-        let listen = format!("{}:{port}", self.addr);
+        let listen = self.host_port(&self.addr, port);
         let mut full = vec![agent.to_str().unwrap(), "rendezvous", "--listen", &listen];
         full.extend_from_slice(args);
         let idx = self.spawn(&full, &format!("rendezvous{}.log", self.netns.services()));
@@ -240,13 +272,14 @@ impl Underlay {
 
     /// The STUN and TURN urls of the server `start_turn` runs.
     pub fn ice_urls(&self, user: &str, password: &str) -> (String, String) {
-        (format!("stun:{}:3478", self.addr), format!("turn:{user}:{password}@{}:3478?transport=udp", self.addr))
+        let server = self.host_port(&self.addr, 3478);
+        (format!("stun:{server}"), format!("turn:{user}:{password}@{server}?transport=udp"))
     }
 
     /// Its TURN urls over TCP and, with `start_turn_tls`, TLS.
     pub fn turn_stream_urls(&self, user: &str, password: &str) -> (String, String) {
-        let addr = &self.addr;
-        (format!("turn:{user}:{password}@{addr}:3478?transport=tcp"), format!("turns:{user}:{password}@{addr}:5349"))
+        let (plain, tls) = (self.host_port(&self.addr, 3478), self.host_port(&self.addr, 5349));
+        (format!("turn:{user}:{password}@{plain}?transport=tcp"), format!("turns:{user}:{password}@{tls}"))
     }
 
     /// Stops service `idx` (SIGTERM, then SIGKILL).

@@ -61,7 +61,7 @@ pub(crate) fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-fn exec(ns: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn exec(ns: &str, args: &[&str]) -> Result<String> {
     let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(args);
     sh(&full)
@@ -76,6 +76,8 @@ pub(crate) struct Path2 {
     local_ip: Option<String>,
     /// A remote address not yet resolved (ARP "first time").
     fresh_ip: Option<String>,
+    /// Whether the containers have IPv6 addresses (`neigh`): the neighbour rows are measured.
+    ipv6: bool,
 }
 
 pub(crate) fn iperf_tcp(p: &Path2, streams: u32, seconds: u32) -> Result<f64> {
@@ -117,7 +119,7 @@ pub(crate) fn ping_us(p: &Path2) -> Result<Vec<f64>> {
 }
 
 /// arping round trips in microseconds (`count` requests).
-fn arping_us(ns: &str, iface: &str, ip: &str, count: u32) -> Result<Vec<f64>> {
+pub(crate) fn arping_us(ns: &str, iface: &str, ip: &str, count: u32) -> Result<Vec<f64>> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "arping", "-c", &count.to_string(), "-w", "3", "-I", iface, ip])
         .output()?;
@@ -175,6 +177,10 @@ struct Samples {
     arp_local: Vec<f64>,
     arp_first: Vec<f64>,
     arp_learned: Vec<f64>,
+    arp_spoke: Vec<f64>,
+    nd_local: Vec<f64>,
+    nd_spoke: Vec<f64>,
+    nd_learned: Vec<f64>,
     cpu_s: Vec<f64>,
     rss_mib: Vec<f64>,
 }
@@ -204,6 +210,14 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
             s.arp_first.extend(arping_us(&p.client, "eth0", fresh, 1)?);
             s.arp_learned.push(median(arping_us(&p.client, "eth0", fresh, 5)?));
         }
+        if p.ipv6 {
+            let ipop = (mode == Mode::Ipop).then_some(crate::neigh::Agent { binary: agent, pins: pin0 });
+            let n = crate::neigh::measure(&p.client, &p.server, run, ipop)?;
+            s.arp_spoke.extend(n.arp_spoke);
+            s.nd_spoke.extend(n.nd_spoke);
+            s.nd_local.push(n.nd_local);
+            s.nd_learned.push(n.nd_learned);
+        }
     }
     let rtt_p99 = percentile(s.rtt.clone(), 99.0);
     Ok(json!({
@@ -215,6 +229,10 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
         "arp_local_us": median(s.arp_local),
         "arp_remote_first_us": median(s.arp_first),
         "arp_remote_learned_us": median(s.arp_learned),
+        "arp_remote_spoke_us": median(s.arp_spoke),
+        "nd_local_us": median(s.nd_local),
+        "nd_remote_spoke_us": median(s.nd_spoke),
+        "nd_remote_learned_us": median(s.nd_learned),
         "daemon_cpu_s_tcp1": median(s.cpu_s),
         "daemon_peak_rss_mib": median(s.rss_mib),
     }))
@@ -243,6 +261,7 @@ impl Path2 {
             server_ip: server_ip.into(),
             local_ip: None,
             fresh_ip: None,
+            ipv6: false,
         }
     }
 }
@@ -251,6 +270,7 @@ fn container_path(hosts: &[Host]) -> Path2 {
     Path2 {
         local_ip: Some("10.0.3.11".into()),
         fresh_ip: Some("10.0.3.21".into()),
+        ipv6: true,
         ..Path2::containers(hosts, "10.0.3.20")
     }
 }
@@ -401,9 +421,11 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
         server_ip: addrs[1].clone(),
         local_ip: None,
         fresh_ip: None,
+        ipv6: false,
     };
     results.insert("underlay".into(), measure(Mode::Underlay, &underlay_path, None, &opts, Path::new(&agent), "")?);
     let cp = container_path(&hosts);
+    crate::neigh::add_ipv6(&hosts);
 
     vxlan_up(&hosts, &addrs)?;
     connected(&cp)?;
@@ -530,15 +552,19 @@ pub(crate) fn ratio(a: &Value, b: &Value) -> String {
 }
 
 fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
-    let rows: [(&str, &str, usize); 12] = [
+    let rows: [(&str, &str, usize); 16] = [
         ("TCP 1 stream (Gbit/s)", "tcp_1_gbps", 2),
         ("TCP 4 streams (Gbit/s)", "tcp_4_gbps", 2),
         ("UDP 64 B delivered (pkt/s)", "udp64_pps", 0),
         ("ping median (us)", "rtt_median_us", 0),
         ("ping p99 (us)", "rtt_p99_us", 0),
         ("ARP local neighbour (us)", "arp_local_us", 1),
-        ("ARP remote, first (us)", "arp_remote_first_us", 1),
+        ("ARP remote, first, host never heard (us)", "arp_remote_first_us", 1),
+        ("ARP remote, first, host spoke once (us)", "arp_remote_spoke_us", 1),
         ("ARP remote, learned (us)", "arp_remote_learned_us", 1),
+        ("IPv6 ND local neighbour (us)", "nd_local_us", 1),
+        ("IPv6 ND remote, first, host spoke once (us)", "nd_remote_spoke_us", 1),
+        ("IPv6 ND remote, learned (us)", "nd_remote_learned_us", 1),
         ("daemon CPU s in TCP 1 stream", "daemon_cpu_s_tcp1", 2),
         ("daemon peak RSS (MiB)", "daemon_peak_rss_mib", 1),
         ("idle link, underlay bytes/s both ways", "idle_bytes_per_s", 0),
@@ -583,12 +609,17 @@ fn targets(r: &serde_json::Map<String, Value>) -> String {
     let pipeline = r.get("ipop").map(|v| &v["arp_pipeline"]);
     let lost = pipeline.and_then(|p| p["lost"].as_f64());
     let offered = pipeline.and_then(|p| p["offered_per_s"].as_f64());
-    let checks: [(&str, String, bool); 5] = {
+    let within = |x: Option<f64>| (x.map_or("–".into(), |x| format!("{x:.2}x")), x.is_some_and(|x| x <= 1.5));
+    let (spoke_shown, spoke_met) = within(div(get("ipop", "arp_remote_spoke_us"), get("ipop", "arp_local_us")));
+    let (nd_shown, nd_met) = within(div(get("ipop", "nd_remote_spoke_us"), get("ipop", "nd_local_us")));
+    let checks: [(&str, String, bool); 7] = {
         let tcp = div(get("ipop", "tcp_1_gbps"), get("tinc", "tcp_1_gbps"));
         let ping = div(get("ipop", "rtt_median_us"), get("tinc", "rtt_median_us"));
         let arp = div(get("ipop", "arp_remote_learned_us"), get("ipop", "arp_local_us"));
         let rss = get("ipop", "daemon_peak_rss_mib");
         [
+            ("first remote ARP for a host that spoke once within 1.5x a local neighbour", spoke_shown, spoke_met),
+            ("first remote IPv6 solicitation for a host that spoke once within 1.5x a local one", nd_shown, nd_met),
             (
                 "TCP 1 stream at least 3x tinc",
                 tcp.map_or("–".into(), |x| format!("{x:.2}x")),
@@ -673,6 +704,7 @@ mod tests {
     fn targets_are_judged_on_the_run_s_own_figures() {
         let r = json!({
             "ipop": {"tcp_1_gbps": 3.0, "rtt_median_us": 110.0, "arp_remote_learned_us": 7.0, "arp_local_us": 6.0,
+                     "arp_remote_spoke_us": 6.6, "nd_local_us": 40.0, "nd_remote_spoke_us": 80.0,
                      "daemon_peak_rss_mib": 25.0, "arp_pipeline": {"lost": 0, "offered_per_s": 10000}},
             "tinc": {"tcp_1_gbps": 0.75, "rtt_median_us": 100.0},
         });
@@ -682,7 +714,12 @@ mod tests {
         assert!(t.contains("| learned remote ARP within 1.5x a local neighbour | 1.17x | yes |"), "{t}");
         assert!(t.contains("| ARP pipeline 10,000/s with no loss | 0 lost at 10000/s | yes |"), "{t}");
         assert!(t.contains("| agent RSS under 50 MiB | 25.0 MiB | yes |"), "{t}");
+        assert!(
+            t.contains("| first remote ARP for a host that spoke once within 1.5x a local neighbour | 1.10x | yes |"),
+            "{t}"
+        );
+        assert!(t.contains("solicitation for a host that spoke once within 1.5x a local one | 2.00x | no |"), "{t}");
         let none = targets(&serde_json::Map::new());
-        assert_eq!(none.matches("| no |").count(), 5, "missing figures never count as met: {none}");
+        assert_eq!(none.matches("| no |").count(), 7, "missing figures never count as met: {none}");
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod nat;
+mod neigh;
 mod scale;
 mod setup;
 

@@ -311,10 +311,14 @@ fn trust(
     }
 }
 
-/// A rendezvous address: `host:port`.
+/// A rendezvous address: `host:port`, an IPv6 address in brackets (`[fd00::1]:7000`).
 fn check_rendezvous(addr: String) -> Result<String, String> {
-    if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+    let Some((host, port)) = addr.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) else {
         return Err(format!("rendezvous {addr:?} must be host:port"));
+    };
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.contains(':') && !(bracketed && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()) {
+        return Err(format!("rendezvous {addr:?}: an IPv6 address goes in brackets, as in [fd00::1]:{port}"));
     }
     Ok(addr)
 }
@@ -535,11 +539,17 @@ mod tests {
         assert_eq!(o.ice_urls.iter().map(|s| s.url.as_str()).collect::<Vec<_>>(), ["stun:192.0.2.2:3478"]);
         assert!(!format!("{o:?}").contains("long enough"), "the secret is not logged");
         assert_eq!(Settings::default().resolve().unwrap().overlay, None, "alone without a rendezvous");
+        let v6 = r#"{"rendezvous": "[fd00::1]:7000", "secret": "long enough", "node_id": "a", "stun": ["stun:[fd00::2]:3478"]}"#;
+        let o = Settings::from_json(v6).unwrap().resolve().unwrap().overlay.unwrap();
+        assert_eq!(o.signaling, SignalingConfig::Rendezvous("[fd00::1]:7000".into()), "an IPv6 underlay");
+        assert_eq!(o.ice_urls[0].host, "fd00::2");
         for bad in [
             r#"{"secret": "long enough"}"#,
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a"}"#,
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "short"}"#,
             r#"{"rendezvous": "192.0.2.1", "node_id": "a", "secret": "long enough"}"#,
+            r#"{"rendezvous": "fd00::1:7000", "node_id": "a", "secret": "long enough"}"#,
+            r#"{"rendezvous": "[fd00::zz]:7000", "node_id": "a", "secret": "long enough"}"#,
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a b", "secret": "long enough"}"#,
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough", "stun": ["turn:x:1"]}"#,
             r#"{"rendezvous": "192.0.2.1:7000", "node_id": "a", "secret": "long enough", "turn": ["stun:x:1"]}"#,

@@ -102,8 +102,9 @@ impl IceConfig {
     }
 }
 
-/// An ICE agent for one attempt: UDP4 host candidates on every interface but loopback and
-/// `exclude` (the overlay must not run over itself), plus server-reflexive and relay ones
+/// An ICE agent for one attempt: UDP host candidates, IPv4 and IPv6, on every interface but
+/// loopback and `exclude` (the overlay must not run over itself; IPv6 link-local addresses
+/// are left out too: they need an interface to mean anything), plus server-reflexive and relay ones
 /// when STUN/TURN servers are configured. Only the `controlling` side sends ICE's consent
 /// checks once connected: its request and the answer hold both sides' NAT mappings, and an
 /// idle link need not pay for two.
@@ -116,12 +117,15 @@ pub async fn new_agent(ice: &IceConfig, exclude: &[String], controlling: bool) -
     let exclude = exclude.to_vec();
     let config = AgentConfig {
         urls,
-        network_types: vec![NetworkType::Udp4],
+        network_types: vec![NetworkType::Udp4, NetworkType::Udp6],
         candidate_types,
         multicast_dns_mode: MulticastDnsMode::Disabled,
         interface_filter: Arc::new(Some(Box::new(move |name: &str| {
             name != "lo" && !exclude.iter().any(|e| e == name)
         }))),
+        ip_filter: Arc::new(Some(Box::new(
+            |ip: std::net::IpAddr| !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()),
+        ))),
         // While checking, ICE gives up after `ICE_CHECKING`; once connected it never declares
         // the pair failed (the link's own keepalives judge liveness, and ICE stays quiet while
         // data takes the data socket).

@@ -7,10 +7,13 @@
 //! One socket serves every peer: datagrams name their receiver's index (`wire::INDEXED`).
 //! A link moves its data here only after a sealed probe made the round trip (`serve`); the
 //! reader that opens what arrives is `receive`.
+//!
+//! The socket is dual-stack (`[::]`, IPv4 peers as IPv4-mapped addresses), so one socket
+//! serves IPv4 and IPv6 underlays alike; addresses cross its boundary in their plain form.
 
 use std::{
     io::{self, IoSliceMut},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd as _,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -28,24 +31,33 @@ pub struct Underlay {
     socket: UdpSocket,
     state: UdpSocketState,
     port: u16,
+    /// Bound to `[::]`: IPv4 destinations are written IPv4-mapped.
+    dual: bool,
     /// Datagrams dropped unread: not INDEXED, or for an index no session has.
     unknown: AtomicU64,
 }
 
 impl Underlay {
-    /// Binds the data socket on every IPv4 address at `port` (0: any free port).
+    /// Binds the data socket on every address, IPv6 and IPv4, at `port` (0: any free port);
+    /// on IPv4 alone where the host has no IPv6.
     pub fn bind(port: u16) -> Result<Self> {
-        Self::bind_to(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+        match Self::bind_to(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+            Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.raw_os_error() == Some(libc::EAFNOSUPPORT)) => {
+                Self::bind_to(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            }
+            other => other,
+        }
     }
 
     pub fn bind_to(addr: SocketAddr) -> Result<Self> {
         let std = std::net::UdpSocket::bind(addr).with_context(|| {
             format!("binding the data socket to UDP port {} (icc_port; is another agent using it?)", addr.port())
         })?;
+        let dual = addr.is_ipv6();
         let state = UdpSocketState::new((&std).into()).context("configuring the data socket")?;
         force_buffers(std.as_raw_fd());
         let port = std.local_addr()?.port();
-        Ok(Self { socket: UdpSocket::from_std(std)?, state, port, unknown: AtomicU64::new(0) })
+        Ok(Self { socket: UdpSocket::from_std(std)?, state, port, dual, unknown: AtomicU64::new(0) })
     }
 
     pub fn port(&self) -> u16 {
@@ -68,8 +80,21 @@ impl Underlay {
     }
 
     /// Reads runs of datagrams (GRO) into `bufs`, one `recvmmsg`; `WouldBlock` when empty.
+    /// Senders' addresses come back plain (IPv4 as IPv4), as peers' endpoints are known.
     pub fn try_recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
-        self.socket.try_io(Interest::READABLE, || self.state.recv((&self.socket).into(), bufs, meta))
+        let n = self.socket.try_io(Interest::READABLE, || self.state.recv((&self.socket).into(), bufs, meta))?;
+        for m in &mut meta[..n] {
+            m.addr = SocketAddr::new(m.addr.ip().to_canonical(), m.addr.port());
+        }
+        Ok(n)
+    }
+
+    /// `to` as this socket takes it: IPv4-mapped on the dual-stack socket.
+    fn destination(&self, to: SocketAddr) -> SocketAddr {
+        match to.ip() {
+            IpAddr::V4(v4) if self.dual => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), to.port()),
+            _ => to,
+        }
     }
 
     /// Sends `datagrams`, laid end to end, each `segment` bytes but the last (which may be
@@ -77,6 +102,7 @@ impl Underlay {
     /// buffer is an error (`WouldBlock`), like a full queue anywhere else.
     pub fn send(&self, to: SocketAddr, datagrams: &[u8], segment: usize) -> io::Result<()> {
         let per_send = self.state.max_gso_segments().min(GSO_MAX_BYTES / segment).max(1) * segment;
+        let to = self.destination(to);
         for batch in datagrams.chunks(per_send) {
             let transmit = Transmit {
                 destination: to,
@@ -114,6 +140,27 @@ pub fn force_buffers(fd: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One socket for both families: an IPv4 peer and an IPv6 one (loopback of each) reach
+    /// it, and their addresses come back as they are known, not IPv4-mapped.
+    #[tokio::test]
+    async fn the_data_socket_serves_ipv4_and_ipv6_peers() {
+        let u = Underlay::bind(0).unwrap();
+        for peer in [SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), SocketAddr::from((Ipv6Addr::LOCALHOST, 0))] {
+            let p = std::net::UdpSocket::bind(peer).unwrap();
+            let here = SocketAddr::new(peer.ip(), u.port());
+            p.send_to(b"hello", here).unwrap();
+            u.readable().await.unwrap();
+            let mut buf = [0u8; 2048];
+            let mut meta = [RecvMeta::default()];
+            let n = u.try_recv(&mut [IoSliceMut::new(&mut buf)], &mut meta).unwrap();
+            assert_eq!((n, meta[0].addr), (1, p.local_addr().unwrap()), "plain {peer}");
+            u.send(p.local_addr().unwrap(), b"back", 4).unwrap();
+            let mut got = [0u8; 8];
+            let (len, from) = p.recv_from(&mut got).unwrap();
+            assert_eq!((&got[..len], from.port()), (&b"back"[..], u.port()));
+        }
+    }
 
     #[test]
     fn a_port_in_use_is_a_clear_error() {
