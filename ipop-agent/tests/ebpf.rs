@@ -310,7 +310,7 @@ fn a_solicitation_for_a_remote_host_is_answered_with_the_owners_advertisement() 
     let (verdict, out) = p.run(PROG_TAP_EGRESS, &ns);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let request = NdFrame::parse(&ns).unwrap().nd();
-    assert_eq!(out, nd::build_answer(A_MAC, &request, REMOTE_MAC).to_vec(), "the advertisement bytes");
+    assert_eq!(out, nd::build_answer(A_MAC, &request, REMOTE_MAC, false).to_vec(), "the advertisement bytes");
     assert!(icmpv6_checksum_ok(&out), "checksum");
     let na = NdFrame::parse(&out).unwrap();
     assert_eq!((na.eth_dst(), na.eth_src()), (A_MAC, REMOTE_MAC));
@@ -324,6 +324,18 @@ fn a_solicitation_for_a_remote_host_is_answered_with_the_owners_advertisement() 
     assert_eq!(events[0].nd(), request, "the event carries the solicitation as it came");
     let s = p.stats();
     assert_eq!((s.nd_seen, s.nd_answered, s.answered), (1, 1, 0));
+}
+
+#[test]
+fn a_remote_routers_answer_says_it_routes() {
+    let mut p = Progs::new(m::ENTRY_STATIC | m::ENTRY_ROUTER, 0, 0);
+    let ns = solicit(A_IP6, REMOTE_IP6);
+    let (verdict, out) = p.run(PROG_TAP_EGRESS, &ns);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let request = NdFrame::parse(&ns).unwrap().nd();
+    assert_eq!(out, nd::build_answer(A_MAC, &request, REMOTE_MAC, true).to_vec());
+    assert!(icmpv6_checksum_ok(&out));
+    assert_eq!(NdFrame::parse(&out).unwrap().nd().flags, nd::FLAG_ROUTER | nd::FLAG_SOLICITED | nd::FLAG_OVERRIDE);
 }
 
 #[test]

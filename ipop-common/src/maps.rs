@@ -39,6 +39,9 @@ pub struct NdKey {
 pub const ENTRY_STATIC: u16 = 1;
 /// Entry flag: known to be out of date; the kernel must not answer from it.
 pub const ENTRY_STALE: u16 = 2;
+/// Entry flag (`nd_table`): the host is an IPv6 router, as its own advertisement said; the
+/// kernel's answers for it carry the router flag too.
+pub const ENTRY_ROUTER: u16 = 4;
 
 /// Value of `arp_table` and `nd_table`: where a remote IP lives.
 #[repr(C)]

@@ -264,10 +264,11 @@ pub fn build_advert(eth_dst: [u8; 6], target: &[u8; 16], dst: &[u8; 16], mac: [u
 }
 
 /// The answer to solicitation `ns` (from `eth_src`) by the owner of its target at `mac`,
-/// as the kernel program writes it: to the solicitor, solicited and override set (a host
-/// answers for its own address; it is no router).
-pub fn build_answer(eth_src: [u8; 6], ns: &Nd, mac: [u8; 6]) -> [u8; FRAME_LEN] {
-    build_advert(eth_src, &ns.target, &ns.src, mac, FLAG_SOLICITED | FLAG_OVERRIDE)
+/// as the kernel program writes it: to the solicitor, solicited and override set, and the
+/// router flag if the owner is a router.
+pub fn build_answer(eth_src: [u8; 6], ns: &Nd, mac: [u8; 6], router: bool) -> [u8; FRAME_LEN] {
+    let r = if router { FLAG_ROUTER } else { 0 };
+    build_advert(eth_src, &ns.target, &ns.src, mac, r | FLAG_SOLICITED | FLAG_OVERRIDE)
 }
 
 /// A solicitation for `target` from `src` at `mac`, to the target's solicited-node group.
@@ -353,7 +354,7 @@ mod tests {
     fn the_answer_is_what_the_owner_would_send() {
         let (ns, len) = build_solicit(A_MAC, &A, &B);
         let request = NdFrame::parse(&ns[..len]).unwrap().nd();
-        let f = build_answer(A_MAC, &request, B_MAC);
+        let f = build_answer(A_MAC, &request, B_MAC, false);
         assert!(verifies(&f));
         let frame = NdFrame::parse(&f).unwrap();
         assert_eq!((frame.eth_dst(), frame.eth_src()), (A_MAC, B_MAC));

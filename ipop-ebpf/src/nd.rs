@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use ipop_common::{
     arp::ETH_HLEN,
-    maps::{ArpEntry, HOOK_TAP_EGRESS, NdEvent, NdKey, VERDICT_ANSWERED, VERDICT_PASSED},
+    maps::{ArpEntry, ENTRY_ROUTER, HOOK_TAP_EGRESS, NdEvent, NdKey, VERDICT_ANSWERED, VERDICT_PASSED},
     nd::{
         ADVERT_PACKET_LEN, FLAG_OVERRIDE, FLAG_ROUTER, FLAG_SOLICITED, IPV6_HLEN, LL_OPT_LEN, MIN_FRAME_LEN, ND_LEN,
         NEIGHBOR_ADVERT, NEIGHBOR_SOLICIT, NEXT_HEADER_ICMPV6, OPT_SOURCE_LL, OPT_TARGET_LL, field, write_advert,
@@ -136,7 +136,10 @@ fn answer_from_table(ctx: &TcContext, ev: &NdEvent) -> Option<i32> {
     }
     // SAFETY: per-CPU scratch, only this CPU uses it while the program runs.
     let packet = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
-    write_advert(packet, &ev.target, &ev.src, &entry.mac, FLAG_SOLICITED | FLAG_OVERRIDE);
+    // A router's answer says it routes (a host that saw the flag drop would forget the
+    // routes through it, RFC 4861 7.2.5).
+    let router = if entry.flags & ENTRY_ROUTER != 0 { FLAG_ROUTER } else { 0 };
+    write_advert(packet, &ev.target, &ev.src, &entry.mac, router | FLAG_SOLICITED | FLAG_OVERRIDE);
     ctx.store(field::ETH_DST, &ev.eth_src, 0).ok()?;
     ctx.store(field::ETH_SRC, &entry.mac, 0).ok()?;
     ctx.store(field::IP6, packet, 0).ok()?;

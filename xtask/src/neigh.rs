@@ -33,7 +33,9 @@ pub(crate) fn add_ipv6(hosts: &[Host]) {
 pub(crate) fn ndping_us(ns: &str, target: &str, count: u32) -> Result<Vec<f64>> {
     let script = crate::root().join("xtask/ndping.py");
     let out = exec(ns, &["python3", script.to_str().unwrap(), "eth0", CLIENT6, target, &count.to_string()])?;
-    Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    // An unanswered solicitation counts as infinitely slow: it shows, as "–", rather than
+    // vanishing from the median.
+    Ok(out.lines().map(|l| l.trim().parse().unwrap_or(f64::INFINITY)).collect())
 }
 
 /// One run's neighbour figures (microseconds).

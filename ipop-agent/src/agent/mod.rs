@@ -225,18 +225,22 @@ fn restore_orphans(tables: &mut Neighbours, switch: &mut Switch, cfg: &AgentConf
     switch.restore(monotonic_ns(), ORPHAN_GRACE.as_nanos() as u64, left)
 }
 
-/// Looks up, for each claim of a local host with its own MAC, whether the bridge still has
-/// that MAC on one of its ports (the TAP aside); gone, the host moved. Rare: only such claims
-/// queue here, at most one per address a second.
+/// Looks up, for the claims of local hosts' MACs waiting, whether the bridge still has each
+/// MAC on a port; gone, the host moved. One read of the table for all of them; rare: only such
+/// claims queue here, at most one per address a second and 64 at once.
 async fn check_departures(shell: &mut Shell, dev: &Devices<'_>) {
-    while let Some(check) = shell.departures.pop() {
-        let still_here = match dev.nl.mac_on_port(dev.bridge.index, dev.tap.index, check.mac.0).await {
-            Ok(found) => found,
-            Err(e) => {
-                warn!(ip = %check.ip, "could not read the bridge's forwarding table ({e:#}): the host stays here");
-                true
-            }
-        };
+    if shell.departures.is_empty() {
+        return;
+    }
+    let macs = match dev.nl.bridge_macs(dev.bridge.index).await {
+        Ok(macs) => Some(macs),
+        Err(e) => {
+            warn!("could not read the bridge's forwarding table ({e:#}): claimed hosts stay here");
+            None
+        }
+    };
+    for check in std::mem::take(&mut shell.departures) {
+        let still_here = macs.as_ref().is_none_or(|m| m.contains(&check.mac.0));
         let out = shell.switch.departure_checked(monotonic_ns(), check, still_here);
         shell.apply(out);
     }

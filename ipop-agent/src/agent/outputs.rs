@@ -43,7 +43,7 @@ impl Shell {
                     }
                 }
                 Output::WriteTap(frame) => self.write_tap(&frame),
-                Output::ArpInstall { ip, mac, peer } => self.install(ip, mac, peer),
+                Output::ArpInstall { ip, mac, peer, router } => self.install(ip, mac, peer, router),
                 Output::ArpRemove { ip } => self.remove(ip),
                 Output::LocalOverridesRemote { ip, local, remote, peer } => {
                     let peer = self.peers.as_ref().map(|p| p.name(peer).to_owned()).unwrap_or_default();
@@ -96,17 +96,24 @@ impl Shell {
             Owner::Local(mac) => format!("local host {mac}"),
             Owner::Remote { mac, peer } => format!("{mac} behind {}", name(peer)),
         };
-        self.conflicts.record(ip, prober, &by);
-        warn!(%ip, %prober, at = %by, %owner, "duplicate address: a host probed for an address that is taken; defended for its owner");
+        // Said once per address and prober's place (counted every time): a peer repeating a
+        // probe must not flood the log.
+        if self.conflicts.record(ip, prober, &by) {
+            warn!(%ip, %prober, at = %by, %owner, "duplicate address: a host probed for an address that is taken; defended for its owner");
+        }
     }
 
-    /// A learned entry; an operator's static entry for the same IP stays.
-    fn install(&mut self, ip: IpAddr, mac: Mac, peer: PeerId) {
-        if self.tables.get(ip).is_some_and(|e| e.flags & m::ENTRY_STATIC != 0) {
+    /// A learned entry; an operator's static entry for the same IP stays. The router flag is
+    /// set or cleared when an advertisement said, else kept (for the same MAC).
+    fn install(&mut self, ip: IpAddr, mac: Mac, peer: PeerId, router: Option<bool>) {
+        let old = self.tables.get(ip);
+        if old.is_some_and(|e| e.flags & m::ENTRY_STATIC != 0) {
             return;
         }
+        let was_router = old.is_some_and(|e| e.mac == mac.0 && e.flags & m::ENTRY_ROUTER != 0);
+        let flags = if router.unwrap_or(was_router) { m::ENTRY_ROUTER } else { 0 };
         let peer_tag = self.peers.as_ref().map_or(0, |p| p.tag(peer));
-        let entry = ArpEntry { mac: mac.0, flags: 0, updated_ns: monotonic_ns(), peer_tag, _reserved: 0 };
+        let entry = ArpEntry { mac: mac.0, flags, updated_ns: monotonic_ns(), peer_tag, _reserved: 0 };
         if let Err(e) = self.tables.insert(ip, entry) {
             warn!(%ip, "could not install in the kernel's neighbour table: {e}");
         }

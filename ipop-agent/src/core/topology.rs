@@ -122,13 +122,18 @@ fn check_host(ip: &str, mac: &str) -> Result<(), String> {
 pub struct Conflicts(Vec<ConflictReport>);
 
 impl Conflicts {
-    pub fn record(&mut self, ip: IpAddr, mac: Mac, claimed_by: &str) {
+    /// Records a claim; whether it is news (not the same as the last one from there).
+    pub fn record(&mut self, ip: IpAddr, mac: Mac, claimed_by: &str) -> bool {
         let c = ConflictReport { ip: ip.to_string(), mac: mac.to_string(), claimed_by: claimed_by.to_owned() };
+        let before = self.0.len();
+        self.0.retain(|old| old != &c);
+        let new = self.0.len() == before;
         self.0.retain(|old| old.ip != c.ip || old.claimed_by != c.claimed_by);
         if self.0.len() == MAX_CONFLICTS {
             self.0.remove(0);
         }
         self.0.push(c);
+        new
     }
 
     pub fn list(&self) -> Vec<ConflictReport> {

@@ -113,23 +113,26 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Whether bridge `bridge`'s forwarding table has `mac` on a port other than `except`
-    /// (the TAP): the host with that MAC is still on this bridge.
-    pub async fn mac_on_port(&self, bridge: u32, except: u32, mac: [u8; 6]) -> Result<bool> {
+    /// The MACs in bridge `bridge`'s forwarding table, on any of its ports (the TAP too: a
+    /// local host's MAC is never written there, so finding it there is no departure).
+    pub async fn bridge_macs(&self, bridge: u32) -> Result<std::collections::HashSet<[u8; 6]>> {
         use rtnetlink::packet_route::{AddressFamily, neighbour::NeighbourAttribute};
         let mut fdb = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
-        let mut found = false;
-        // The whole dump is read: the connection expects it to end.
+        let mut macs = std::collections::HashSet::new();
         while let Some(msg) =
             fdb.try_next().await.map_err(|e| anyhow!(e)).context("reading the bridge's forwarding table")?
         {
             let on_bridge =
                 msg.attributes.iter().any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == bridge));
-            let same =
-                msg.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m[..] == mac));
-            found |= on_bridge && same && msg.header.ifindex != except;
+            for a in &msg.attributes {
+                if let (true, NeighbourAttribute::LinkLayerAddress(m)) = (on_bridge, a)
+                    && let Ok(mac) = <[u8; 6]>::try_from(&m[..])
+                {
+                    macs.insert(mac);
+                }
+            }
         }
-        Ok(found)
+        Ok(macs)
     }
 
     /// Makes `port` a port of `bridge` and brings it up.

@@ -50,10 +50,10 @@ impl Underlay {
     }
 
     pub fn bind_to(addr: SocketAddr) -> Result<Self> {
-        let std = std::net::UdpSocket::bind(addr).with_context(|| {
+        let std = bind_socket(addr).with_context(|| {
             format!("binding the data socket to UDP port {} (icc_port; is another agent using it?)", addr.port())
         })?;
-        let dual = addr.is_ipv6();
+        let dual = addr.is_ipv6() && addr.ip().is_unspecified();
         let state = UdpSocketState::new((&std).into()).context("configuring the data socket")?;
         force_buffers(std.as_raw_fd());
         let port = std.local_addr()?.port();
@@ -117,6 +117,17 @@ impl Underlay {
         }
         Ok(())
     }
+}
+
+/// A UDP socket bound to `addr`; on `[::]` dual-stack whatever `net.ipv6.bindv6only` says.
+fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Gives a socket `BUFFER` bytes of send and receive buffer. `SO_*BUFFORCE` (CAP_NET_ADMIN,

@@ -190,7 +190,9 @@ impl Switch {
         out: &mut Vec<Output>,
     ) -> bool {
         match self.learn_remote(now_ns, ip, mac, peer) {
-            Err(Output::Conflict { owner: Owner::Local(local), .. }) if local == mac && self.may_check(now_ns, ip) => {
+            Err(Output::Conflict { owner: Owner::Local(local), .. })
+                if local == mac && !self.own_macs().contains(&mac) && self.may_check(now_ns, ip) =>
+            {
                 out.push(Output::CheckDeparture { ip, mac, peer, method: *method });
                 return false;
             }
@@ -205,13 +207,18 @@ impl Switch {
             Ok(true) => out.push(Output::HostMoved { ip, mac, to: Some(peer) }),
             Ok(false) => {}
         }
-        out.push(Output::ArpInstall { ip, mac, peer });
+        // An advertisement says whether its sender routes; nothing else does.
+        let router = match method {
+            Method::NdAdvert(a) => Some(a.flags & ipop_common::nd::FLAG_ROUTER != 0),
+            _ => None,
+        };
+        out.push(Output::ArpInstall { ip, mac, peer, router });
         true
     }
 
     /// Whether a departure check for `ip` may run now (one a second per address: a peer
     /// repeating the claim must not make the shell read the bridge's table for every message).
-    fn may_check(&mut self, now_ns: u64, ip: IpAddr) -> bool {
+    pub(super) fn may_check(&mut self, now_ns: u64, ip: IpAddr) -> bool {
         const EVERY_NS: u64 = 1_000_000_000;
         if self.departure_checks.get(&ip).is_some_and(|t| now_ns.saturating_sub(*t) < EVERY_NS) {
             return false;
@@ -221,16 +228,17 @@ impl Switch {
     }
 
     /// What the shell found for a `CheckDeparture`: whether `mac` is still on one of the
-    /// bridge's own ports. Gone, the host moved behind `peer`: its local entry goes and
-    /// `method` is taken as any other; still there, the claim is the conflict it looked like.
+    /// bridge's ports. Gone, the host moved behind `peer`: every local entry with its MAC goes
+    /// (its IPv4 and IPv6 addresses alike) and `method` is taken as any other; still there,
+    /// the claim is the conflict it looked like.
     pub fn departure_checked(&mut self, now_ns: u64, check: Departure, still_here: bool) -> Vec<Output> {
         let Departure { ip, mac, peer, method } = check;
-        if still_here || !self.local.get(&ip).is_some_and(|n| n.mac == mac && !n.permanent) {
+        if still_here || !self.local.values().any(|n| n.mac == mac && !n.permanent) {
             self.counters.conflicts += 1;
             let owner = self.local.get(&ip).map_or(Owner::Local(mac), |n| Owner::Local(n.mac));
             return vec![Output::Conflict { ip, owner, claimed: mac, by: peer }];
         }
-        self.local.remove(&ip);
+        self.local.retain(|_, n| n.mac != mac || n.permanent);
         self.counters.moves += 1;
         let mut out = vec![Output::HostMoved { ip, mac, to: Some(peer) }];
         out.extend(self.dispatch_rpc(now_ns, peer, &method));
@@ -287,6 +295,11 @@ impl Switch {
         // taken once the bridge's own table says the host left: `departure_checked`).
         if let Some(n) = self.local.get(&ip) {
             return Err(Output::Conflict { ip, owner: Owner::Local(n.mac), claimed: mac, by: peer });
+        }
+        // Nor does a peer get a local host's MAC for another address: the frame written for
+        // the claim would teach the bridge that MAC on the TAP, and take the host's frames.
+        if self.is_local_mac(mac) {
+            return Err(Output::Conflict { ip, owner: Owner::Local(mac), claimed: mac, by: peer });
         }
         let mut moved = false;
         if let Some(r) = self.remote.get(&ip)

@@ -42,7 +42,7 @@ impl Switch {
         }
         let src: [u8; 6] = frame[6..12].try_into().unwrap();
         if is_host_mac(&src) {
-            if self.local.values().any(|n| n.mac.0 == src) {
+            if self.is_local_mac(Mac(src)) {
                 // One of our own hosts' MACs coming back from the overlay: a loop or a spoof.
                 self.counters.frames_refused += 1;
                 return false;

@@ -76,8 +76,10 @@ pub enum Output {
     SendTo(PeerId, Method),
     /// Write this frame into the TAP: the local bridge delivers it.
     WriteTap(Vec<u8>),
-    /// Put (or refresh) `ip` -> `mac`, vouched for by `peer`, in the kernel's `arp_table`.
-    ArpInstall { ip: IpAddr, mac: Mac, peer: PeerId },
+    /// Put (or refresh) `ip` -> `mac`, vouched for by `peer`, in the kernel's `arp_table`
+    /// (IPv6: `nd_table`). `router`: whether the host is an IPv6 router, as its advertisement
+    /// said (the kernel's answers say the same); `None`: unknown, the entry's flag stays.
+    ArpInstall { ip: IpAddr, mac: Mac, peer: PeerId, router: Option<bool> },
     /// Take `ip` out of `arp_table`: it is no longer answered in the kernel.
     ArpRemove { ip: IpAddr },
     /// A peer claimed an IP that someone else owns; the existing mapping stands.
@@ -261,6 +263,11 @@ impl Switch {
     /// The MACs of the bridge's own addresses: a sender with one of them is the host itself.
     fn own_macs(&self) -> Vec<Mac> {
         self.local.values().filter(|n| n.permanent).map(|n| n.mac).collect()
+    }
+
+    /// Whether `mac` is a host's on this bridge (one of its addresses, or the bridge's own).
+    fn is_local_mac(&self, mac: Mac) -> bool {
+        self.local.values().any(|n| n.mac == mac)
     }
 
     /// New limits for a running switch (a reload): the buckets start again, full.

@@ -84,25 +84,36 @@ impl Switch {
 
     /// A local host probes for `target` (duplicate address detection). A duplicate on this
     /// bridge is the bridge's hosts' own business; one behind a peer is defended here at once;
-    /// and the peers hear the probe, so an owner they know defends itself.
+    /// and the peers hear the probe, so an owner they know defends itself. The same MAC behind
+    /// a peer is no duplicate: the host moved here and probes its address again (its old
+    /// host hears the probe and looks whether it left).
     fn local_probe(&mut self, now_ns: u64, prober: Mac, target: Ipv6Addr) -> Vec<Output> {
         self.counters.probes += 1;
         let ip = IpAddr::V6(target);
         let mut out = Vec::new();
-        if self.local.contains_key(&ip) {
+        if self.local.contains_key(&ip) || self.peers.is_empty() {
             return out;
         }
-        if let Some(r) = self.remote.get(&ip).copied() {
-            self.counters.conflicts += 1;
-            let owner = Owner::Remote { mac: r.mac, peer: r.peer };
-            out.push(Output::WriteTap(advert_frame(&defence(target, r.mac))));
-            out.push(Output::DuplicateAddress { ip, owner, prober, behind: None });
-        } else {
-            self.remember_probe(now_ns, ip, prober);
+        // Within the prober's rate, like every RPC it causes: a flood of probes must not
+        // become a flood of defences and log lines.
+        if !self.allow_arp(now_ns, prober) {
+            self.counters.rpc_limited += 1;
+            return out;
         }
+        match self.remote.get(&ip).copied() {
+            Some(r) if r.mac != prober => {
+                self.counters.conflicts += 1;
+                let owner = Owner::Remote { mac: r.mac, peer: r.peer };
+                out.push(Output::WriteTap(advert_frame(&defence(target, r.mac))));
+                out.push(Output::DuplicateAddress { ip, owner, prober, behind: None });
+            }
+            Some(_) => {}
+            None => self.remember_probe(now_ns, ip, prober),
+        }
+        self.counters.rpc_sent += 1;
         let method =
             Method::NdSolicit(NdSolicit { sender_mac: prober, sender_ip: Ipv6Addr::UNSPECIFIED, target_ip: target });
-        out.extend(self.send_rpc(now_ns, prober, None, method));
+        out.push(Output::Broadcast(method));
         out
     }
 
@@ -120,7 +131,7 @@ impl Switch {
     pub(super) fn handle_nd_rpc(&mut self, now_ns: u64, peer: PeerId, method: &Method) -> Vec<Output> {
         let mut out = Vec::new();
         match *method {
-            Method::NdSolicit(s) if s.sender_ip.is_unspecified() => return self.remote_probe(peer, s),
+            Method::NdSolicit(s) if s.sender_ip.is_unspecified() => return self.remote_probe(now_ns, peer, s),
             Method::NdSolicit(s)
                 if self.accept_claim(now_ns, s.sender_ip.into(), s.sender_mac, peer, method, &mut out) =>
             {
@@ -155,10 +166,24 @@ impl Switch {
 
     /// A host behind `peer` probes for an address. A local owner defends it across the
     /// overlay; an address nobody is known to own is asked about on this bridge, where an
-    /// owner not heard of yet answers for itself (and its answer crosses back).
-    fn remote_probe(&mut self, peer: PeerId, s: NdSolicit) -> Vec<Output> {
+    /// owner not heard of yet answers for itself (and its answer crosses back). A prober with
+    /// the MAC of a host here is that host, moved (if the bridge no longer has it: the shell
+    /// looks, `CheckDeparture`), or a peer posing as it: its probe is never written here.
+    fn remote_probe(&mut self, now_ns: u64, peer: PeerId, s: NdSolicit) -> Vec<Output> {
         self.counters.probes += 1;
         let ip = IpAddr::V6(s.target_ip);
+        if self.allowed.get(&peer).is_some_and(|a| !a.macs.is_empty() && !a.macs.contains(&s.sender_mac)) {
+            self.counters.claims_refused += 1;
+            return vec![Output::ClaimRefused { ip, claimed: s.sender_mac, by: peer }];
+        }
+        if self.is_local_mac(s.sender_mac) {
+            let method = Method::NdSolicit(s);
+            if !self.own_macs().contains(&s.sender_mac) && self.may_check(now_ns, ip) {
+                return vec![Output::CheckDeparture { ip, mac: s.sender_mac, peer, method }];
+            }
+            self.counters.conflicts += 1;
+            return vec![Output::Conflict { ip, owner: Owner::Local(s.sender_mac), claimed: s.sender_mac, by: peer }];
+        }
         if let Some(n) = self.local.get(&ip).copied() {
             self.counters.conflicts += 1;
             return vec![

@@ -101,7 +101,10 @@ fn a_peers_solicitation_is_installed_and_replayed_into_the_bridge() {
     let (frame, len) = nd::build_solicit(R, &r6().octets(), &a6().octets());
     assert_eq!(
         out,
-        vec![Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1 }, Output::WriteTap(frame[..len].to_vec())]
+        vec![
+            Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1, router: None },
+            Output::WriteTap(frame[..len].to_vec())
+        ]
     );
 }
 
@@ -114,11 +117,18 @@ fn a_peers_advertisement_is_installed_and_delivered_to_the_local_solicitor_only(
     let out = sw.handle_rpc(SEC, P1, &Method::NdAdvert(answer));
     assert_eq!(
         out,
-        vec![Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1 }, Output::WriteTap(advert_frame(&answer))]
+        vec![
+            Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1, router: Some(false) },
+            Output::WriteTap(advert_frame(&answer))
+        ]
     );
     let elsewhere = NdAdvert { dst_mac: Mac(X), dst_ip: ip6(0x77), ..answer };
     let out = sw.handle_rpc(SEC, P1, &Method::NdAdvert(elsewhere));
-    assert_eq!(out, vec![Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1 }], "for nobody here");
+    assert_eq!(
+        out,
+        vec![Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1, router: Some(false) }],
+        "for nobody here"
+    );
 }
 
 #[test]
@@ -182,7 +192,7 @@ fn a_probe_answered_from_across_the_overlay_is_reported_here() {
     assert_eq!(
         out,
         vec![
-            Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1 },
+            Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1, router: Some(false) },
             Output::DuplicateAddress {
                 ip: r6().into(),
                 owner: Owner::Remote { mac: Mac(R), peer: P1 },
@@ -242,4 +252,76 @@ fn neighbour_discovery_never_crosses_as_a_frame() {
     let mut echo = ns[..len].to_vec();
     echo[nd::field::ICMP_TYPE] = 128;
     assert_eq!(sw.route_from_bridge(0, &echo), Route::AllPeers, "other ICMPv6 crosses as multicast");
+}
+
+#[test]
+fn a_router_is_installed_as_one_and_other_words_leave_the_flag_alone() {
+    let mut sw = with_peers(&[P1]);
+    let from_router = NdAdvert { flags: nd::FLAG_ROUTER | FLAG_OVERRIDE, ..defence(r6(), R) };
+    let out = sw.handle_rpc(0, P1, &Method::NdAdvert(from_router));
+    assert_eq!(out[0], Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1, router: Some(true) });
+    let ask = NdSolicit { sender_mac: Mac(R), sender_ip: r6(), target_ip: a6() };
+    let out = sw.handle_rpc(SEC, P1, &Method::NdSolicit(ask));
+    assert_eq!(out[0], Output::ArpInstall { ip: r6().into(), mac: Mac(R), peer: P1, router: None });
+}
+
+#[test]
+fn a_moved_host_probing_its_own_address_is_not_defended_against() {
+    let mut sw = with_peers(&[P1]);
+    sw.handle_rpc(0, P1, &Method::NdAdvert(defence(r6(), R)));
+    // R came over from P1's bridge and probes its address here.
+    let out = sw.handle_nd(SEC, &solicit(R, Ipv6Addr::UNSPECIFIED, r6(), VERDICT_PASSED));
+    let probe = NdSolicit { sender_mac: Mac(R), sender_ip: Ipv6Addr::UNSPECIFIED, target_ip: r6() };
+    assert_eq!(out, vec![Output::Broadcast(Method::NdSolicit(probe))], "heard by its old host, not defended");
+    assert_eq!(sw.counters().conflicts, 0);
+}
+
+#[test]
+fn a_peers_probe_with_a_local_hosts_mac_is_never_written_here_unless_the_host_left() {
+    let mut sw = with_peers(&[P1]);
+    sw.handle_nd(0, &solicit(A, a6(), r6(), VERDICT_PASSED));
+    sw.handle_arp(0, &arp_from(A, [10, 0, 3, 5]));
+    let probe = NdSolicit { sender_mac: Mac(A), sender_ip: Ipv6Addr::UNSPECIFIED, target_ip: ip6(0x99) };
+    let out = sw.handle_rpc(SEC, P1, &Method::NdSolicit(probe));
+    let check = Departure { ip: ip6(0x99).into(), mac: Mac(A), peer: P1, method: Method::NdSolicit(probe) };
+    assert_eq!(
+        out,
+        vec![Output::CheckDeparture { ip: check.ip, mac: Mac(A), peer: P1, method: check.method }],
+        "no frame with A's MAC goes into the bridge on a peer's word"
+    );
+    let out = sw.departure_checked(SEC, check, true);
+    assert!(matches!(out[..], [Output::Conflict { .. }]), "{out:?}");
+    let out = sw.departure_checked(SEC, check, false);
+    assert_eq!(out[0], Output::HostMoved { ip: ip6(0x99).into(), mac: Mac(A), to: Some(P1) });
+    assert!(matches!(out[1], Output::WriteTap(_)), "{out:?}");
+    assert!(sw.local_hosts().is_empty(), "every address with A's MAC left, IPv4 and IPv6: {:?}", sw.local_hosts());
+}
+
+#[test]
+fn a_flood_of_probes_gets_defences_within_the_probers_rate() {
+    let limits = Limits { arp_per_source: crate::core::limit::Rate { per_sec: 1, burst: 1 }, ..Limits::default() };
+    let mut sw = Switch::new(60 * SEC).with_limits(limits);
+    sw.peer_up(P1);
+    sw.handle_rpc(0, P1, &Method::NdAdvert(defence(r6(), R)));
+    let first = sw.handle_nd(SEC, &solicit(X, Ipv6Addr::UNSPECIFIED, r6(), VERDICT_PASSED));
+    assert_eq!(first.len(), 3, "defended, reported, told: {first:?}");
+    let second = sw.handle_nd(SEC, &solicit(X, Ipv6Addr::UNSPECIFIED, r6(), VERDICT_PASSED));
+    assert!(second.is_empty(), "{second:?}");
+    assert_eq!(sw.counters().rpc_limited, 1);
+}
+
+/// A gratuitous ARP from local host `mac` at `ip`, as the TAP's egress reports it.
+fn arp_from(mac: [u8; 6], ip: [u8; 4]) -> ipop_common::maps::ArpEvent {
+    ipop_common::maps::ArpEvent {
+        ifindex: 7,
+        hook: HOOK_TAP_EGRESS,
+        verdict: VERDICT_PASSED,
+        op: ipop_common::arp::OP_REPLY,
+        eth_src: mac,
+        eth_dst: [0xff; 6],
+        sender_mac: mac,
+        sender_ip: ip,
+        target_mac: [0xff; 6],
+        target_ip: ip,
+    }
 }

@@ -135,7 +135,7 @@ fn a_peer_request_is_installed_then_replayed_into_the_bridge() {
     let out = sw.handle_rpc(0, P1, &remote_request());
     assert_eq!(
         out[0],
-        Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1 },
+        Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1, router: None },
         "install first, so the injected frame is not reported back"
     );
     let Output::WriteTap(bytes) = &out[1] else { panic!("{out:?}") };
@@ -150,7 +150,7 @@ fn a_peer_reply_for_a_local_requester_is_delivered() {
     let mut sw = with_peers(&[P1]);
     sw.handle_arp(0, &request(HOOK_BRIDGE_INGRESS, R_IP));
     let out = sw.handle_rpc(1, P1, &remote_reply_to_a());
-    assert_eq!(out[0], Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1 });
+    assert_eq!(out[0], Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1, router: None });
     let Output::WriteTap(bytes) = &out[1] else { panic!("{out:?}") };
     let f = ArpFrame::parse(bytes).unwrap();
     assert_eq!((f.eth_dst(), f.eth_src(), f.arp().op), (A, R, OP_REPLY));
@@ -343,7 +343,11 @@ fn a_live_claim_or_a_local_host_supersedes_an_orphan() {
     let mut sw = with_peers(&[P2]);
     sw.restore(0, 10 * SEC, [(R_IP.into(), orphan(A, 0xaa)), (A_IP.into(), orphan(R, 0xaa))]);
     let out = sw.handle_rpc(SEC, P2, &remote_request());
-    assert_eq!(out[0], Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P2 }, "no conflict with an orphan");
+    assert_eq!(
+        out[0],
+        Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P2, router: None },
+        "no conflict with an orphan"
+    );
     let out = sw.handle_arp(SEC, &request(HOOK_BRIDGE_INGRESS, R_IP));
     assert_eq!(out[0], Output::ArpRemove { ip: A_IP.into() }, "A lives here now");
     assert_eq!(sw.orphans(), 0);
@@ -431,7 +435,7 @@ fn a_link_come_up_hears_of_every_local_host_but_the_bridges_own_addresses() {
 fn an_announced_remote_host_is_installed_and_nothing_is_written_to_the_bridge() {
     let mut sw = with_peers(&[P1]);
     let out = sw.handle_rpc(0, P1, &announcement(R, R_IP));
-    assert_eq!(out, vec![Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1 }]);
+    assert_eq!(out, vec![Output::ArpInstall { ip: R_IP.into(), mac: Mac(R), peer: P1, router: None }]);
     sw.handle_arp(0, &request(HOOK_TAP_EGRESS, [10, 0, 3, 1])); // A is local now
     let claim = sw.handle_rpc(SEC, P1, &announcement(R, A_IP));
     assert!(matches!(claim.as_slice(), [Output::Conflict { .. }]), "a claim on a local IP: {claim:?}");
@@ -472,7 +476,7 @@ fn a_local_host_gone_from_the_bridge_and_claimed_by_a_peer_moved_there() {
     sw.handle_rpc(SEC, P1, &claim);
     let out = sw.departure_checked(SEC, Departure { ip: A_IP.into(), mac: Mac(A), peer: P1, method: claim }, false);
     assert_eq!(out[0], Output::HostMoved { ip: A_IP.into(), mac: Mac(A), to: Some(P1) });
-    assert_eq!(out[1], Output::ArpInstall { ip: A_IP.into(), mac: Mac(A), peer: P1 });
+    assert_eq!(out[1], Output::ArpInstall { ip: A_IP.into(), mac: Mac(A), peer: P1, router: None });
     assert!(matches!(out[2], Output::WriteTap(_)), "the gratuitous ARP goes into the bridge: {out:?}");
     assert!(sw.local(A_IP.into()).is_none());
     assert_eq!(sw.remote(A_IP.into()).map(|r| r.peer), Some(P1));
@@ -510,4 +514,16 @@ fn the_hosts_own_other_addresses_are_not_announced() {
     let reply = event(HOOK_BRIDGE_INGRESS, OP_REPLY, (B, [172, 17, 0, 1]), (A, A_IP));
     assert!(!sw.handle_arp(0, &reply).iter().any(|o| matches!(o, Output::Broadcast(_))));
     assert!(sw.peer_up(P2).is_empty(), "nor told to a link come up");
+}
+
+#[test]
+fn a_peer_never_gets_a_local_hosts_mac_for_another_address_while_the_host_is_here() {
+    let mut sw = with_peers(&[P1]);
+    sw.handle_arp(0, &request(HOOK_TAP_EGRESS, R_IP)); // A is local at A_IP
+    let claim = gratuitous_from(A, [10, 0, 3, 77]);
+    let out = sw.handle_rpc(SEC, P1, &claim);
+    assert!(matches!(out[..], [Output::CheckDeparture { mac: Mac(A), .. }]), "no frame written: {out:?}");
+    let again = sw.handle_rpc(SEC, P1, &claim);
+    assert!(matches!(again[..], [Output::Conflict { claimed: Mac(A), .. }]), "{again:?}");
+    assert!(sw.remote(Ipv4Addr::new(10, 0, 3, 77).into()).is_none());
 }
