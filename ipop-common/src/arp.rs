@@ -101,11 +101,13 @@ pub struct ArpFrame<'a> {
     bytes: &'a [u8],
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
+/// The big-endian u16 at `at` (also for `nd`).
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+/// The `N` bytes at `at` (also for `nd`).
+pub(crate) fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     let mut out = [0; N];
     out.copy_from_slice(&b[at..at + N]);
     out

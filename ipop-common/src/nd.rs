@@ -8,7 +8,7 @@
 //! program uses the offsets in [`field`]; [`NdFrame::parse`] applies the same rules, so the
 //! agent and the programs agree on which frames are ND.
 
-use crate::arp::ETH_HLEN;
+use crate::arp::{ETH_HLEN, array, be16};
 
 /// EtherType of IPv6.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
@@ -114,16 +114,6 @@ pub fn solicited_node(target: &[u8; 16]) -> [u8; 16] {
 /// The Ethernet multicast address of IPv6 multicast address `ip` (33:33 + its last 4 bytes).
 pub fn multicast_mac(ip: &[u8; 16]) -> [u8; 6] {
     [0x33, 0x33, ip[12], ip[13], ip[14], ip[15]]
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0; N];
-    out.copy_from_slice(&b[at..at + N]);
-    out
 }
 
 /// A read-only view of an Ethernet frame that carries a neighbour solicitation or

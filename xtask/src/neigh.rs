@@ -31,8 +31,13 @@ pub(crate) fn add_ipv6(hosts: &[Host]) {
 
 /// Solicitation round trips in microseconds from the client container (`count` of them).
 pub(crate) fn ndping_us(ns: &str, target: &str, count: u32) -> Result<Vec<f64>> {
+    ndping_from(ns, CLIENT6, target, count)
+}
+
+/// The same from `source`, an address of the namespace's eth0.
+fn ndping_from(ns: &str, source: &str, target: &str, count: u32) -> Result<Vec<f64>> {
     let script = crate::root().join("xtask/ndping.py");
-    let out = exec(ns, &["python3", script.to_str().unwrap(), "eth0", CLIENT6, target, &count.to_string()])?;
+    let out = exec(ns, &["python3", script.to_str().unwrap(), "eth0", source, target, &count.to_string()])?;
     // An unanswered solicitation counts as infinitely slow: it shows, as "–", rather than
     // vanishing from the median.
     Ok(out.lines().map(|l| l.trim().parse().unwrap_or(f64::INFINITY)).collect())
@@ -59,7 +64,9 @@ pub(crate) fn measure(client: &str, server: &str, run: usize, agent: Option<Agen
     exec(server, &["ip", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
     // Each says one thing to its own gateway; nothing of it needs to cross the overlay.
     exec(server, &["arping", "-c", "1", "-w", "1", "-I", "eth0", "-S", &v4, "10.0.3.1"])?;
-    exec(server, &["ping", "-6", "-c", "1", "-W", "1", "-I", &v6, BRIDGE6])?;
+    // A solicitation of its own, as arping's request: a ping would go without one once the
+    // container knows its gateway.
+    ndping_from(server, &v6, BRIDGE6, 1)?;
     heard(&agent, "arp", &v4)?;
     heard(&agent, "nd", &v6)?;
     let figures = Figures {
