@@ -13,6 +13,7 @@ use crate::bench::{exec, median};
 /// Host 0's containers and host 1's first, and every bridge's own address.
 const CLIENT6: &str = "fd00::10";
 const LOCAL6: &str = "fd00::11";
+const LOCAL4: &str = "10.0.3.11";
 pub(crate) const SERVER6: &str = "fd00::20";
 const BRIDGE6: &str = "fd00::1";
 
@@ -45,6 +46,11 @@ fn ndping_from(ns: &str, source: &str, target: &str, count: u32) -> Result<Vec<f
 
 /// One run's neighbour figures (microseconds).
 pub(crate) struct Figures {
+    /// The first request of a fresh arping (ndping) to a local neighbour: what a first
+    /// request costs anywhere, the baseline of the "spoke once" rows (every tool's first
+    /// request costs more than its next ones, in-kernel paths included).
+    pub arp_local_first: Option<f64>,
+    pub nd_local_first: Option<f64>,
     pub arp_spoke: Option<f64>,
     pub nd_local: f64,
     pub nd_spoke: Option<f64>,
@@ -70,6 +76,8 @@ pub(crate) fn measure(client: &str, server: &str, run: usize, agent: Option<Agen
     heard(&agent, "arp", &v4)?;
     heard(&agent, "nd", &v6)?;
     let figures = Figures {
+        arp_local_first: crate::bench::arping_us(client, "eth0", LOCAL4, 1)?.first().copied(),
+        nd_local_first: ndping_us(client, LOCAL6, 1)?.first().copied(),
         arp_spoke: crate::bench::arping_us(client, "eth0", &v4, 1)?.first().copied(),
         nd_spoke: ndping_us(client, &v6, 1)?.first().copied(),
         nd_local: median(ndping_us(client, LOCAL6, 5)?),
