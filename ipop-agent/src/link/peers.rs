@@ -16,6 +16,7 @@ use crate::{
         event::LinkCmd,
         params::{LinkParams, LinkShared},
         send::DataTx,
+        signal::unbundle,
         task,
     },
     signaling::{
@@ -317,7 +318,9 @@ impl Peers {
         let refusal = match envelope::open(&shared.identity, &p.key, pair, &data, &mut p.signal_stamp) {
             Ok(signal) => {
                 p.signal_refused = None;
-                let _ = p.cmd.try_send(LinkCmd::Signal(signal));
+                for one in unbundle(signal) {
+                    let _ = p.cmd.try_send(LinkCmd::Signal(one));
+                }
                 return;
             }
             Err(e) => e.to_string(),

@@ -2,10 +2,12 @@
 //! the data socket's port and receiver index, the AEAD the sender seals fastest) and ICE
 //! candidates, each tagged with a session number so that candidates of an old attempt never
 //! mix with a new one: `{"t":"offer"|"answer","s":N,"ufrag":..,"pwd":..,"dp":..,"ix":..,"aead":..}`
-//! and `{"t":"cand","s":N,"c":"candidate:..."}`, each sealed to the peer on the way
-//! (`envelope`).
+//! and `{"t":"cand","s":N,"c":"candidate:..."}`, sealed to the peer on the way (`envelope`),
+//! those sent together as one JSON array (`Sent`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::time::Instant;
 
 use serde_json::Value;
 use tracing::warn;
@@ -15,7 +17,7 @@ use crate::{
         envelope,
         params::LinkParams,
         session::{Aead, Identity, KEY_LEN},
-        timers::now_ns,
+        timers::{SIGNAL_BATCH, now_ns},
     },
     signaling::Signaling,
 };
@@ -99,26 +101,104 @@ fn stamp() -> u64 {
 /// to send again: the signaling service may drop any of them, and a lost offer or answer
 /// would otherwise cost the whole connect timeout. The controlling side resends until the
 /// answer comes; the controlled side resends when the same offer comes again.
+///
+/// Signals go out in bundles: what is pushed within `SIGNAL_BATCH` of the first unsent one
+/// (an offer and the host candidates gathered right after it) is sealed as one envelope, a
+/// JSON array, and a resend is one envelope too. Each envelope costs its sender three X25519
+/// operations and its receiver two; with one envelope a signal, they were most of the CPU a
+/// 64-host mesh took to form (BENCHMARKS.md, Scale).
 pub struct Sent {
     outbox: Outbox,
     signals: Vec<Value>,
+    /// How many of `signals` went out already.
+    flushed: usize,
+    /// When the unsent ones go.
+    due: Instant,
 }
 
 impl Sent {
     pub fn new(outbox: Outbox) -> Self {
-        Sent { outbox, signals: Vec::new() }
+        Sent { outbox, signals: Vec::new(), flushed: 0, due: Instant::now() }
     }
 
-    /// Sends `v` to the peer and keeps it.
+    /// Keeps `v`, to go with the bundle due `SIGNAL_BATCH` after the first unsent signal.
     pub fn push(&mut self, v: Value) {
-        self.outbox.send(&v);
+        if !self.pending() {
+            self.due = Instant::now() + SIGNAL_BATCH;
+        }
         self.signals.push(v);
     }
 
-    /// Sends everything again, in the same order.
-    pub fn again(&self) {
-        for v in &self.signals {
-            self.outbox.send(v);
+    /// Whether some signals wait for `due`.
+    pub fn pending(&self) -> bool {
+        self.flushed < self.signals.len()
+    }
+
+    /// When the signals waiting go (`flush`).
+    pub fn due(&self) -> Instant {
+        self.due
+    }
+
+    /// Sends the signals not sent yet, as one envelope.
+    pub fn flush(&mut self) {
+        if self.pending() {
+            self.outbox.send(&bundle(&self.signals[self.flushed..]));
+            self.flushed = self.signals.len();
         }
+    }
+
+    /// Sends everything again, in the same order, as one envelope.
+    pub fn again(&mut self) {
+        if !self.signals.is_empty() {
+            self.outbox.send(&bundle(&self.signals));
+            self.flushed = self.signals.len();
+        }
+    }
+}
+
+/// One signal as itself, more as an array.
+fn bundle(signals: &[Value]) -> Value {
+    match signals {
+        [one] => one.clone(),
+        many => Value::Array(many.to_vec()),
+    }
+}
+
+/// The signals an opened envelope carries: itself, or a bundle's members (at most
+/// `MAX_BUNDLE`; a longer bundle is not ours and is dropped whole).
+pub fn unbundle(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(many) if many.len() <= MAX_BUNDLE => many,
+        Value::Array(_) => Vec::new(),
+        one => vec![one],
+    }
+}
+
+/// More than an attempt ever bundles: an offer and every candidate of every interface.
+const MAX_BUNDLE: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn signals_sent_together_travel_as_one_array_and_come_apart_in_order() {
+        let offer = json!({"t": "offer", "s": 7, "ufrag": "u", "pwd": "p"});
+        let cand = json!({"t": "cand", "s": 7, "c": "candidate:1 1 udp 1 192.0.2.1 5000 typ host"});
+        assert_eq!(bundle(std::slice::from_ref(&offer)), offer, "one signal goes as itself");
+        let both = bundle(&[offer.clone(), cand.clone()]);
+        assert!(both.is_array());
+        assert_eq!(unbundle(both), vec![offer.clone(), cand]);
+        assert_eq!(unbundle(offer.clone()), vec![offer], "an older peer's single signal");
+    }
+
+    #[test]
+    fn a_bundle_longer_than_any_attempt_makes_is_dropped_whole() {
+        let many = Value::Array(vec![json!({"t": "cand"}); MAX_BUNDLE + 1]);
+        assert!(unbundle(many).is_empty());
+        let most = Value::Array(vec![json!({"t": "cand"}); MAX_BUNDLE]);
+        assert_eq!(unbundle(most).len(), MAX_BUNDLE);
     }
 }

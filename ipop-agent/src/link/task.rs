@@ -248,6 +248,7 @@ async fn connect(
                 let _ = cancel_tx.try_send(());
                 bail!("ICE gave up: {}", why(p, agent, &seen).await);
             }
+            _ = tokio::time::sleep_until(sent.due()), if sent.pending() => sent.flush(),
             _ = &mut resend, if p.controlling && remote.is_none() => {
                 debug!(peer = %to, "no answer yet: offering again");
                 sent.again();

@@ -25,6 +25,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// answer, doubling up to `RESEND_MAX`: a signal the service dropped costs a second or two.
 pub const RESEND_MIN: Duration = Duration::from_millis(500);
 pub const RESEND_MAX: Duration = Duration::from_secs(4);
+/// Signals pushed within this long of each other go as one sealed envelope (`signal::Sent`).
+pub const SIGNAL_BATCH: Duration = Duration::from_millis(20);
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
 /// Each link renews its session keys this often (WireGuard: 2 minutes; `--rekey-after-secs`
 /// shortens it for tests)...
