@@ -477,7 +477,7 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
     Ok(())
 }
 
-fn merge(into: &mut Value, from: Value) {
+pub fn merge(into: &mut Value, from: Value) {
     if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
         into.extend(from);
     }
@@ -495,13 +495,22 @@ pub fn run_scale(agent: &Path, sizes: &[usize]) -> Result<()> {
     let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
     let section = format!(
         "{SCALE}\n\nThe latest `cargo xtask bench --scale {}`, {}: N hosts on one flat underlay, each with bridge\n\
-         lxcbr0 and one container, one rendezvous, every agent started at once. Full mesh: every agent has\n\
-         logged `link up` for every other, timed from the last agent's start. Failed link attempts: `link not\n\
-         up` lines in all logs (each costs a retry). Idle: 20 s with nothing crossing, after 5 s to settle\n\
-         (IPv6 is off in the lab's hosts and containers, whose router solicitations would cross as\n\
-         multicast); bytes are every host's underlay transmit counter (whole Ethernet frames), shared out\n\
-         per link: a keepalive a second each way (76 bytes on the wire), ICE's consent check every 15 s\n\
-         from the controlling side, and the underlay's ARP.\n\
+         lxcbr0 and one container, one rendezvous, every agent started at once.\n\n\
+         - Full mesh: every agent has logged `link up` for every other, timed from the last agent's\n  \
+         start. The agents' CPU until then includes their own start (the secret stretched with\n  \
+         argon2id, the programs loaded). Failed link attempts: `link not up` lines in all logs (each\n  \
+         costs a retry).\n\
+         - Idle: 20 s with nothing crossing, after 5 s to settle (IPv6 is off in the lab's hosts and\n  \
+         containers, whose router solicitations would cross as multicast). Bytes are every host's\n  \
+         underlay transmit counter (whole Ethernet frames), shared out per link: a keepalive a second\n  \
+         each way (76 bytes on the wire), ICE's consent check every 15 s from the controlling side,\n  \
+         the topology summaries (every 30 s, each listing the sender's links), the underlay's ARP.\n\
+         - ARP: every container arpings every other once (`arping -c 1 -C 1 -w 2`), all containers at\n  \
+         once, twice. The counters are the agents' sums over the round: requests answered in the\n  \
+         kernel, ARP RPCs sent to peers.\n\
+         - Broadcast: {BROADCASTS} pings to the subnet's broadcast address from the first host's\n  \
+         container, every 2 ms; CPU and bytes shared out per frame, less what the idle mesh costs over\n  \
+         the same time.\n\n\
          Raw figures in target/bench/scale.json.\n\n{table}",
         sizes.join(","),
         sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),
@@ -515,6 +524,7 @@ pub fn run_scale(agent: &Path, sizes: &[usize]) -> Result<()> {
 }
 
 const SCALE: &str = "## Scale";
+const BROADCASTS: u32 = crate::scale::BROADCASTS;
 const SIGNALING: &str = "## Signaling";
 const SIGNALING_TEXT: &str = "The same run: 8 hosts on the flat underlay, each with bridge lxcbr0 and one container, every\n\
 agent started at once, meeting through the rendezvous, then in a members-only room of a prosody\n\
