@@ -308,12 +308,8 @@ fn a_host_that_spoke_once_is_answered_in_the_kernel_on_the_first_arp_from_anothe
     let mut hosts = [Host::new(&[IPS[0][0]]), Host::new(&[IPS[1][0]])];
     for (i, h) in hosts.iter_mut().enumerate() {
         h.join_underlay(&underlay, i as u8 + 1);
-        // The counts below are ARP's: the bridge's and the container's own IPv6 start
-        // (duplicate address detection, router solicitations) would send ND RPCs whenever it
-        // happens to come, and links now come up before it is over.
-        h.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-        let off = h.in_container(0, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        assert!(off.status.success(), "{}", String::from_utf8_lossy(&off.stderr));
+        // The counts below are ARP's: links come up before IPv6 has started.
+        h.ipv6_off();
     }
     // h1's container speaks before h0 is there, and only to its own gateway: no ARP of it
     // crosses the overlay.

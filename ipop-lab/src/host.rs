@@ -146,6 +146,23 @@ impl Host {
         self.netns.sysctl(key, value);
     }
 
+    /// No IPv6 in the host namespace and its containers: their own IPv6 start (duplicate
+    /// address detection, router solicitations, MLD reports, for a second or two after an
+    /// interface comes up) crosses the overlay, and a test or benchmark that counts what the
+    /// agents send would count it, whenever it happens to come.
+    pub fn ipv6_off(&self) {
+        self.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        for i in 0..self.containers.len() {
+            let out = self.in_container(i, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            assert!(
+                out.status.success(),
+                "disabling IPv6 in {}: {}",
+                self.containers[i],
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     pub fn pin_dir(&self, name: &str) -> PathBuf {
         self.pin_root.join(name)
     }

@@ -6,6 +6,7 @@ mod nat;
 mod neigh;
 mod scale;
 mod setup;
+mod tail;
 
 use std::{
     process::{Command, ExitCode},
@@ -65,6 +66,10 @@ enum Cmd {
         /// time, failed attempts, idle CPU, RSS and bytes per link.
         #[arg(long, value_delimiter = ',')]
         scale: Vec<usize>,
+        /// Instead: only ping's latency tail, ipop beside tinc and VXLAN, `--runs` rounds of
+        /// 2,000 pings each: per round median, p99 and p99.9, and a histogram.
+        #[arg(long, conflicts_with = "scale")]
+        tail: bool,
     },
 }
 
@@ -141,13 +146,16 @@ fn run(cmd: Cmd) -> Result<()> {
             println!("{}", deb()?.display());
             Ok(())
         }
-        Cmd::Bench { runs, seconds, scale } => {
+        Cmd::Bench { runs, seconds, scale, tail } => {
             setup::all()?;
             setup::bench_packages()?;
             cargo(&["build", "--release", "--package", "ipop-agent"])?;
             let agent = root().join("target/release/ipop-agent");
             if !scale.is_empty() {
                 return bench::run_scale(&agent, &scale);
+            }
+            if tail {
+                return tail::run(&agent, runs.max(1));
             }
             bench::run(
                 &root().join("target/release/ipop-agent"),

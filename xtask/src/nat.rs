@@ -88,7 +88,7 @@ fn one_case(internet: &Underlay, case: &Case, n: u8, agent: &str, opts: &Options
         m[1].push(100.0 * (cpu_seconds(sender)? - a0) / f64::from(opts.seconds));
         m[2].push(100.0 * (cpu_seconds(coturn)? - c0) / f64::from(opts.seconds));
         m[3].push(udp_rcvbuf_errors(&internet.ns)? - d0);
-        m[4].extend(ping_us(&p)?);
+        m[4].extend(ping_us(&p, 200)?);
     }
     let [tcp, agent_cpu, coturn_cpu, drops, rtt] = m;
     Ok(json!({

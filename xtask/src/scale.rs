@@ -73,7 +73,8 @@ impl Mesh {
         let mut hosts: Vec<Host> = (0..n).map(|i| Host::new(&[&container_ip(i)])).collect();
         for (i, h) in hosts.iter().enumerate() {
             h.join_underlay(&underlay, i as u8 + 1);
-            quiet_ipv6(h);
+            // Their router solicitations would cross as multicast, counted as idle bytes.
+            h.ipv6_off();
         }
         let agent = agent.to_str().context("agent path")?;
         let agents = hosts.iter_mut().zip(&nodes).map(|(h, node)| start(h, agent, node, prosody.as_ref())).collect();
@@ -260,22 +261,6 @@ fn broadcast(mesh: &Mesh, pids: &[u32], idle: &Value) -> Result<Value> {
         "broadcast_all_agents_us": per(all1 - all0 - idle_cpu * n * window) * 1e6,
         "broadcast_underlay_bytes": per(bytes1 - bytes0 - idle_bytes * window),
     }))
-}
-
-/// No IPv6 in a host and its container: their router solicitations and MLD reports (sent for
-/// a few seconds after an interface comes up) would cross the overlay as multicast to every
-/// peer and be counted as the idle links' own bytes.
-fn quiet_ipv6(h: &Host) {
-    h.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-    for i in 0..h.containers.len() {
-        let out = h.in_container(i, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        assert!(
-            out.status.success(),
-            "disabling IPv6 in {}: {}",
-            h.containers[i],
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 /// Starts `node`'s agent on `h`: through `prosody` (its account's password is the secret),
