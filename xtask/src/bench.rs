@@ -388,8 +388,9 @@ impl Lab {
         tinc_config(&self.hosts, &self.addrs)
     }
 
-    /// `f` while ipop's agents join the bridges (the rendezvous stays for the next time).
-    pub fn with_ipop<T>(&mut self, agent: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// `f` while ipop's agents join the bridges (the rendezvous stays for the next time), and
+    /// the CPU seconds they spent during it.
+    pub fn with_ipop<T>(&mut self, agent: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
         if !std::mem::replace(&mut self.rendezvous, true) {
             self.underlay.start_rendezvous(SECRET);
         }
@@ -397,8 +398,9 @@ impl Lab {
         self.run(&procs, f)
     }
 
-    /// `f` while tinc (configured in `dirs`) joins the bridges.
-    pub fn with_tinc<T>(&mut self, dirs: &[std::path::PathBuf], f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// `f` while tinc (configured in `dirs`) joins the bridges, and the CPU seconds its daemons
+    /// spent during it.
+    pub fn with_tinc<T>(&mut self, dirs: &[std::path::PathBuf], f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
         let procs = tinc_start(&mut self.hosts, dirs);
         self.run(&procs, f)
     }
@@ -411,9 +413,16 @@ impl Lab {
         out
     }
 
-    /// `f` once the overlay whose daemons are `procs` (one a host) carries a ping; then they stop.
-    fn run<T>(&mut self, procs: &[usize], f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let out = connected(&Path2::containers(&self.hosts, "10.0.3.20")).and_then(|()| f());
+    /// `f` once the overlay whose daemons are `procs` (one a host) carries a ping, with the
+    /// CPU seconds the daemons spent during `f`; then they stop.
+    fn run<T>(&mut self, procs: &[usize], f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        let pids: Vec<u32> = self.hosts.iter_mut().zip(procs).map(|(h, &p)| h.service(p).pid()).collect();
+        let cpu = || pids.iter().map(|&p| cpu_seconds(p)).sum::<Result<f64>>();
+        let out = connected(&Path2::containers(&self.hosts, "10.0.3.20")).and_then(|()| {
+            let before = cpu()?;
+            let out = f()?;
+            Ok((out, cpu()? - before))
+        });
         for (h, &p) in self.hosts.iter_mut().zip(procs) {
             h.stop_service(p);
         }

@@ -27,10 +27,19 @@ pub fn run(agent: &Path, runs: usize) -> Result<()> {
     let mut all: [(&str, Vec<f64>); 3] = [("ipop", vec![]), ("tinc", vec![]), ("vxlan", vec![])];
     for round in 1..=runs {
         eprintln!("bench: tail round {round}/{runs}");
-        let ipop = lab.with_ipop(agent, || bench::ping_us(&path, PINGS))?;
-        let tinc = lab.with_tinc(&tinc, || bench::ping_us(&path, PINGS))?;
+        let pin = lab.hosts[0].pin_dir("lxcbr0");
+        let ((ipop, ipop_path), ipop_cpu) = lab.with_ipop(agent, || {
+            let rtt = bench::ping_us(&path, PINGS)?;
+            Ok((rtt, data_path(agent, &pin)?))
+        })?;
+        let (tinc, tinc_cpu) = lab.with_tinc(&tinc, || bench::ping_us(&path, PINGS))?;
         let vxlan = lab.with_vxlan(|| bench::ping_us(&path, PINGS))?;
-        rounds.push(json!({"ipop": summary(&ipop), "tinc": summary(&tinc), "vxlan": summary(&vxlan)}));
+        let (mut i, mut t) = (summary(&ipop), summary(&tinc));
+        // Both daemons' CPU per round trip (each ping crosses each of them twice).
+        i["cpu_us_per_ping"] = json!(ipop_cpu * 1e6 / PINGS as f64);
+        i["path"] = json!(ipop_path);
+        t["cpu_us_per_ping"] = json!(tinc_cpu * 1e6 / PINGS as f64);
+        rounds.push(json!({"ipop": i, "tinc": t, "vxlan": summary(&vxlan)}));
         for ((_, into), v) in all.iter_mut().zip([ipop, tinc, vxlan]) {
             into.extend(v);
         }
@@ -44,6 +53,13 @@ pub fn run(agent: &Path, runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// The path host 0's link takes, as its agent's status says (`direct`: the data socket).
+fn data_path(agent: &Path, pin: &Path) -> Result<String> {
+    let out = std::process::Command::new(agent).args(["status", "--json", "--pin-dir"]).arg(pin).output()?;
+    let status: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(status["peers"][0]["path"].as_str().unwrap_or("none").to_owned())
+}
+
 /// Median, p99, p99.9 and the largest of round trips (µs).
 pub fn summary(rtt: &[f64]) -> Value {
     let p = |q| percentile(rtt.to_vec(), q);
@@ -54,7 +70,7 @@ pub fn summary(rtt: &[f64]) -> Value {
 /// below tinc's.
 pub fn rounds_table(rounds: &[Value]) -> String {
     let mut t = String::from(
-        "| round | ipop median / p99 / p99.9 (us) | tinc | VXLAN | ipop p99 at or below tinc's |\n|---|---|---|---|---|\n",
+        "| round | ipop median / p99 / p99.9 (us) | tinc | VXLAN | ipop p99 at or below tinc's | ipop's path | daemons' CPU per ping, ipop / tinc (us) |\n|---|---|---|---|---|---|---|\n",
     );
     for (i, r) in rounds.iter().enumerate() {
         let cell = |m: &str| {
@@ -63,12 +79,15 @@ pub fn rounds_table(rounds: &[Value]) -> String {
         };
         let met = r["ipop"]["p99_us"].as_f64().zip(r["tinc"]["p99_us"].as_f64()).is_some_and(|(a, b)| a <= b);
         t += &format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} / {} |\n",
             i + 1,
             cell("ipop"),
             cell("tinc"),
             cell("vxlan"),
-            if met { "yes" } else { "no" }
+            if met { "yes" } else { "no" },
+            r["ipop"]["path"].as_str().unwrap_or("–"),
+            bench::fmt(&r["ipop"]["cpu_us_per_ping"], 0),
+            bench::fmt(&r["tinc"]["cpu_us_per_ping"], 0),
         );
     }
     t
