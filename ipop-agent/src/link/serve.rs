@@ -106,6 +106,7 @@ pub async fn serve(
             cmd = cmds.recv() => s.on_cmd(cmd).await,
             _ = s.tick.tick() => s.on_tick().await,
         };
+        s.retune();
         if let Some(ended) = step? {
             return Ok((ended, s.sealer.is_some()));
         }
@@ -524,6 +525,20 @@ impl<'a> Serve<'a> {
         }
     }
 
+    /// The tick once a session is up: `TICK` while keys are changing (a rekey in flight, new
+    /// keys waiting to be used), else `KEEPALIVE`, so an idle link wakes its task once a second
+    /// (liveness and the data path's checks count in seconds). Ticks stay aligned to the
+    /// process clock, so every idle link of the agent wakes at once.
+    fn retune(&mut self) {
+        if self.sealer.is_none() {
+            return; // the handshake's own tick, set at the start
+        }
+        let period = if self.rekey.sent.is_some() || self.pending.is_some() { TICK } else { KEEPALIVE };
+        if self.tick.period() != period {
+            self.tick = aligned_interval(period);
+        }
+    }
+
     /// Liveness, the data socket path while direct, and keepalives; before the first session,
     /// handshake retries.
     async fn on_tick(&mut self) -> Step {
@@ -588,14 +603,15 @@ impl<'a> Serve<'a> {
     /// we last heard the peer there; on ICE it carries clocks for the round trip (`echo`). The
     /// agent's own sends do not count, since the link task cannot see those.
     async fn keepalive(&mut self, sealer: &Sealer) -> Result<()> {
-        if self.last_keepalive.elapsed() < KEEPALIVE {
+        // Ticks come on the second, give or take the timer's slack: half a tick early is on time.
+        if self.last_keepalive.elapsed() + TICK / 2 < KEEPALIVE {
             return Ok(());
         }
         self.last_keepalive = Instant::now();
         if let Some(to) = self.probe.direct.as_ref().map(|d| d.to) {
             let age = heard_age(self.probe.direct_rx.load(Ordering::Relaxed));
             self.send_direct(Inner::Keepalive, to, &age);
-        } else if self.last_tx.elapsed() >= KEEPALIVE {
+        } else if self.last_tx.elapsed() + TICK / 2 >= KEEPALIVE {
             self.out.clear();
             sealer.seal(Inner::Keepalive, &self.io.echo.payload(clock_us()), &mut self.out)?;
             let _ = self.io.conn.send(&self.out).await;

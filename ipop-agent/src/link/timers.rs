@@ -69,11 +69,13 @@ pub fn clock_us() -> u32 {
     (start().elapsed().as_micros() as u32).max(1)
 }
 
-/// An interval whose ticks fall on multiples of `period` of the process clock, so that every
+/// An interval whose ticks fall on multiples of `period` of the wall clock, so that every
 /// link's ticks land in the same timer slot: an idle agent with many links wakes once a
-/// period, not once a period for each link. Missed ticks are skipped, not bunched.
+/// period, not once a period for each link. And since the peers' clocks agree (NTP, or one
+/// machine), their keepalives leave together too and arrive as one burst, read in one wakeup,
+/// not one wakeup for each peer. Missed ticks are skipped, not bunched.
 pub fn aligned_interval(period: Duration) -> tokio::time::Interval {
-    let into = start().elapsed().as_nanos() % period.as_nanos();
+    let into = now_ns() as u128 % period.as_nanos();
     let next = tokio::time::Instant::now() + (period - Duration::from_nanos(into as u64));
     let mut interval = tokio::time::interval_at(next, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
