@@ -588,8 +588,8 @@ pub fn run_scale(agent: &Path, sizes: &[usize]) -> Result<()> {
          once, twice. The counters are the agents' sums over the round: requests answered in the\n  \
          kernel, ARP RPCs sent to peers.\n\
          - Broadcast: {BROADCASTS} pings to the subnet's broadcast address from the first host's\n  \
-         container, every 2 ms; CPU and bytes shared out per frame, less what the idle mesh costs over\n  \
-         the same time.\n\n\
+         container, every 2 ms (as many as go in 5 s); CPU and bytes shared out per frame sent, less\n  \
+         what the idle mesh costs over the same time.\n\n\
          Raw figures in target/bench/scale.json.\n\n{table}",
         sizes.join(","),
         sh(&["date", "-u", "+%Y-%m-%d"]).unwrap_or_default().trim(),

@@ -31,7 +31,7 @@ use crate::{
         session::{self, Aead, Initiator, Openers, Sealer, Session},
         signal::{Creds, Signal, parse_signal},
         timers::{
-            DEAD_AFTER, DIRECT_QUIET, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PREVIOUS_KEYS, PROBE_EVERY,
+            DEAD_AFTER, DIRECT_QUIET, DOUBT, HANDSHAKE_RETRY, HANDSHAKE_TIMEOUT, KEEPALIVE, PREVIOUS_KEYS, PROBE_EVERY,
             PROBE_FOR, PROBE_PADDING, PROBE_SLOW, REKEY_AFTER_DATAGRAMS, SIZE_CHECK, TICK, aligned_interval, clock_ms,
             clock_us, now_ns,
         },
@@ -526,14 +526,20 @@ impl<'a> Serve<'a> {
     }
 
     /// The tick once a session is up: `TICK` while keys are changing (a rekey in flight, new
-    /// keys waiting to be used), else `KEEPALIVE`, so an idle link wakes its task once a second
-    /// (liveness and the data path's checks count in seconds). Ticks stay aligned to the
-    /// process clock, so every idle link of the agent wakes at once.
+    /// keys waiting to be used) or the path is in doubt (nothing heard, or the peer not hearing
+    /// us on the data socket, for `DOUBT`), else `KEEPALIVE`: an idle, healthy link wakes its
+    /// task once a second. In doubt, the quick tick moves data back to ICE (`DIRECT_QUIET`)
+    /// well before either side declares the link dead (`DEAD_AFTER`). Ticks stay aligned to
+    /// the wall clock, so every idle link of the agent wakes at once.
     fn retune(&mut self) {
         if self.sealer.is_none() {
             return; // the handshake's own tick, set at the start
         }
-        let period = if self.rekey.sent.is_some() || self.pending.is_some() { TICK } else { KEEPALIVE };
+        let age = |at: &AtomicU64| clock_ms().saturating_sub(at.load(Ordering::Relaxed));
+        let heard = age(&self.io.last_rx).min(age(&self.probe.direct_rx));
+        let unheard = self.probe.direct.is_some() && age(&self.probe.confirmed) > DOUBT.as_millis() as u64;
+        let busy = self.rekey.sent.is_some() || self.pending.is_some();
+        let period = if busy || unheard || heard > DOUBT.as_millis() as u64 { TICK } else { KEEPALIVE };
         if self.tick.period() != period {
             self.tick = aligned_interval(period);
         }

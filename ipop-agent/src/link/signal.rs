@@ -32,6 +32,8 @@ pub struct Creds {
     pub data: Option<(u16, u32)>,
     /// The AEAD the sender seals fastest (ChaChaPoly if it does not say).
     pub aead: Aead,
+    /// Whether the sender takes bundles (`"b":1`): an older agent reads only single signals.
+    pub bundles: bool,
 }
 
 pub enum Signal {
@@ -48,7 +50,8 @@ pub fn parse_signal(v: &Value) -> Option<Signal> {
         Some((port, u32::try_from(v.get("ix")?.as_u64()?).ok()?))
     })();
     let aead = v.get("aead").and_then(Value::as_str).and_then(Aead::from_name).unwrap_or(Aead::ChaChaPoly);
-    let creds = || Some(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")?, data, aead });
+    let bundles = v.get("b").and_then(Value::as_u64) == Some(1);
+    let creds = || Some(Creds { session, ufrag: text("ufrag")?, pwd: text("pwd")?, data, aead, bundles });
     match v.get("t")?.as_str()? {
         "offer" => Some(Signal::Offer(creds()?)),
         "answer" => Some(Signal::Answer(creds()?)),
@@ -105,8 +108,10 @@ fn stamp() -> u64 {
 /// Signals go out in bundles: what is pushed within `SIGNAL_BATCH` of the first unsent one
 /// (an offer and the host candidates gathered right after it) is sealed as one envelope, a
 /// JSON array, and a resend is one envelope too. Each envelope costs its sender three X25519
-/// operations and its receiver two; with one envelope a signal, they were most of the CPU a
-/// 64-host mesh took to form (BENCHMARKS.md, Scale).
+/// operations and its receiver two; with one envelope a signal, they were a quarter of the CPU
+/// a 64-host mesh took to form (BENCHMARKS.md, Scale). Only to a peer whose offer or answer
+/// said it takes them (`"b":1`): an older agent would drop a bundle unread, so until the
+/// controlling side has the answer, its signals go one an envelope.
 pub struct Sent {
     outbox: Outbox,
     signals: Vec<Value>,
@@ -114,11 +119,18 @@ pub struct Sent {
     flushed: usize,
     /// When the unsent ones go.
     due: Instant,
+    /// Whether the peer takes bundles.
+    bundles: bool,
 }
 
 impl Sent {
-    pub fn new(outbox: Outbox) -> Self {
-        Sent { outbox, signals: Vec::new(), flushed: 0, due: Instant::now() }
+    pub fn new(outbox: Outbox, bundles: bool) -> Self {
+        Sent { outbox, signals: Vec::new(), flushed: 0, due: Instant::now(), bundles }
+    }
+
+    /// The peer's answer said whether it takes bundles.
+    pub fn set_bundles(&mut self, bundles: bool) {
+        self.bundles = bundles;
     }
 
     /// Keeps `v`, to go with the bundle due `SIGNAL_BATCH` after the first unsent signal.
@@ -139,21 +151,25 @@ impl Sent {
         self.due
     }
 
-    /// Sends the signals not sent yet, as one envelope.
+    /// Sends the signals not sent yet.
     pub fn flush(&mut self) {
-        if self.pending() {
-            self.outbox.send(&bundle(&self.signals[self.flushed..]));
-            self.flushed = self.signals.len();
+        for e in envelopes(&self.signals[self.flushed..], self.bundles) {
+            self.outbox.send(&e);
         }
+        self.flushed = self.signals.len();
     }
 
-    /// Sends everything again, in the same order, as one envelope.
+    /// Sends everything again, in the same order.
     pub fn again(&mut self) {
-        if !self.signals.is_empty() {
-            self.outbox.send(&bundle(&self.signals));
-            self.flushed = self.signals.len();
-        }
+        self.flushed = 0;
+        self.flush();
     }
+}
+
+/// What `signals` go out as: bundles of at most `MAX_BUNDLE` to a peer that takes them, else
+/// one envelope each.
+fn envelopes(signals: &[Value], bundles: bool) -> Vec<Value> {
+    if bundles { signals.chunks(MAX_BUNDLE).map(bundle).collect() } else { signals.to_vec() }
 }
 
 /// One signal as itself, more as an array.
@@ -174,7 +190,7 @@ pub fn unbundle(v: Value) -> Vec<Value> {
     }
 }
 
-/// More than an attempt ever bundles: an offer and every candidate of every interface.
+/// The longest bundle sent and read (longer runs of signals go as several).
 const MAX_BUNDLE: usize = 64;
 
 #[cfg(test)]
@@ -192,6 +208,20 @@ mod tests {
         assert!(both.is_array());
         assert_eq!(unbundle(both), vec![offer.clone(), cand]);
         assert_eq!(unbundle(offer.clone()), vec![offer], "an older peer's single signal");
+    }
+
+    #[test]
+    fn bundles_go_only_to_a_peer_that_takes_them_and_never_longer_than_it_reads() {
+        let cands: Vec<Value> = (0..MAX_BUNDLE + 6).map(|i| json!({"t": "cand", "s": 7, "c": i})).collect();
+        assert_eq!(envelopes(&cands, false), cands, "an older peer: one envelope a signal");
+        let sent = envelopes(&cands, true);
+        assert_eq!(sent.len(), 2);
+        let back: Vec<Value> = sent.into_iter().flat_map(unbundle).collect();
+        assert_eq!(back, cands, "all of them, in order, none dropped as too long");
+        let offer = json!({"t": "offer", "s": 7, "ufrag": "u", "pwd": "p", "b": 1});
+        assert!(matches!(parse_signal(&offer), Some(Signal::Offer(c)) if c.bundles));
+        let old = json!({"t": "offer", "s": 7, "ufrag": "u", "pwd": "p"});
+        assert!(matches!(parse_signal(&old), Some(Signal::Offer(c)) if !c.bundles));
     }
 
     #[test]

@@ -138,7 +138,8 @@ fn credentials(p: &LinkParams, ufrag: String, pwd: String, offer: Option<&Creds>
         }
     };
     let kind = if p.controlling { "offer" } else { "answer" };
-    let mut creds = json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd, "aead": p.shared.aead.name()});
+    let mut creds =
+        json!({"t": kind, "s": session_id, "ufrag": ufrag, "pwd": pwd, "aead": p.shared.aead.name(), "b": 1});
     let my_index = random_u32()?;
     if let Some(d) = &p.shared.data {
         creds["dp"] = d.underlay.port().into();
@@ -156,7 +157,7 @@ async fn connect_and_serve(
 ) -> Result<(Ended, bool)> {
     let (ufrag, pwd) = agent.get_local_user_credentials().await;
     let (session_id, my_index, creds) = credentials(p, ufrag, pwd, offer.as_ref())?;
-    let mut sent = Sent::new(Outbox::new(p));
+    let mut sent = Sent::new(Outbox::new(p), offer.as_ref().is_some_and(|o| o.bundles));
     sent.push(creds);
     let (conn, remote, seen) = match connect(p, cmds, agent, offer, session_id, sent).await? {
         Connected::Yes(conn, remote, seen) => (conn, remote, seen),
@@ -263,7 +264,10 @@ async fn connect(
                 None => { let _ = cancel_tx.try_send(()); return Ok(Connected::No(Ended::Closed)) }
                 Some(LinkCmd::Send(..)) => {}
                 Some(LinkCmd::Signal(v)) => match heard(p.controlling, &v, session_id, remote.is_some()) {
-                    Heard::Answer(a) => remote = Some(a),
+                    Heard::Answer(a) => {
+                        sent.set_bundles(a.bundles);
+                        remote = Some(a);
+                    }
                     Heard::NewOffer(o) => {
                         let _ = cancel_tx.try_send(());
                         return Ok(Connected::No(Ended::NewOffer(o)));

@@ -15,6 +15,10 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// ...and declares the peer dead when it has received nothing for this long.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// A quiet link ticks once a second (`KEEPALIVE`), and quickly again (`TICK`) after this long
+/// without a datagram or without the peer hearing us on the data socket: two keepalives
+/// missed, well before `DIRECT_QUIET` and `DEAD_AFTER`.
+pub const DOUBT: Duration = Duration::from_millis(2500);
 /// ICE's own consent checks on the selected pair (a STUN request each way): they hold the ICE
 /// path's NAT mappings while data and keepalives take the data socket.
 pub const ICE_CONSENT: Duration = Duration::from_secs(15);
@@ -25,7 +29,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// answer, doubling up to `RESEND_MAX`: a signal the service dropped costs a second or two.
 pub const RESEND_MIN: Duration = Duration::from_millis(500);
 pub const RESEND_MAX: Duration = Duration::from_secs(4);
-/// Signals pushed within this long of each other go as one sealed envelope (`signal::Sent`).
+/// Signals pushed within this long of the first one unsent go as one sealed envelope, to a
+/// peer that takes bundles (`signal::Sent`).
 pub const SIGNAL_BATCH: Duration = Duration::from_millis(20);
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(500);
 /// Each link renews its session keys this often (WireGuard: 2 minutes; `--rekey-after-secs`
@@ -59,9 +64,10 @@ fn start() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-/// Milliseconds since the process's first call: a clock the readers and the link share.
+/// Milliseconds since the process's first call, from 1: a clock the readers and the link
+/// share, whose 0 stands for "never" in the atomics that keep its readings.
 pub fn clock_ms() -> u64 {
-    start().elapsed().as_millis() as u64
+    start().elapsed().as_millis() as u64 + 1
 }
 
 /// Microseconds of the same clock, wrapping at 32 bits and never 0 (`link::echo`'s clock).
