@@ -244,8 +244,8 @@ async fn handle(state: Arc<Overlay>, stream: TcpStream, peer: SocketAddr, conn: 
         warn!(%peer, "too many connections waiting to join: closing");
         return Ok(());
     };
-    // Signals are small lines that others wait on: Nagle would hold each behind the ACK of
-    // the one before (a delayed ACK: tens of ms a signal, seconds for a mesh).
+    // Signals are small lines that others wait on: each goes at once, not held by Nagle
+    // behind the ACK of the one before (the agents' side does the same).
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
     let (mut r, mut w) = tokio::time::timeout(JOIN_TIMEOUT, channel::accept(r, w, MAX_LINE))
