@@ -525,8 +525,8 @@ impl<'a> Serve<'a> {
         }
     }
 
-    /// The tick once a session is up: `TICK` while keys are changing (a rekey in flight, new
-    /// keys waiting to be used) or the path is in doubt (nothing heard, or the peer not hearing
+    /// The tick once a session is up: `TICK` while keys are changing (a rekey due or in
+    /// flight, new keys waiting to be used) or the path is in doubt (nothing heard, or the peer not hearing
     /// us on the data socket, for `DOUBT`), else `KEEPALIVE`: an idle, healthy link wakes its
     /// task once a second. In doubt, the quick tick moves data back to ICE (`DIRECT_QUIET`)
     /// well before either side declares the link dead (`DEAD_AFTER`). Ticks stay aligned to
@@ -538,7 +538,9 @@ impl<'a> Serve<'a> {
         let age = |at: &AtomicU64| clock_ms().saturating_sub(at.load(Ordering::Relaxed));
         let heard = age(&self.io.last_rx).min(age(&self.probe.direct_rx));
         let unheard = self.probe.direct.is_some() && age(&self.probe.confirmed) > DOUBT.as_millis() as u64;
-        let busy = self.rekey.sent.is_some() || self.pending.is_some();
+        // A rekey due within the next quiet tick starts on time, not up to a second late.
+        let rekey_due = self.p.controlling && self.rekey.session_at.elapsed() + KEEPALIVE >= self.p.shared.rekey_after;
+        let busy = rekey_due || self.rekey.sent.is_some() || self.pending.is_some();
         let period = if busy || unheard || heard > DOUBT.as_millis() as u64 { TICK } else { KEEPALIVE };
         if self.tick.period() != period {
             self.tick = aligned_interval(period);
