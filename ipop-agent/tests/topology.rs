@@ -112,11 +112,12 @@ async fn page_checks(
             && count(c, "svg text.rtt").await == 3
     })
     .await?;
+    // A container comes with its host's next summary (sent at the host's next tick once it
+    // learned the container), which may follow the links' by a tick.
     for (i, ip) in IPS.iter().enumerate() {
         let host = format!("svg g.node[data-node=h{i}] text.host[data-ip=\"{ip}\"]");
-        if count(&c, &host).await != 1 {
-            return Err(format!("h{i}'s container {ip} is not drawn under it"));
-        }
+        let drawn = format!("h{i}'s container {ip} drawn under it");
+        until(&c, Duration::from_secs(10), &drawn, async |c| count(c, &host).await == 1).await?;
     }
     let title = c.find(Locator::Id("title")).await.map_err(|e| e.to_string())?.text().await.unwrap_or_default();
     if !title.contains("seen from h0") {
