@@ -304,14 +304,22 @@ fn tap_frames(
     mut guard: tokio::io::unix::AsyncFdReadyGuard<'_, Tap>,
     frame: &mut [u8],
 ) -> io::Result<()> {
+    let mut read = Ok(());
     for _ in 0..TAP_BATCH {
         match guard.try_io(|t| t.get_ref().recv(frame)) {
             Ok(Ok(n)) => shell.frame_from_bridge(&frame[..n]),
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => {
+                read = Err(e);
+                break;
+            }
             Err(_would_block) => break,
         }
     }
-    Ok(())
+    // The batch's frames for the data socket leave now, a peer's in one send.
+    if let Some(p) = shell.peers.as_mut() {
+        p.flush_frames();
+    }
+    read
 }
 
 /// Logs how the agent stops and removes the datapath (programs, pins) last.

@@ -15,7 +15,7 @@ use crate::{
         envelope,
         event::LinkCmd,
         params::{LinkParams, LinkShared},
-        send::DataTx,
+        send::{DataTx, Run, RunSent},
         signal::unbundle,
         task,
     },
@@ -79,6 +79,8 @@ pub struct Peers {
     /// and when that was last said (monotonic ns).
     signaling_ignored: (u64, u64),
     scratch: Vec<u8>,
+    /// Frames for the data socket, waiting to leave in one send (`send::Run`).
+    run: Run,
 }
 
 impl Peers {
@@ -93,6 +95,7 @@ impl Peers {
             signaling_down: Some("not joined yet".into()),
             signaling_ignored: (0, 0),
             scratch: Vec::with_capacity(crate::core::wire::MAX_DATAGRAM),
+            run: Run::default(),
         }
     }
 
@@ -339,35 +342,57 @@ impl Peers {
 
     /// Sends to one peer (if its link is up).
     pub fn send(&mut self, id: PeerId, inner: Inner, payload: impl Into<Bytes>) {
+        self.flush_frames();
         let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get(node)) else { return };
         if p.id == id && p.up && !deliver(p, inner, payload.into(), &mut self.scratch) {
             self.queue_drops += 1;
         }
     }
 
-    /// Sends a whole frame (virtio header and frame) to one peer, as chunks.
+    /// Sends a whole frame (virtio header and frame) to one peer, as chunks: on the data
+    /// socket path onto the run (`flush_frames` sends it), else at once.
     pub fn send_frame(&mut self, id: PeerId, frame_id: u32, whole: &[u8]) {
         let Some(p) = self.names.get(&id).and_then(|node| self.by_node.get_mut(node)) else { return };
-        if p.id == id && p.up {
-            if deliver_frame(p, frame_id, whole, &mut self.scratch) {
-                p.traffic.sent(whole.len());
-            } else {
-                self.queue_drops += 1;
+        if p.id != id || !p.up {
+            return;
+        }
+        let sent = match p.data.as_ref().and_then(|tx| Some((&tx.sealer, tx.direct.as_ref()?))) {
+            Some((sealer, direct)) => self.run.push(sealer, direct, id, frame_id, whole),
+            None if deliver_chunks(p, frame_id, whole, &mut self.scratch) => {
+                Some(RunSent { peer: id, frames: 1, bytes: whole.len() as u64, ok: true })
             }
+            None => Some(RunSent { peer: id, frames: 1, bytes: 0, ok: false }),
+        };
+        if let Some(sent) = sent {
+            self.count(sent);
         }
     }
 
     /// Sends a whole frame to every peer whose link is up.
     pub fn broadcast_frame(&mut self, frame_id: u32, whole: &[u8]) {
-        let mut drops = 0;
-        for p in self.by_node.values_mut().filter(|p| p.up) {
-            if deliver_frame(p, frame_id, whole, &mut self.scratch) {
-                p.traffic.sent(whole.len());
-            } else {
-                drops += 1;
-            }
+        let ids: Vec<PeerId> = self.by_node.values().filter(|p| p.up).map(|p| p.id).collect();
+        for id in ids {
+            self.send_frame(id, frame_id, whole);
         }
-        self.queue_drops += drops;
+    }
+
+    /// Sends the frames waiting on the run (the TAP has no more for now).
+    pub fn flush_frames(&mut self) {
+        if let Some(sent) = self.run.send() {
+            self.count(sent);
+        }
+    }
+
+    /// Counts frames sent to a peer, or lost to a full socket or queue.
+    fn count(&mut self, sent: RunSent) {
+        if !sent.ok {
+            self.queue_drops += sent.frames;
+        } else if let Some(p) = self.names.get(&sent.peer).and_then(|node| self.by_node.get_mut(node))
+            && p.id == sent.peer
+        {
+            p.traffic.tx_frames += sent.frames;
+            p.traffic.tx_bytes += sent.bytes;
+        }
     }
 
     /// Counts a whole frame (its `len` bytes, virtio header included) that came from `id`.
@@ -382,6 +407,7 @@ impl Peers {
 
     /// Sends to every peer whose link is up.
     pub fn broadcast(&mut self, inner: Inner, payload: &[u8]) {
+        self.flush_frames();
         let payload = Bytes::copy_from_slice(payload);
         let mut drops = 0;
         for p in self.by_node.values().filter(|p| p.up) {
@@ -390,13 +416,6 @@ impl Peers {
             }
         }
         self.queue_drops += drops;
-    }
-}
-
-impl Traffic {
-    fn sent(&mut self, len: usize) {
-        self.tx_frames += 1;
-        self.tx_bytes += len as u64;
     }
 }
 
@@ -445,12 +464,8 @@ fn peer_status(node: &str, p: &Peer, signaling_down: Option<&str>) -> serde_json
     })
 }
 
-/// Sends a frame on the data socket in one go, or else chunk by chunk (`deliver`); false if
-/// any of it could not go.
-fn deliver_frame(p: &Peer, frame_id: u32, whole: &[u8], scratch: &mut Vec<u8>) -> bool {
-    if let Some(sent) = p.data.as_ref().and_then(|d| d.send_frame(frame_id, whole, scratch)) {
-        return sent;
-    }
+/// Sends a frame chunk by chunk (`deliver`: the ICE path); false if any of it could not go.
+fn deliver_chunks(p: &Peer, frame_id: u32, whole: &[u8], scratch: &mut Vec<u8>) -> bool {
     // A chunk that cannot go loses its frame: the rest need not follow.
     crate::core::chunk::split(frame_id, whole).all(|c| deliver(p, Inner::Ethernet, c, scratch))
 }

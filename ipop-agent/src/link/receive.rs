@@ -183,7 +183,10 @@ mod tests {
     use super::*;
     use crate::{
         core::{chunk, wire::Datagram},
-        link::session::{self, Identity, Sealer, Session},
+        link::{
+            send::{Direct, Run, RunSent},
+            session::{self, Identity, Sealer, Session},
+        },
     };
 
     fn sessions() -> (Session, Session) {
@@ -199,7 +202,7 @@ mod tests {
         Arc::new(Underlay::bind_to("127.0.0.1:0".parse().unwrap()).unwrap())
     }
 
-    /// A whole frame sealed chunk by chunk, end to end, as `DataTx::send_frame` does.
+    /// A whole frame sealed chunk by chunk, end to end, as `send::Run` does.
     fn sealed_frame(sealer: &Sealer, index: u32, whole: &[u8]) -> (Vec<u8>, usize) {
         let mut out = Vec::new();
         let mut segment = 0;
@@ -276,5 +279,77 @@ mod tests {
         assert!(before > 0 && at >= before && at <= clock_ms(), "confirmed {at}, sent at {before}");
         drop(reg_tx);
         reader.await.unwrap();
+    }
+
+    /// A burst of small frames for one peer leaves in one GSO send (the receiver's GRO hands
+    /// it over as one run of equal datagrams) and arrives whole and in order; a frame of
+    /// another size sends the run first.
+    #[tokio::test]
+    async fn a_burst_of_small_frames_leaves_in_one_send_in_order() {
+        let (a, b) = sessions();
+        let ((sealer, _), (_, opener)) = (a.split(), b.split());
+        let (tx, rx) = (loopback(), loopback());
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, rx.port()));
+        let direct = Direct { underlay: tx.clone(), to, index: 77, carried: Default::default() };
+        let frames: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
+        let mut run = Run::default();
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(run.push(&sealer, &direct, 3, i as u32, f), None, "frame {i} joins the run");
+        }
+        let big = vec![0xee; 300];
+        let first = run.push(&sealer, &direct, 3, 10, &big);
+        assert_eq!(first, Some(RunSent { peer: 3, frames: 10, bytes: 1000, ok: true }), "the ten go first");
+        let whole: Vec<u8> = (0..chunk::MAX_WHOLE).map(|i| (i % 251) as u8).collect();
+        let second = run.push(&sealer, &direct, 3, 11, &whole);
+        assert_eq!(
+            second,
+            Some(RunSent { peer: 3, frames: 1, bytes: 300, ok: true }),
+            "a super-frame's chunks are larger"
+        );
+        assert_eq!(run.send().map(|s| (s.frames, s.ok)), Some((1, true)));
+        assert_eq!(run.send(), None, "nothing is left");
+
+        let (probes, _) = mpsc::unbounded_channel();
+        let opener = Arc::new(Mutex::new(Openers::new(opener)));
+        let receiver = Receiver {
+            peer: 3,
+            opener,
+            last_rx: Default::default(),
+            confirmed: Default::default(),
+            probes,
+            keepalive_from: None,
+        };
+        let mut receivers = HashMap::from([(77, (receiver, Reassembly::default()))]);
+        let (mut plain, mut out, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut bufs: [Vec<u8>; RUNS] = std::array::from_fn(|_| vec![0u8; RUN]);
+        while out.len() < 12 {
+            tokio::time::timeout(Duration::from_secs(5), rx.readable()).await.unwrap().unwrap();
+            let mut meta = [RecvMeta::default(); RUNS];
+            let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
+            let Ok(n) = rx.try_recv(&mut slices, &mut meta) else { continue };
+            for (buf, m) in bufs.iter().zip(&meta).take(n) {
+                runs.push(m.len.div_ceil(m.stride.max(1)));
+                for dg in buf[..m.len].chunks(m.stride.max(1)) {
+                    assert!(open_one(dg, m.addr, &mut receivers, &mut plain, &mut out));
+                }
+            }
+        }
+        let chunks = chunk::MAX_WHOLE.div_ceil(chunk::DIRECT_DATA);
+        assert_eq!(runs[..2], [10, 1], "the ten small frames arrive as one run");
+        assert_eq!(
+            runs[2..].iter().sum::<usize>(),
+            chunks,
+            "then the super-frame's chunks (GSO sends of 64 KiB at most)"
+        );
+        let got: Vec<Vec<u8>> = out
+            .into_iter()
+            .map(|ev| match ev {
+                LinkEvent::Received(3, Inner::Ethernet, whole) => whole,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(got[..10], frames[..], "whole and in order");
+        assert_eq!(got[10], big);
+        assert!(got[11] == whole, "the super-frame whole");
     }
 }

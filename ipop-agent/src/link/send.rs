@@ -12,7 +12,11 @@ use std::{
 use webrtc_util::Conn;
 
 use crate::{
-    core::{chunk, wire::Inner},
+    core::{
+        chunk,
+        switch::PeerId,
+        wire::{self, Inner},
+    },
     link::{echo::EchoClock, session::Sealer, underlay::Underlay},
 };
 
@@ -128,23 +132,83 @@ impl DataTx {
         }
         matches!(self.conn.send(scratch).now_or_never(), Some(Ok(_)))
     }
+}
 
-    /// Sends a whole frame (virtio header and frame) on the data socket, cut into chunks
-    /// sealed end to end and handed to the kernel in one GSO send; `None` without a data
-    /// path (the caller chunks it for the ICE path), else whether the socket took it.
-    pub fn send_frame(&self, id: u32, whole: &[u8], scratch: &mut Vec<u8>) -> Option<bool> {
-        let d = self.direct.as_ref()?;
-        scratch.clear();
-        let mut segment = 0;
-        for (header, data) in chunk::pieces(id, whole, chunk::DIRECT_DATA) {
-            if self.sealer.seal_indexed(d.index, Inner::Ethernet, &[&header, data], scratch).is_err() {
-                return Some(true); // cannot happen for a whole the TAP gave: nothing to retry
-            }
-            if segment == 0 {
-                segment = scratch.len();
-            }
+/// The most bytes a run holds before a frame that would overflow it sends it first.
+const RUN_MAX: usize = 64 * 1024;
+
+/// Frames for one peer's data socket path, cut into chunks and sealed end to end while the
+/// TAP still has frames queued, to leave in one GSO send when it has none: a burst of small
+/// frames costs one `sendmsg` instead of one each (wireguard-go batches its TUN reads so).
+/// A GSO send's datagrams are all one size but the last, so a frame joins the run only if
+/// its datagrams keep that shape; else the run goes first. Nothing waits longer than the
+/// TAP read that finds the queue empty.
+#[derive(Default)]
+pub struct Run {
+    peer: PeerId,
+    to: Option<(Arc<Underlay>, SocketAddr)>,
+    buf: Vec<u8>,
+    /// The size of every datagram in the run but maybe the last.
+    segment: usize,
+    /// The last datagram is `segment` long, so one more of that size may follow.
+    open: bool,
+    frames: u64,
+    bytes: u64,
+}
+
+/// What sending a run did: whose frames, how many and their bytes, and whether the socket
+/// took them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSent {
+    pub peer: PeerId,
+    pub frames: u64,
+    pub bytes: u64,
+    pub ok: bool,
+}
+
+impl Run {
+    /// Seals a whole frame (virtio header and frame) for `peer`'s data socket path `d` onto
+    /// the run. If the frame cannot leave in the same send as the run (another peer, another
+    /// size), the run is sent first, and what that did is returned.
+    pub(crate) fn push(&mut self, sealer: &Sealer, d: &Direct, peer: PeerId, id: u32, whole: &[u8]) -> Option<RunSent> {
+        let first = whole.len().min(chunk::DIRECT_DATA) + chunk::HEADER + wire::OVERHEAD + wire::INDEX_LEN;
+        let same_path =
+            self.peer == peer && self.to.as_ref().is_some_and(|(u, to)| Arc::ptr_eq(u, &d.underlay) && *to == d.to);
+        let joins = same_path && self.open && first == self.segment && self.buf.len() + whole.len() <= RUN_MAX;
+        let sent = if joins { None } else { self.send() };
+        if self.buf.is_empty() {
+            (self.peer, self.to, self.segment) = (peer, Some((d.underlay.clone(), d.to)), first);
         }
+        let start = self.buf.len();
+        let mut last = 0;
+        for (header, data) in chunk::pieces(id, whole, chunk::DIRECT_DATA) {
+            let before = self.buf.len();
+            if sealer.seal_indexed(d.index, Inner::Ethernet, &[&header, data], &mut self.buf).is_err() {
+                self.buf.truncate(start); // cannot happen for a whole the TAP gave
+                return sent;
+            }
+            last = self.buf.len() - before;
+            debug_assert!(before > start || last == first, "the first datagram's size is foreseen");
+        }
+        self.open = last == self.segment;
+        self.frames += 1;
+        self.bytes += whole.len() as u64;
         d.carried.store(true, Ordering::Relaxed);
-        Some(d.underlay.send(d.to, scratch, segment).is_ok())
+        sent
+    }
+
+    /// Hands the run to the kernel (in as few `sendmsg` as GSO allows), if it holds any.
+    /// Never waits: a socket that does not take it at once loses the whole run (counted by
+    /// the caller, like a full queue anywhere else).
+    pub fn send(&mut self) -> Option<RunSent> {
+        let (underlay, to) = self.to.take()?;
+        if self.buf.is_empty() {
+            return None;
+        }
+        let ok = underlay.send(to, &self.buf, self.segment).is_ok();
+        self.buf.clear();
+        self.open = false;
+        let (frames, bytes) = (std::mem::take(&mut self.frames), std::mem::take(&mut self.bytes));
+        Some(RunSent { peer: self.peer, frames, bytes, ok })
     }
 }
