@@ -50,6 +50,8 @@ const TICK: Duration = Duration::from_secs(2);
 const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// Frames read from the TAP per wake-up before other work gets a turn.
 const TAP_BATCH: usize = 64;
+/// Link events (mostly frames from peers) taken per wake-up before other work gets a turn.
+const LINK_BATCH: usize = 64;
 
 /// How late the kernel may wake this thread for a timer. Every link's ICE agent wakes on its
 /// own 200 ms timer (webrtc-ice's floor, whatever its keepalive): with this slack the kernel
@@ -190,7 +192,7 @@ async fn serve(
                     break Err(e).context("reading the TAP (was it deleted?)");
                 }
             }
-            Some(ev) = link_rx.recv(), if shell.peers.is_some() => shell.link_event(ev),
+            Some(ev) = link_rx.recv(), if shell.peers.is_some() => link_events(&mut shell, ev, &mut link_rx),
             ev = async { signals.as_mut().unwrap().recv().await }, if signals.is_some() => match ev {
                 Some(SignalEvent::Refused(reason)) => break Err(anyhow!("{reason}")),
                 Some(ev) => shell.signal_event(ev),
@@ -320,6 +322,18 @@ fn tap_frames(
         p.flush_frames();
     }
     read
+}
+
+/// `first` and what else the links have queued, up to `LINK_BATCH`: the reader hands over
+/// a GRO run's frames at once, and each turn of the loop costs a poll of every branch.
+fn link_events(shell: &mut Shell, first: LinkEvent, rx: &mut mpsc::Receiver<LinkEvent>) {
+    shell.link_event(first);
+    for _ in 1..LINK_BATCH {
+        match rx.try_recv() {
+            Ok(ev) => shell.link_event(ev),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Logs how the agent stops and removes the datapath (programs, pins) last.
