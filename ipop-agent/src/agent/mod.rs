@@ -38,7 +38,7 @@ use crate::{
         tables::Neighbours,
         tap::Tap,
     },
-    link::event::LinkEvent,
+    link::{event::LinkEvent, receive::Reader},
     ops::{lock, notify},
     signaling::SignalEvent,
 };
@@ -158,7 +158,11 @@ async fn serve(
     let mut tables = datapath.take_tables()?;
     let removals = restore_orphans(&mut tables, &mut switch, cfg);
     let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(8192);
-    let (peers, mut signals) = setup::overlay(cfg, joining, link_tx)?;
+    let overlay = setup::overlay(cfg, joining, link_tx)?;
+    let (peers, mut signals, mut reader) = match overlay {
+        Some(o) => (Some(o.peers), Some(o.signals), o.reader),
+        None => (None, None, None),
+    };
     let tap = Arc::new(watch(tap)?);
     let mut shell = Shell::new(switch, tables, tap.clone(), peers);
     shell.apply(removals);
@@ -193,6 +197,9 @@ async fn serve(
                 }
             }
             Some(ev) = link_rx.recv(), if shell.peers.is_some() => link_events(&mut shell, ev, &mut link_rx),
+            ok = async { reader.as_mut().unwrap().readable().await }, if reader.is_some() => {
+                data_socket(&mut shell, &mut reader, ok);
+            }
             ev = async { signals.as_mut().unwrap().recv().await }, if signals.is_some() => match ev {
                 Some(SignalEvent::Refused(reason)) => break Err(anyhow!("{reason}")),
                 Some(ev) => shell.signal_event(ev),
@@ -322,6 +329,18 @@ fn tap_frames(
         p.flush_frames();
     }
     read
+}
+
+/// What the data socket brought, into the switch; `readable` false: it failed, and is no
+/// longer read.
+fn data_socket(shell: &mut Shell, reader: &mut Option<Reader>, readable: bool) {
+    match reader.as_mut() {
+        Some(r) if readable => r.read().for_each(|ev| shell.link_event(ev)),
+        _ => {
+            warn!("the data socket cannot be read any more: links fall back to their ICE paths");
+            *reader = None;
+        }
+    }
 }
 
 /// `first` and what else the links have queued, up to `LINK_BATCH`: the reader hands over

@@ -29,7 +29,7 @@ use crate::{
         ice::IceConfig,
         params::{DataSocket, IceServers, LinkShared},
         peers::{LinkTemplate, Peers},
-        receive,
+        receive::Reader,
         session::{self, Identity},
         underlay::Underlay,
     },
@@ -216,26 +216,29 @@ impl RevocationFile {
     }
 }
 
+/// What joining the overlay makes: the peers, signaling's events, the data socket's reader.
+pub struct Overlay {
+    pub peers: Peers,
+    pub signals: mpsc::Receiver<SignalEvent>,
+    pub reader: Option<Reader>,
+}
+
 /// Joins the overlay, if there is one: signaling, the data socket and its reader, the peers.
-pub fn overlay(
-    cfg: &AgentConfig,
-    joining: Option<Joining>,
-    links: mpsc::Sender<LinkEvent>,
-) -> Result<(Option<Peers>, Option<mpsc::Receiver<SignalEvent>>)> {
+pub fn overlay(cfg: &AgentConfig, joining: Option<Joining>, links: mpsc::Sender<LinkEvent>) -> Result<Option<Overlay>> {
     let (Some(o), Some(Joining { key, backend, psk, certified, ice })) = (&cfg.overlay, joining) else {
-        return Ok((None, None));
+        return Ok(None);
     };
     let identity = Identity::from_key(&key);
     let service = backend.name();
     let (signaling, signals) = backend.connect();
-    let data = match cfg.data_port {
-        None => None,
+    let (data, reader) = match cfg.data_port {
+        None => (None, None),
         Some(port) => {
             let underlay = Arc::new(Underlay::bind(port)?);
             let (registrations, registered) = mpsc::unbounded_channel();
-            tokio::spawn(receive::read(underlay.clone(), registered, links.clone()));
+            let reader = Reader::new(underlay.clone(), registered);
             info!(port = underlay.port(), "data socket bound");
-            Some(DataSocket { underlay, registrations })
+            (Some(DataSocket { underlay, registrations }), Some(reader))
         }
     };
     let shared = LinkShared {
@@ -251,7 +254,7 @@ pub fn overlay(
         rekey_after: cfg.rekey_after,
     };
     info!(node_id = %o.node_id, overlay = %o.overlay, signaling = %service, "joining the overlay");
-    Ok((Some(Peers::new(LinkTemplate { shared, certified })), Some(signals)))
+    Ok(Some(Overlay { peers: Peers::new(LinkTemplate { shared, certified }), signals, reader }))
 }
 
 /// The ways to ask the agent: its control socket and, if configured, its metrics endpoint

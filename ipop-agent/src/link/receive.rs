@@ -81,52 +81,68 @@ pub enum Registration {
     Remove(u32),
 }
 
-/// Reads the data socket until the agent drops `registrations`' sender: opens each datagram
-/// with its receiver's session, puts frames back together and hands them to the agent.
-pub async fn read(
+/// The data socket's reader, driven by the agent's loop (a frame reaches the TAP without a
+/// hop between tasks): opens each datagram with its receiver's session and puts frames back
+/// together.
+pub struct Reader {
     underlay: Arc<Underlay>,
-    mut registrations: mpsc::UnboundedReceiver<Registration>,
-    events: mpsc::Sender<LinkEvent>,
-) {
-    let mut receivers: HashMap<u32, (Receiver, Reassembly)> = HashMap::new();
-    let mut bufs: [Vec<u8>; RUNS] = std::array::from_fn(|_| vec![0u8; RUN]);
-    let mut meta = [RecvMeta::default(); RUNS];
-    let mut plain = Vec::with_capacity(RUN);
-    let mut out = Vec::new();
-    loop {
-        let n = tokio::select! {
-            r = registrations.recv() => {
-                match r {
-                    Some(Registration::Add(index, rx)) => { receivers.insert(index, (rx, Reassembly::default())); }
-                    Some(Registration::Remove(index)) => { receivers.remove(&index); }
-                    None => return,
-                }
-                continue;
+    registrations: mpsc::UnboundedReceiver<Registration>,
+    receivers: HashMap<u32, (Receiver, Reassembly)>,
+    bufs: [Vec<u8>; RUNS],
+    plain: Vec<u8>,
+    out: Vec<LinkEvent>,
+}
+
+impl Reader {
+    pub fn new(underlay: Arc<Underlay>, registrations: mpsc::UnboundedReceiver<Registration>) -> Self {
+        Reader {
+            underlay,
+            registrations,
+            receivers: HashMap::new(),
+            bufs: std::array::from_fn(|_| vec![0u8; RUN]),
+            plain: Vec::with_capacity(RUN),
+            out: Vec::new(),
+        }
+    }
+
+    /// Waits until the socket may have datagrams, taking links' registrations meanwhile;
+    /// false once the links' side is gone (the agent is stopping) or the socket failed.
+    pub async fn readable(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                r = self.registrations.recv() => match r {
+                    Some(Registration::Add(index, rx)) => { self.receivers.insert(index, (rx, Reassembly::default())); }
+                    Some(Registration::Remove(index)) => { self.receivers.remove(&index); }
+                    None => return false,
+                },
+                r = self.underlay.readable() => return r.is_ok(),
             }
-            r = underlay.readable() => {
-                if r.is_err() { return }
-                // On the stack: no allocation per read.
-                let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
-                match underlay.try_recv(&mut slices, &mut meta) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => { debug!("data socket: {e}"); continue }
-                }
+        }
+    }
+
+    /// What one `recvmmsg` brought, opened: frames, RPCs and refusals for the agent, in the
+    /// order they came (probes and keepalives went to their links).
+    pub fn read(&mut self) -> std::vec::Drain<'_, LinkEvent> {
+        let mut meta = [RecvMeta::default(); RUNS];
+        // On the stack: no allocation per read.
+        let mut slices = self.bufs.each_mut().map(|b| IoSliceMut::new(b));
+        let n = match self.underlay.try_recv(&mut slices, &mut meta) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                debug!("data socket: {e}");
+                0
             }
         };
-        for (buf, m) in bufs.iter().zip(&meta).take(n) {
+        for (buf, m) in self.bufs.iter().zip(&meta).take(n) {
             let stride = m.stride.max(1);
             for dg in buf[..m.len].chunks(stride) {
-                if !open_one(dg, m.addr, &mut receivers, &mut plain, &mut out) {
-                    underlay.count_unknown();
+                if !open_one(dg, m.addr, &mut self.receivers, &mut self.plain, &mut self.out) {
+                    self.underlay.count_unknown();
                 }
             }
         }
-        for ev in out.drain(..) {
-            if events.send(ev).await.is_err() {
-                return;
-            }
-        }
+        self.out.drain(..)
     }
 }
 
@@ -213,6 +229,30 @@ mod tests {
         (out, segment)
     }
 
+    /// The next event the reader has for the agent, as the agent's loop drives it.
+    async fn next_event(reader: &mut Reader) -> LinkEvent {
+        loop {
+            assert!(reader.readable().await);
+            let mut events: Vec<LinkEvent> = reader.read().collect();
+            assert!(events.len() <= 1, "one at a time here: {events:?}");
+            if let Some(ev) = events.pop() {
+                return ev;
+            }
+        }
+    }
+
+    /// The next message for the link (probes and keepalives), as the agent's loop drives the
+    /// reader.
+    async fn next_path_msg(reader: &mut Reader, probes: &mut mpsc::UnboundedReceiver<PathMsg>) -> PathMsg {
+        loop {
+            if let Ok(msg) = probes.try_recv() {
+                return msg;
+            }
+            assert!(reader.readable().await);
+            assert_eq!(reader.read().count(), 0, "nothing for the agent");
+        }
+    }
+
     #[tokio::test]
     async fn a_super_frame_crosses_in_one_gso_send_and_strangers_are_ignored() {
         let (a, b) = sessions();
@@ -221,9 +261,8 @@ mod tests {
         let (tx, rx) = (loopback(), loopback());
         let to = SocketAddr::from((Ipv4Addr::LOCALHOST, rx.port()));
         let (reg_tx, reg_rx) = mpsc::unbounded_channel();
-        let (ev_tx, mut ev_rx) = mpsc::channel(16);
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read(rx.clone(), reg_rx, ev_tx));
+        let mut reader = Reader::new(rx.clone(), reg_rx);
         let last_rx = Arc::new(AtomicU64::new(0));
         let confirmed = Arc::new(AtomicU64::new(0));
         let opener = Arc::new(Mutex::new(Openers::new(opener)));
@@ -248,7 +287,7 @@ mod tests {
         let (datagrams, segment) = sealed_frame(&sealer, 77, &whole);
         assert_eq!(segment, chunk::DIRECT_DATAGRAM);
         tx.send(to, &datagrams, segment).unwrap();
-        let ev = tokio::time::timeout(Duration::from_secs(5), ev_rx.recv()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), next_event(&mut reader)).await.unwrap();
         let LinkEvent::Received(3, Inner::Ethernet, got) = ev else { panic!("unexpected {ev:?}") };
         assert!(got == whole, "the frame arrives whole and unchanged");
         assert_eq!(rx.unknown(), 2, "the stranger's bytes and the unknown index, counted");
@@ -258,13 +297,14 @@ mod tests {
         let mut forged = datagrams[..segment].to_vec();
         forged[20] ^= 0xff;
         tx.send(to, &forged, forged.len()).unwrap();
-        let ev = tokio::time::timeout(Duration::from_secs(5), ev_rx.recv()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), next_event(&mut reader)).await.unwrap();
         assert!(matches!(ev, LinkEvent::Dropped(3, _)), "{ev:?}");
         let mut probe = Vec::new();
         sealer.seal_indexed(77, Inner::Probe, &[], &mut probe).unwrap();
         tx.send(to, &probe, probe.len()).unwrap();
         let from = SocketAddr::from((Ipv4Addr::LOCALHOST, tx.port()));
-        let msg = tokio::time::timeout(Duration::from_secs(5), probe_rx.recv()).await.unwrap().unwrap();
+        let msg =
+            tokio::time::timeout(Duration::from_secs(5), next_path_msg(&mut reader, &mut probe_rx)).await.unwrap();
         assert_eq!(msg, PathMsg { inner: Inner::Probe, from, full: false });
         // A keepalive saying the peer heard us just now: this side's direction is confirmed.
         let mut keepalive = Vec::new();
@@ -273,12 +313,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let before = clock_ms();
         tx.send(to, &keepalive, keepalive.len()).unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), probe_rx.recv()).await.unwrap().unwrap();
+        let msg =
+            tokio::time::timeout(Duration::from_secs(5), next_path_msg(&mut reader, &mut probe_rx)).await.unwrap();
         assert_eq!(msg, PathMsg { inner: Inner::Keepalive, from, full: false });
         let at = confirmed.load(Ordering::Relaxed);
         assert!(before > 0 && at >= before && at <= clock_ms(), "confirmed {at}, sent at {before}");
         drop(reg_tx);
-        reader.await.unwrap();
+        let stops = async {
+            while reader.readable().await {
+                assert_eq!(reader.read().count(), 0, "nothing more came");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), stops)
+            .await
+            .expect("the reader stops once the links' side is gone");
     }
 
     /// A burst of small frames for one peer leaves in one GSO send (the receiver's GRO hands
