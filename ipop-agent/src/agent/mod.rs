@@ -343,8 +343,8 @@ fn data_socket(shell: &mut Shell, reader: &mut Option<Reader>, readable: bool) {
     }
 }
 
-/// `first` and what else the links have queued, up to `LINK_BATCH`: the reader hands over
-/// a GRO run's frames at once, and each turn of the loop costs a poll of every branch.
+/// `first` and what else the links have queued, up to `LINK_BATCH`: an ICE reader hands
+/// over frames in bursts, and each turn of the loop costs a poll of every branch.
 fn link_events(shell: &mut Shell, first: LinkEvent, rx: &mut mpsc::Receiver<LinkEvent>) {
     shell.link_event(first);
     for _ in 1..LINK_BATCH {
