@@ -217,8 +217,8 @@ struct Samples {
     nd_spoke: Vec<f64>,
     nd_learned: Vec<f64>,
     cpu_s: Vec<f64>,
-    /// Peak RSS before the run's loads (the first run's: the daemon's start).
-    start_rss_mib: Vec<f64>,
+    /// Peak RSS from the daemon's start to the first run's loads.
+    start_rss_mib: Option<f64>,
     /// Peak RSS in TCP 1 and 4 streams.
     rss_mib: Vec<f64>,
 }
@@ -229,7 +229,7 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
         eprintln!("bench: {} run {}/{}", mode.name(), run + 1, opts.runs);
         let before = daemon.map(cpu_and_rss).transpose()?;
         if let (Some(pid), Some((_, start_peak))) = (daemon, before) {
-            s.start_rss_mib.push(start_peak);
+            s.start_rss_mib.get_or_insert(start_peak);
             reset_peak(pid)?;
         }
         let (tcp1, idle) = with_idle(|| iperf_tcp(p, 1, opts.seconds))?;
@@ -294,7 +294,7 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
         "nd_remote_spoke_us": median(s.nd_spoke),
         "nd_remote_learned_us": median(s.nd_learned),
         "daemon_cpu_s_tcp1": median(s.cpu_s),
-        "daemon_start_peak_rss_mib": s.start_rss_mib.first(),
+        "daemon_start_peak_rss_mib": s.start_rss_mib,
         "daemon_peak_rss_mib": median(s.rss_mib),
     }))
 }
