@@ -194,6 +194,22 @@ fn with_idle<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((out, 100.0 * (idle1 - idle0) / (total1 - total0).max(1.0)))
 }
 
+/// `f`'s result, and how busy each of `pids` was while it ran (% of a core): whether one
+/// thread, saturated, is what holds the figure.
+fn busy<T>(pids: &[u32], f: impl FnOnce() -> Result<T>) -> Result<(T, Vec<f64>)> {
+    let cpu = || pids.iter().map(|&p| cpu_seconds(p)).collect::<Result<Vec<f64>>>();
+    let (before, start) = (cpu()?, std::time::Instant::now());
+    let out = f()?;
+    let wall = start.elapsed().as_secs_f64();
+    Ok((out, cpu()?.iter().zip(before).map(|(a, b)| 100.0 * (a - b) / wall).collect()))
+}
+
+/// The median over runs of daemon `i`'s share in `busy`; none without that daemon.
+fn busy_median(runs: &[Vec<f64>], i: usize) -> Option<f64> {
+    let v: Vec<f64> = runs.iter().filter_map(|r| r.get(i).copied()).collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
 /// The measurements of one mode, each a list over runs.
 #[derive(Default)]
 struct Samples {
@@ -204,6 +220,8 @@ struct Samples {
     idle_tcp1: Vec<f64>,
     idle_tcp4: Vec<f64>,
     idle_udp: Vec<f64>,
+    /// Each daemon's CPU during TCP 4 streams (% of a core): the sender's, the receiver's.
+    busy_tcp4: Vec<Vec<f64>>,
     rtt: Vec<f64>,
     /// Each run's p99.
     rtt_p99: Vec<f64>,
@@ -223,7 +241,10 @@ struct Samples {
     rss_mib: Vec<f64>,
 }
 
-fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &Path, pin0: &str) -> Result<Value> {
+/// `daemons`: the overlay's daemons on the sending host and the receiving one (none for the
+/// kernel's).
+fn measure(mode: Mode, p: &Path2, daemons: &[u32], opts: &Options, agent: &Path, pin0: &str) -> Result<Value> {
+    let daemon = daemons.first().copied();
     let mut s = Samples::default();
     for run in 0..opts.runs {
         eprintln!("bench: {} run {}/{}", mode.name(), run + 1, opts.runs);
@@ -238,9 +259,10 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
         if let (Some(pid), Some((cpu0, _))) = (daemon, before) {
             s.cpu_s.push(cpu_seconds(pid)? - cpu0);
         }
-        let (tcp4, idle) = with_idle(|| iperf_tcp(p, 4, opts.seconds))?;
+        let ((tcp4, idle), busy) = busy(daemons, || with_idle(|| iperf_tcp(p, 4, opts.seconds)))?;
         s.tcp4.push(tcp4 / 1e9);
         s.idle_tcp4.push(idle);
+        s.busy_tcp4.push(busy);
         if let Some(pid) = daemon {
             s.rss_mib.push(memory_mib(pid, "VmHWM")?);
         }
@@ -280,6 +302,8 @@ fn measure(mode: Mode, p: &Path2, daemon: Option<u32>, opts: &Options, agent: &P
         "idle_tcp1_pct": median(s.idle_tcp1),
         "idle_tcp4_pct": median(s.idle_tcp4),
         "idle_udp_pct": median(s.idle_udp),
+        "sender_cpu_tcp4_pct": busy_median(&s.busy_tcp4, 0),
+        "receiver_cpu_tcp4_pct": busy_median(&s.busy_tcp4, 1),
         "rtt_median_us": median(s.rtt.clone()),
         "rtt_p99_us": rtt_p99,
         "rtt_p99_each_run_us": s.rtt_p99,
@@ -556,20 +580,20 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
         fresh_ip: None,
         ipv6: false,
     };
-    results.insert("underlay".into(), measure(Mode::Underlay, &underlay_path, None, &opts, Path::new(&agent), "")?);
+    results.insert("underlay".into(), measure(Mode::Underlay, &underlay_path, &[], &opts, Path::new(&agent), "")?);
     let cp = container_path(hosts);
     crate::neigh::add_ipv6(hosts);
 
     vxlan_up(hosts, addrs)?;
     connected(&cp)?;
-    results.insert("vxlan".into(), measure(Mode::Vxlan, &cp, None, &opts, Path::new(&agent), "")?);
+    results.insert("vxlan".into(), measure(Mode::Vxlan, &cp, &[], &opts, Path::new(&agent), "")?);
     vxlan_down(hosts);
 
     let tinc = tinc_up(hosts, addrs)?;
     connected(&cp)?;
-    let pid = hosts[0].service(tinc[0]).pid();
-    let quiet = idle(hosts, pid)?;
-    let mut tinc_r = measure(Mode::Tinc, &cp, Some(pid), &opts, Path::new(&agent), "")?;
+    let pids = [hosts[0].service(tinc[0]).pid(), hosts[1].service(tinc[1]).pid()];
+    let quiet = idle(hosts, pids[0])?;
+    let mut tinc_r = measure(Mode::Tinc, &cp, &pids, &opts, Path::new(&agent), "")?;
     merge(&mut tinc_r, quiet);
     results.insert("tinc".into(), tinc_r);
     for (h, t) in hosts.iter_mut().zip(tinc) {
@@ -578,9 +602,9 @@ pub fn run(agent: &Path, opts: Options) -> Result<()> {
 
     let (procs, pins) = ipop_up(underlay, hosts, &agent)?;
     connected(&cp)?;
-    let pid = hosts[0].service(procs[0]).pid();
-    let quiet = idle(hosts, pid)?;
-    let mut ipop = measure(Mode::Ipop, &cp, Some(pid), &opts, Path::new(&agent), &pins[0])?;
+    let pids = [hosts[0].service(procs[0]).pid(), hosts[1].service(procs[1]).pid()];
+    let quiet = idle(hosts, pids[0])?;
+    let mut ipop = measure(Mode::Ipop, &cp, &pids, &opts, Path::new(&agent), &pins[0])?;
     merge(&mut ipop, quiet);
     ipop["arp_pipeline"] = ipop_pipeline(&hosts[0].containers[1], &agent, &pins[0], 10_000, 2)?;
     results.insert("ipop".into(), ipop);
@@ -694,7 +718,7 @@ pub(crate) fn ratio(a: &Value, b: &Value) -> String {
 }
 
 fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
-    let rows: [(&str, &str, usize); 22] = [
+    let rows: [(&str, &str, usize); 24] = [
         ("TCP 1 stream (Gbit/s)", "tcp_1_gbps", 2),
         ("TCP 4 streams (Gbit/s)", "tcp_4_gbps", 2),
         ("UDP 64 B delivered (pkt/s)", "udp64_pps", 0),
@@ -713,6 +737,8 @@ fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
         ("IPv6 ND remote, first, host spoke once (us)", "nd_remote_spoke_us", 1),
         ("IPv6 ND remote, learned (us)", "nd_remote_learned_us", 1),
         ("daemon CPU s in TCP 1 stream", "daemon_cpu_s_tcp1", 2),
+        ("sending daemon CPU in TCP 4 streams (% of a core)", "sender_cpu_tcp4_pct", 0),
+        ("receiving daemon CPU in TCP 4 streams (% of a core)", "receiver_cpu_tcp4_pct", 0),
         ("daemon peak RSS from its start to the first load (MiB)", "daemon_start_peak_rss_mib", 1),
         ("daemon peak RSS in TCP 1 and 4 streams (MiB)", "daemon_peak_rss_mib", 1),
         ("idle link, underlay bytes/s both ways", "idle_bytes_per_s", 0),
@@ -749,7 +775,31 @@ fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
     ));
     t.push_str(&ping_tail(r));
     t.push_str(&targets(r));
+    t.push_str(&core_bound(r));
     t
+}
+
+/// What all of this machine's cores would carry at ipop's measured cost per bit (TCP 1
+/// stream) and per packet (UDP 64 B), from the share of the machine each left idle: the most
+/// any spreading over threads could reach without making a frame cheaper.
+fn core_bound(r: &serde_json::Map<String, Value>) -> String {
+    let get = |m: &str, k: &str| r.get(m).and_then(|v| v[k].as_f64());
+    let all =
+        |x: Option<f64>, idle: Option<f64>| x.zip(idle).filter(|(_, i)| *i < 100.0).map(|(x, i)| x / (1.0 - i / 100.0));
+    let (tcp1, udp) = (get("ipop", "tcp_1_gbps"), get("ipop", "udp64_pps"));
+    let (tcp_all, udp_all) = (all(tcp1, get("ipop", "idle_tcp1_pct")), all(udp, get("ipop", "idle_udp_pct")));
+    let (Some(tcp_all), Some(udp_all), Some(tcp1)) = (tcp_all, udp_all, tcp1) else { return String::new() };
+    let vxlan = get("vxlan", "udp64_pps").map_or("–".into(), |v| format!("{:.2}x", udp_all / v));
+    let busy = |k: &str| get("ipop", k).map_or("–".into(), |v| format!("{v:.0}%"));
+    format!(
+        "\nAll cores at ipop's cost per bit and per packet in this run (each load's figure over the share of \
+         the machine it kept busy): TCP at most {tcp_all:.2} Gbit/s ({:.2}x TCP 1 stream), UDP 64 B at most \
+         {udp_all:.0} pkt/s ({vxlan} VXLAN). In TCP 4 streams the sending agent used {} of a core and the \
+         receiving one {}.\n",
+        tcp_all / tcp1,
+        busy("sender_cpu_tcp4_pct"),
+        busy("receiver_cpu_tcp4_pct"),
+    )
 }
 
 /// The numbers of array `key` in overlay `m`'s figures (none if it has no such array).
@@ -876,6 +926,20 @@ fn write_benchmarks_md(table: &str, nat: &str, signaling: &str, opts: &Options) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cores_bound_follows_the_idle_share() {
+        let r = json!({
+            "ipop": {"tcp_1_gbps": 4.0, "idle_tcp1_pct": 20.0, "udp64_pps": 90000.0, "idle_udp_pct": 10.0,
+                     "sender_cpu_tcp4_pct": 57.4, "receiver_cpu_tcp4_pct": 51.6},
+            "vxlan": {"udp64_pps": 150000.0},
+        });
+        let t = core_bound(r.as_object().unwrap());
+        assert!(t.contains("TCP at most 5.00 Gbit/s (1.25x TCP 1 stream)"), "{t}");
+        assert!(t.contains("UDP 64 B at most 100000 pkt/s (0.67x VXLAN)"), "{t}");
+        assert!(t.contains("sending agent used 57% of a core and the receiving one 52%"), "{t}");
+        assert_eq!(core_bound(&serde_json::Map::new()), "", "nothing said without the figures");
+    }
 
     #[test]
     fn targets_are_judged_on_the_run_s_own_figures() {
