@@ -779,22 +779,24 @@ fn report(r: &serde_json::Map<String, Value>, opts: &Options) -> String {
     t
 }
 
-/// What all of this machine's cores would carry at ipop's measured cost per bit (TCP 1
-/// stream) and per packet (UDP 64 B), from the share of the machine each left idle: the most
-/// any spreading over threads could reach without making a frame cheaper.
+/// What all of this machine's cores would carry at the cost per bit ipop showed in TCP 4
+/// streams and per packet in UDP 64 B, from the share of the machine each load left idle: the
+/// most that spreading the agent over more threads could reach without making a frame cheaper.
 fn core_bound(r: &serde_json::Map<String, Value>) -> String {
-    let get = |m: &str, k: &str| r.get(m).and_then(|v| v[k].as_f64());
+    let get = |k: &str| r.get("ipop").and_then(|v| v[k].as_f64());
     let all =
         |x: Option<f64>, idle: Option<f64>| x.zip(idle).filter(|(_, i)| *i < 100.0).map(|(x, i)| x / (1.0 - i / 100.0));
-    let (tcp1, udp) = (get("ipop", "tcp_1_gbps"), get("ipop", "udp64_pps"));
-    let (tcp_all, udp_all) = (all(tcp1, get("ipop", "idle_tcp1_pct")), all(udp, get("ipop", "idle_udp_pct")));
-    let (Some(tcp_all), Some(udp_all), Some(tcp1)) = (tcp_all, udp_all, tcp1) else { return String::new() };
-    let vxlan = get("vxlan", "udp64_pps").map_or("–".into(), |v| format!("{:.2}x", udp_all / v));
-    let busy = |k: &str| get("ipop", k).map_or("–".into(), |v| format!("{v:.0}%"));
+    let (tcp_all, udp_all) = (all(get("tcp_4_gbps"), get("idle_tcp4_pct")), all(get("udp64_pps"), get("idle_udp_pct")));
+    let (Some(tcp_all), Some(udp_all), Some(tcp1)) = (tcp_all, udp_all, get("tcp_1_gbps")) else {
+        return String::new();
+    };
+    let vxlan =
+        r.get("vxlan").and_then(|v| v["udp64_pps"].as_f64()).map_or("–".into(), |v| format!("{:.2}x", udp_all / v));
+    let busy = |k: &str| get(k).map_or("–".into(), |v| format!("{v:.0}%"));
     format!(
-        "\nAll cores at ipop's cost per bit and per packet in this run (each load's figure over the share of \
-         the machine it kept busy): TCP at most {tcp_all:.2} Gbit/s ({:.2}x TCP 1 stream), UDP 64 B at most \
-         {udp_all:.0} pkt/s ({vxlan} VXLAN). In TCP 4 streams the sending agent used {} of a core and the \
+        "\nAll cores at ipop's cost per bit in TCP 4 streams and per packet in UDP 64 B (each load's figure over the \
+         share of the machine it kept busy): TCP at most {tcp_all:.2} Gbit/s ({:.2}x TCP 1 stream), UDP 64 B at \
+         most {udp_all:.0} pkt/s ({vxlan} VXLAN). In TCP 4 streams the sending agent used {} of a core and the \
          receiving one {}.\n",
         tcp_all / tcp1,
         busy("sender_cpu_tcp4_pct"),
@@ -930,7 +932,7 @@ mod tests {
     #[test]
     fn the_cores_bound_follows_the_idle_share() {
         let r = json!({
-            "ipop": {"tcp_1_gbps": 4.0, "idle_tcp1_pct": 20.0, "udp64_pps": 90000.0, "idle_udp_pct": 10.0,
+            "ipop": {"tcp_1_gbps": 4.0, "tcp_4_gbps": 4.4, "idle_tcp4_pct": 12.0, "udp64_pps": 90000.0, "idle_udp_pct": 10.0,
                      "sender_cpu_tcp4_pct": 57.4, "receiver_cpu_tcp4_pct": 51.6},
             "vxlan": {"udp64_pps": 150000.0},
         });
