@@ -6,6 +6,7 @@ mod nat;
 mod neigh;
 mod scale;
 mod setup;
+mod simulate;
 mod tail;
 
 use std::{
@@ -46,6 +47,14 @@ enum Cmd {
     /// Build a host with a bridge and two containers in network namespaces, run the agent on
     /// an embedded default config, show an ARP request answered in the kernel, then clean up.
     Demo,
+    /// The cost of an overlay too big for one machine, simulated: per agent, a full mesh
+    /// against the ring with chords ARCHITECTURE.md (Scale) proposes, and what a broadcast
+    /// costs and reaches along each, with the costs `bench --scale` measured.
+    Simulate {
+        /// Overlay sizes.
+        #[arg(long, value_delimiter = ',', default_values_t = simulate::SIZES)]
+        hosts: Vec<usize>,
+    },
     /// Fuzz the decoders of hostile input (cargo fuzz, nightly): each target for `--seconds`.
     Fuzz {
         /// Seconds per target.
@@ -162,6 +171,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 bench::Options { runs: runs.max(1), seconds: seconds.max(1) },
             )
         }
+        Cmd::Simulate { hosts } => simulate::run(&hosts),
         Cmd::Fuzz { seconds, targets } => {
             setup::all()?;
             setup::cargo_fuzz()?;
