@@ -36,7 +36,7 @@ use crate::{
         timers::{ICE_CHECKING, ICE_CONSENT, clock_ms, clock_us},
         turn_check::{CHECK_TIMEOUT, CheckTarget, Problem, TurnChecks},
         turn_stream::{StreamRelay, Target},
-        underlay::force_buffers,
+        underlay::{BUFFER, force_buffers, sock_option},
     },
     signaling::tls,
 };
@@ -239,26 +239,26 @@ impl IceRx {
     }
 }
 
-/// Gives every UDP socket of this process bigger buffers (`underlay::force_buffers`).
-/// webrtc-ice opens its sockets itself and does not expose them, so they are found through
-/// /proc/self/fd.
+/// Gives every UDP socket of this process that lacks them `underlay::BUFFER` bytes of buffer
+/// (`force_buffers`). webrtc-ice opens its sockets itself and does not expose them, so they
+/// are found through /proc/self/fd. Each link calls it when its ICE connects, and so meets
+/// every earlier link's sockets again: those cost one getsockopt each. Forcing every socket
+/// every time (and reading each fd's link) was a tenth of the CPU a 64-host mesh took to form.
 pub fn enlarge_udp_buffers() {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
-    for entry in fds.flatten() {
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<libc::c_int>().ok()) else { continue };
-        let mut kind: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt on an fd number with out-parameters we own; non-sockets fail.
-        let is_udp = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len)
-        } == 0
-            && kind == libc::SOCK_DGRAM
-            && std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
-        if !is_udp {
-            continue;
+    for fd in fds.flatten().filter_map(|e| e.file_name().to_str()?.parse::<libc::c_int>().ok()) {
+        if lacks_buffers(fd) {
+            force_buffers(fd);
         }
-        force_buffers(fd);
     }
+}
+
+/// An IPv4 or IPv6 UDP socket whose receive buffer is below `BUFFER` (the kernel reports
+/// twice what was set). Anything that is not a socket fails the first getsockopt.
+fn lacks_buffers(fd: libc::c_int) -> bool {
+    sock_option(fd, libc::SO_RCVBUF).is_some_and(|b| b < 2 * BUFFER)
+        && sock_option(fd, libc::SO_TYPE) == Some(libc::SOCK_DGRAM)
+        && matches!(sock_option(fd, libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
 }
 
 /// Whether a candidate's address is reachable from the internet: not private (RFC 1918,
@@ -300,4 +300,30 @@ pub fn add_candidate(agent: &Agent, c: &IceCandidate) {
 /// A candidate in words: its type and address (`"srflx 203.0.113.2:4000"`).
 pub fn describe(kind: CandidateType, c: &(dyn Candidate + Send + Sync)) -> String {
     format!("{kind} {}:{}", c.address(), c.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// Needs CAP_NET_ADMIN, as the agent has (the buffers go past rmem_max).
+    #[test]
+    fn udp_sockets_get_the_buffers_and_nothing_else_is_touched() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (unix, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let before = |fd| sock_option(fd, libc::SO_RCVBUF).unwrap();
+        let (tcp_before, unix_before) = (before(tcp.as_raw_fd()), before(unix.as_raw_fd()));
+        assert!(lacks_buffers(udp.as_raw_fd()));
+        enlarge_udp_buffers();
+        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            assert_eq!(sock_option(udp.as_raw_fd(), opt), Some(2 * BUFFER), "option {opt}");
+        }
+        assert!(!lacks_buffers(udp.as_raw_fd()), "the next link's call passes it by");
+        assert_eq!(before(tcp.as_raw_fd()), tcp_before, "a TCP socket keeps its buffers");
+        assert_eq!(before(unix.as_raw_fd()), unix_before, "a Unix socket keeps its buffers");
+        assert!(!lacks_buffers(std::fs::File::open("/proc/self/status").unwrap().as_raw_fd()), "not a socket");
+    }
 }

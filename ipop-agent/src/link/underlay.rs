@@ -151,6 +151,15 @@ pub fn force_buffers(fd: libc::c_int) {
     }
 }
 
+/// An integer socket option of `fd` at SOL_SOCKET; None if it is not a socket.
+pub fn sock_option(fd: libc::c_int, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most one int into `value`, whose size `len` says.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&raw mut value).cast(), &mut len) };
+    (rc == 0).then_some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,14 +191,7 @@ mod tests {
     async fn the_data_socket_gets_its_buffers_beyond_the_system_limit() {
         let u = Underlay::bind_to(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
         for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-            let mut got: libc::c_int = 0;
-            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: getsockopt writes one int into `got`, whose size `len` says.
-            let rc = unsafe {
-                libc::getsockopt(u.socket.as_raw_fd(), libc::SOL_SOCKET, opt, (&raw mut got).cast(), &mut len)
-            };
-            assert_eq!(rc, 0);
-            assert_eq!(got, 2 * BUFFER, "option {opt}");
+            assert_eq!(sock_option(u.socket.as_raw_fd(), opt), Some(2 * BUFFER), "option {opt}");
         }
     }
 
