@@ -79,32 +79,11 @@ impl Spread {
 
 /// Partitioned along the chords: a node given the stretch of `len` places after it sends the
 /// chord at distance 2^j the stretch from there to the next chord (or to the end of its own).
-/// A failed node neither hears nor forwards: its stretch is lost.
-pub fn partitioned(n: usize, origin: usize, failed: &[bool]) -> Spread {
-    let mut spread = Spread::new(n, origin);
-    let mut queue = VecDeque::from([(origin, n, 0u32)]);
-    while let Some((x, len, hop)) = queue.pop_front() {
-        for j in 0..chords(n) {
-            let d = 1usize << j;
-            if d >= len {
-                break;
-            }
-            let to = (x + d) % n;
-            spread.sent[x] += 1;
-            if !failed[to] {
-                spread.hops[to] = Some(hop + 1);
-                queue.push_back((to, (2 * d).min(len) - d, hop + 1));
-            }
-        }
-    }
-    spread
-}
-
-/// Partitioned after the ring is repaired: a chord whose node failed points at the next live
-/// node within its stretch (as Chord's fingers do: the first live node at or after the
-/// place), which takes the rest of that stretch. `detours` counts the copies sent on such
-/// re-pointed chords.
-pub fn repaired(n: usize, origin: usize, failed: &[bool]) -> (Spread, usize) {
+/// Before the ring is `repaired`, a failed node's chord still gets its copy, lost with its
+/// stretch. After, the chord points at the next live node within its stretch (Chord's rule:
+/// the first live node at or after the place), which takes the rest of it; the count returned
+/// is of the copies sent on such re-pointed chords.
+pub fn partitioned(n: usize, origin: usize, failed: &[bool], repaired: bool) -> (Spread, usize) {
     let mut spread = Spread::new(n, origin);
     let mut detours = 0;
     let mut queue = VecDeque::from([(origin, n, 0u32)]);
@@ -115,8 +94,12 @@ pub fn repaired(n: usize, origin: usize, failed: &[bool]) -> (Spread, usize) {
                 break;
             }
             let end = (2 * d).min(len);
-            let Some(t) = (d..end).find(|t| !failed[(x + t) % n]) else { continue };
+            let chord = if repaired { (d..end).find(|t| !failed[(x + t) % n]) } else { Some(d) };
+            let Some(t) = chord else { continue };
             spread.sent[x] += 1;
+            if failed[(x + t) % n] {
+                continue;
+            }
             detours += usize::from(t != d);
             spread.hops[(x + t) % n] = Some(hop + 1);
             queue.push_back(((x + t) % n, end - t, hop + 1));
@@ -185,7 +168,7 @@ fn detours(n: usize, share: f64) -> f64 {
     let all: usize = (0..TRIALS)
         .map(|t| {
             let (origin, failed) = failures(n, share, t + 1);
-            repaired(n, origin, &failed).1
+            partitioned(n, origin, &failed, true).1
         })
         .sum();
     all as f64 / TRIALS as f64
@@ -252,7 +235,7 @@ impl Costs {
 pub fn one(n: usize, costs: &Costs) -> Value {
     let none = vec![false; n];
     let ring_links = links(n, 0).len();
-    let part = partitioned(n, 0, &none);
+    let (part, _) = partitioned(n, 0, &none, false);
     let flood = flooded(n, 0, &none);
     let per_agent = |peers: usize| {
         json!({
@@ -265,9 +248,9 @@ pub fn one(n: usize, costs: &Costs) -> Value {
     let failures: Vec<Value> = FAILED
         .iter()
         .map(|&share| {
-            let (pm, pw) = reach(n, share, partitioned);
+            let (pm, pw) = reach(n, share, |n, o, f| partitioned(n, o, f, false).0);
             let (fm, fw) = reach(n, share, flooded);
-            let (rm, rw) = reach(n, share, |n, o, f| repaired(n, o, f).0);
+            let (rm, rw) = reach(n, share, |n, o, f| partitioned(n, o, f, true).0);
             json!({"failed": share, "partitioned": [pm, pw], "repaired": [rm, rw], "detours": detours(n, share), "flooded": [fm, fw]})
         })
         .collect();
@@ -376,7 +359,7 @@ mod tests {
     #[test]
     fn a_partitioned_broadcast_reaches_every_node_once_in_log_hops() {
         for n in [2, 3, 7, 16, 100, 1000, 1025] {
-            let s = partitioned(n, 3 % n, &vec![false; n]);
+            let (s, _) = partitioned(n, 3 % n, &vec![false; n], false);
             assert_eq!(s.reached(), n - 1, "{n} nodes: all reached");
             assert_eq!(s.copies(), n - 1, "{n} nodes: one copy each, none twice");
             // A node hears it after one hop per 1 bit of its distance from the origin.
@@ -412,7 +395,7 @@ mod tests {
         let n = 16;
         let mut failed = vec![false; n];
         failed[8] = true; // the origin's last chord: it had places 8 to 15
-        assert_eq!(partitioned(n, 0, &failed).reached(), 7, "places 1 to 7 only");
+        assert_eq!(partitioned(n, 0, &failed, false).0.reached(), 7, "places 1 to 7 only");
         assert_eq!(flooded(n, 0, &failed).reached(), 14, "every live node");
     }
 
@@ -421,13 +404,13 @@ mod tests {
         let n = 1000;
         for seed in 1..20 {
             let (origin, failed) = failures(n, 0.1, seed);
-            let (s, detours) = repaired(n, origin, &failed);
+            let (s, detours) = partitioned(n, origin, &failed, true);
             assert_eq!(s.reached(), n - 1 - 100, "seed {seed}: every live node");
             assert_eq!(s.copies(), s.reached(), "seed {seed}: none twice, none to the failed");
             assert!(detours > 0 && detours < s.copies());
             assert!(s.hops.iter().zip(&failed).all(|(h, f)| !(h.is_some() && *f)));
         }
-        assert_eq!(repaired(16, 0, &[false; 16]).1, 0, "nothing failed: no detours");
+        assert_eq!(partitioned(16, 0, &[false; 16], true).1, 0, "nothing failed: no detours");
     }
 
     #[test]
