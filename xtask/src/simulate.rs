@@ -150,28 +150,28 @@ fn failures(n: usize, share: f64, seed: u64) -> (usize, Vec<bool>) {
     (origin, failed)
 }
 
-/// The share of the live nodes a broadcast reaches with `share` failed: mean and worst over
-/// the trials.
-fn reach(n: usize, share: f64, how: fn(usize, usize, &[bool]) -> Spread) -> (f64, f64) {
-    let shares: Vec<f64> = (0..TRIALS)
-        .map(|t| {
-            let (origin, failed) = failures(n, share, t + 1);
-            let live = failed.iter().filter(|f| !**f).count() - 1;
-            how(n, origin, &failed).reached() as f64 / live as f64
-        })
-        .collect();
-    (shares.iter().sum::<f64>() / shares.len() as f64, shares.iter().copied().fold(1.0, f64::min))
-}
-
-/// Copies a broadcast sends on re-pointed chords once the ring is repaired, mean of the trials.
-fn detours(n: usize, share: f64) -> f64 {
-    let all: usize = (0..TRIALS)
-        .map(|t| {
-            let (origin, failed) = failures(n, share, t + 1);
-            partitioned(n, origin, &failed, true).1
-        })
-        .sum();
-    all as f64 / TRIALS as f64
+/// With `share` of the nodes failed, over the trials (each failure set drawn once): the share
+/// of the live nodes a broadcast reaches partitioned before and after repair and flooded
+/// (mean and worst of each), and the copies sent on re-pointed chords after repair (mean).
+fn failure_row(n: usize, share: f64) -> Value {
+    let (mut before, mut after, mut flood, mut detours) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for t in 0..TRIALS {
+        let (origin, failed) = failures(n, share, t + 1);
+        let live = (failed.iter().filter(|f| !**f).count() - 1) as f64;
+        before.push(partitioned(n, origin, &failed, false).0.reached() as f64 / live);
+        let (repaired, d) = partitioned(n, origin, &failed, true);
+        after.push(repaired.reached() as f64 / live);
+        detours += d;
+        flood.push(flooded(n, origin, &failed).reached() as f64 / live);
+    }
+    let mean_worst = |v: &[f64]| json!([v.iter().sum::<f64>() / v.len() as f64, v.iter().copied().fold(1.0, f64::min)]);
+    json!({
+        "failed": share,
+        "partitioned": mean_worst(&before),
+        "repaired": mean_worst(&after),
+        "detours": detours as f64 / TRIALS as f64,
+        "flooded": mean_worst(&flood),
+    })
 }
 
 /// What a link and a copy cost, from the measured curve: a value at `peers` is
@@ -245,15 +245,7 @@ pub fn one(n: usize, costs: &Costs) -> Value {
             "idle_bytes_per_s": costs.bytes_per_s_per_link * peers as f64,
         })
     };
-    let failures: Vec<Value> = FAILED
-        .iter()
-        .map(|&share| {
-            let (pm, pw) = reach(n, share, |n, o, f| partitioned(n, o, f, false).0);
-            let (fm, fw) = reach(n, share, flooded);
-            let (rm, rw) = reach(n, share, |n, o, f| partitioned(n, o, f, true).0);
-            json!({"failed": share, "partitioned": [pm, pw], "repaired": [rm, rw], "detours": detours(n, share), "flooded": [fm, fw]})
-        })
-        .collect();
+    let failures: Vec<Value> = FAILED.iter().map(|&share| failure_row(n, share)).collect();
     json!({
         "hosts": n,
         "mesh": per_agent(n - 1),
